@@ -1,0 +1,86 @@
+"""The few fields of a Stripe event the gateway needs, and the Kafka record it becomes.
+
+Only the envelope is decoded (msgspec skips everything else without building it); the record's value is the
+raw body, byte for byte, so it stays auditable and re-verifiable. See DESIGN.md, "Records in Kafka".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+
+#: Kafka topic names allow these characters (and at most 249 of them).
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class EnvelopeError(ValueError):
+    """The body is not a Stripe event the gateway can route."""
+
+
+class StripeObjectRef(msgspec.Struct):
+    object: str
+    id: str | None = None
+
+
+class EventData(msgspec.Struct):
+    object: StripeObjectRef
+
+
+class Envelope(msgspec.Struct):
+    """A Stripe event's routing fields: what it is, when it happened and which object it is about."""
+
+    id: NonEmpty
+    type: NonEmpty
+    data: EventData
+    created: int | None = None
+    livemode: bool = False
+    api_version: str | None = None
+    account: str | None = None
+
+
+class Record(msgspec.Struct, frozen=True):
+    """One event as it goes to Kafka."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    event_id: str
+    event_type: str
+
+
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+def decode_envelope(body: bytes) -> Envelope:
+    """Decode the routing fields of ``body`` or raise EnvelopeError saying what is wrong."""
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise EnvelopeError(f"not a Stripe event: {exc}") from None
+    except msgspec.DecodeError:
+        raise EnvelopeError("body is not valid JSON") from None
+
+
+def to_record(body: bytes, topic_prefix: str, received_at_ms: int) -> Record:
+    """Route a verified body: topic from ``data.object.object``, key from ``data.object.id`` (else event id)."""
+    event = decode_envelope(body)
+    topic = topic_prefix + event.data.object.object
+    if not _TOPIC_RE.match(topic):
+        raise EnvelopeError("data.object.object cannot name a Kafka topic")
+    headers = [
+        ("event-id", event.id.encode()),
+        ("event-type", event.type.encode()),
+        ("event-created", b"%d" % event.created if event.created is not None else b""),
+        ("livemode", b"true" if event.livemode else b"false"),
+        ("api-version", (event.api_version or "").encode()),
+        ("received-at", b"%d" % received_at_ms),
+    ]
+    if event.account:
+        headers.append(("account", event.account.encode()))
+    key = event.data.object.id or event.id
+    return Record(topic, key.encode(), body, headers, event.id, event.type)

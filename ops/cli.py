@@ -1,0 +1,125 @@
+"""The ``hookstream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from ops.settings import ConfigError, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"hookstream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    status: int = args.run(args, settings)
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hookstream",
+        description="Stripe webhooks into Kafka, processed in order per object. "
+        "Configuration comes from the environment (see README.md).",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    dev = commands.add_parser(
+        "dev", help="run the local stack: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and gateway"
+    )
+    dev.set_defaults(run=_dev)
+
+    gateway = commands.add_parser("gateway", help="run the webhook gateway (GATEWAY_HOST:GATEWAY_PORT)")
+    gateway.set_defaults(run=_gateway)
+
+    broker = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu, memory only)")
+    broker.add_argument("--port", type=int, default=9092, help="port to listen on (default: 9092)")
+    broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    broker.set_defaults(run=_broker)
+
+    trigger = commands.add_parser(
+        "trigger", help="send a realistic signed Stripe event of the given type to a gateway"
+    )
+    trigger.add_argument("event_type", help="a Stripe event type, e.g. payment_intent.succeeded")
+    trigger.add_argument("--object-id", help="id of the object the event is about (default: the fixture's)")
+    trigger.add_argument(
+        "--url", help="webhook URL (default: http://127.0.0.1:$GATEWAY_PORT/webhooks/stripe)"
+    )
+    trigger.add_argument("--secret", help="signing secret (default: the first of STRIPE_WEBHOOK_SECRETS)")
+    trigger.set_defaults(run=_trigger)
+    return parser
+
+
+def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.dev import run_dev
+
+    return run_dev(settings, dict(os.environ))
+
+
+def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.server import serve
+
+    serve(settings)
+    return 0
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.broker import BrokerError, EmbeddedBroker
+
+    broker = EmbeddedBroker(args.port, args.host)
+    try:
+        broker.start()
+    except BrokerError as exc:
+        print(f"hookstream: {exc}", file=sys.stderr)
+        return 1
+    print(f"hookstream: Kafka broker listening on {broker.bootstrap_servers} (memory storage); Ctrl-C stops it",
+          flush=True)
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        while not received and broker.process is not None and broker.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        crashed = broker.process is not None and broker.process.poll() is not None
+        broker.stop()
+    if crashed:
+        print(f"hookstream: the broker exited unexpectedly:\n{broker.output()[-2000:]}", file=sys.stderr)
+        return 1
+    print("hookstream: broker stopped", flush=True)
+    return 0
+
+
+def _trigger(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.fixtures import UnknownEventType
+    from ops.trigger import trigger
+
+    url = args.url or f"http://127.0.0.1:{settings.gateway_port}/webhooks/stripe"
+    secret = args.secret or settings.stripe_webhook_secrets[0]
+    try:
+        result = trigger(url, secret, args.event_type, args.object_id)
+    except UnknownEventType as exc:
+        print(f"hookstream: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hookstream: cannot reach {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    print(f"{result.status} {result.body}")
+    print(f"event {result.event_id} ({args.event_type})", file=sys.stderr)
+    return 0 if result.status == 200 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

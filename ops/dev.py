@@ -1,0 +1,78 @@
+"""``hookstream dev``: the whole local stack in one terminal, stopped together by Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from ops.broker import BrokerError, EmbeddedBroker
+from ops.process import free_port, stop_process
+from ops.settings import Settings
+
+
+def run_dev(settings: Settings, environ: dict[str, str]) -> int:
+    """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and the gateway; wait for a signal."""
+    env = dict(environ)
+    broker: EmbeddedBroker | None = None
+    if "KAFKA_BOOTSTRAP_SERVERS" not in environ:
+        port = 9092
+        try:
+            broker = EmbeddedBroker(port)
+            broker.start()
+        except BrokerError:
+            broker = EmbeddedBroker(free_port())
+            broker.start()
+        env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+        env.setdefault("KAFKA_ENABLE_IDEMPOTENCE", "false")  # the embedded broker has no idempotent producers
+        print(f"hookstream: embedded Kafka broker listening on {broker.bootstrap_servers}", flush=True)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    status = 0
+    try:
+        children.append(("gateway", _spawn(["gateway"], env)))
+        _print_banner(settings)
+        while not stopping:
+            for name, child in children:
+                if child.poll() is not None:
+                    print(f"hookstream: {name} exited with status {child.returncode}; stopping", file=sys.stderr)
+                    stopping, status = True, 1
+            time.sleep(0.2)
+    finally:
+        for _name, child in reversed(children):
+            stop_process(child, timeout=20)
+        if broker is not None:
+            broker.stop()
+        print("hookstream: stopped", flush=True)
+    return status
+
+
+def _spawn(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # own session: Ctrl-C goes to this supervisor only, which stops the children in order (gateway first)
+    return subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, start_new_session=True)
+
+
+def _print_banner(settings: Settings) -> None:
+    url = f"http://127.0.0.1:{settings.gateway_port}/webhooks/stripe"
+    secret = settings.stripe_webhook_secrets[0]
+    print(
+        "\n"
+        f"  gateway         {url}\n"
+        f"  signing secret  {secret}\n"
+        f"  metrics         http://127.0.0.1:{settings.gateway_port}/metrics\n"
+        "\n"
+        "  Send a signed test event from another terminal:\n"
+        f"    .venv/bin/hookstream trigger payment_intent.succeeded --url {url}\n"
+        "\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )

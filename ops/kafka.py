@@ -1,0 +1,56 @@
+"""Kafka client options and topic creation shared by every hookstream component."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
+
+from ops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+_NOT_AUTHORIZED = {29, 30, 31}  # topic, group, cluster authorization failed
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka connection keyword arguments (bootstrap, security, SASL, TLS) for any client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    return options
+
+
+async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: Iterable[str]) -> None:
+    """Create event topics with ``TOPIC_PARTITIONS`` partitions; existing ones are left as they are.
+
+    All event topics have the same partition count so that Faust tables co-partition with them. A cluster
+    that forbids topic creation (topics managed elsewhere, e.g. Strimzi KafkaTopic resources) is logged once
+    and otherwise ignored.
+    """
+    new = [NewTopic(t, settings.topic_partitions, settings.topic_replication_factor) for t in topics]
+    if not new:
+        return
+    response = await admin.create_topics(new)
+    for topic, code, message in response.topic_errors:
+        if code == 0 or code == _TOPIC_ALREADY_EXISTS:
+            continue
+        if code in _NOT_AUTHORIZED:
+            log.warning("not allowed to create topic %s; assuming it is managed outside hookstream", topic)
+            continue
+        raise TopicCreationError(f"cannot create topic {topic}: error {code} {message or ''}".strip())
+
+
+class TopicCreationError(RuntimeError):
+    """The broker refused to create an event topic."""

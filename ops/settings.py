@@ -1,0 +1,147 @@
+"""Configuration, read from the environment in one place (12-factor).
+
+Every variable has a default that works on a laptop; production values come from the Helm chart. A variable
+``NAME_FILE`` may name a file holding the value of ``NAME`` (mounted Kubernetes secrets); it wins over ``NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import msgspec
+
+#: The signing secret used when ``STRIPE_WEBHOOK_SECRETS`` is unset. Local development only: the gateway warns
+#: loudly when it runs with it.
+DEV_WEBHOOK_SECRET = "whsec_hookstream_local_development_secret"
+
+_TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value hookstream cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything hookstream reads from its environment. See DESIGN.md, "Configuration"."""
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_enable_idempotence: bool = True
+    stripe_webhook_secrets: tuple[str, ...] = (DEV_WEBHOOK_SECRET,)
+    stripe_webhook_tolerance: int = 300
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = 8000
+    gateway_max_body_bytes: int = 1_048_576
+    gateway_publish_timeout: float = 10.0
+    gateway_retry_after: int = 5
+    producer_linger_ms: int = 2
+    producer_max_batch_size: int = 1_048_576
+    topic_prefix: str = "stripe."
+    topic_partitions: int = 8
+    topic_replication_factor: int = 1
+    worker_web_port: int = 6066
+    state_store: str = "memory://"
+    log_level: str = "INFO"
+
+    @property
+    def using_dev_secret(self) -> bool:
+        return DEV_WEBHOOK_SECRET in self.stripe_webhook_secrets
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), failing with a message naming the variable."""
+        env = _Env(os.environ if environ is None else environ)
+        secrets = tuple(s.strip() for s in env.text("STRIPE_WEBHOOK_SECRETS", DEV_WEBHOOK_SECRET).split(","))
+        secrets = tuple(s for s in secrets if s)
+        if not secrets:
+            raise ConfigError("STRIPE_WEBHOOK_SECRETS: no secret given (comma-separated whsec_... values)")
+        prefix = env.text("TOPIC_PREFIX", "stripe.")
+        if not _TOPIC_PREFIX_RE.match(prefix):
+            raise ConfigError(f"TOPIC_PREFIX: {prefix!r} may only hold letters, digits, '.', '_' and '-'")
+        return cls(
+            kafka_bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka_security_protocol=env.text("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
+            kafka_sasl_mechanism=env.optional("KAFKA_SASL_MECHANISM"),
+            kafka_sasl_username=env.optional("KAFKA_SASL_USERNAME"),
+            kafka_sasl_password=env.optional("KAFKA_SASL_PASSWORD"),
+            kafka_ssl_cafile=env.optional("KAFKA_SSL_CAFILE"),
+            kafka_enable_idempotence=env.flag("KAFKA_ENABLE_IDEMPOTENCE", True),
+            stripe_webhook_secrets=secrets,
+            stripe_webhook_tolerance=env.integer("STRIPE_WEBHOOK_TOLERANCE", 300, minimum=0),
+            gateway_host=env.text("GATEWAY_HOST", "0.0.0.0"),
+            gateway_port=env.integer("GATEWAY_PORT", 8000, minimum=0),
+            gateway_max_body_bytes=env.integer("GATEWAY_MAX_BODY_BYTES", 1_048_576, minimum=1),
+            gateway_publish_timeout=env.seconds("GATEWAY_PUBLISH_TIMEOUT", 10.0),
+            gateway_retry_after=env.integer("GATEWAY_RETRY_AFTER", 5, minimum=0),
+            producer_linger_ms=env.integer("PRODUCER_LINGER_MS", 2, minimum=0),
+            producer_max_batch_size=env.integer("PRODUCER_MAX_BATCH_SIZE", 1_048_576, minimum=1),
+            topic_prefix=prefix,
+            topic_partitions=env.integer("TOPIC_PARTITIONS", 8, minimum=1),
+            topic_replication_factor=env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1),
+            worker_web_port=env.integer("WORKER_WEB_PORT", 6066, minimum=0),
+            state_store=env.text("STATE_STORE", "memory://"),
+            log_level=env.text("LOG_LEVEL", "INFO").upper(),
+        )
+
+
+class _Env:
+    """Typed reads of environment variables, with ``NAME_FILE`` support and errors that name the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def optional(self, name: str) -> str | None:
+        path = self._environ.get(f"{name}_FILE")
+        if path:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return f.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"{name}_FILE: cannot read {path!r}: {exc.strerror}") from None
+        value = self._environ.get(name)
+        return value if value not in (None, "") else None
+
+    def text(self, name: str, default: str) -> str:
+        value = self.optional(name)
+        return default if value is None else value
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+        if not value > 0:
+            raise ConfigError(f"{name}: must be above zero, got {raw!r}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")

@@ -1,0 +1,37 @@
+"""``hookstream trigger``: send one realistic, signed Stripe event to a gateway, as Stripe would."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from gateway.signature import sign
+from ops.fixtures import build_event, encode
+
+
+class TriggerResult:
+    def __init__(self, status: int, body: str, event_id: str) -> None:
+        self.status, self.body, self.event_id = status, body, event_id
+
+
+def trigger(
+    url: str, secret: str, event_type: str, object_id: str | None = None, timeout: float = 30.0
+) -> TriggerResult:
+    """Build, sign and POST an event; return the gateway's answer (any status, never raises on HTTP errors)."""
+    event = build_event(event_type, object_id=object_id)
+    body = encode(event)
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json; charset=utf-8",
+            "Stripe-Signature": sign(body, secret),
+            "User-Agent": "hookstream-trigger",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return TriggerResult(response.status, response.read().decode(), event["id"])
+    except urllib.error.HTTPError as exc:
+        return TriggerResult(exc.code, exc.read().decode(errors="replace"), event["id"])
