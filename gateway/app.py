@@ -116,7 +116,10 @@ class Gateway:
         except BrokerUnavailable as exc:
             log.warning("event %s not acknowledged by Kafka (%s): answered 503", record.event_id, exc)
             await self._error(
-                send, 503, "event not stored: broker unavailable, retry later", [(b"retry-after", self._retry_after)]
+                send,
+                503,
+                "event not stored: broker unavailable, retry later",
+                [(b"retry-after", self._retry_after)],
             )
             return
         await self._respond(send, 200, msgspec.json.encode({"received": True, "id": record.event_id}))

@@ -71,9 +71,7 @@ class Publisher:
         try:
             async with asyncio.timeout(self._settings.gateway_publish_timeout):
                 await self._ensure_topic(record.topic)
-                delivery = await producer.send(
-                    record.topic, record.value, key=record.key, headers=record.headers
-                )
+                delivery = await producer.send(record.topic, record.value, key=record.key, headers=record.headers)
                 # shield: a deadline must not cancel the future aiokafka resolves when the batch completes
                 await asyncio.shield(delivery)
         except (TimeoutError, KafkaError, TopicCreationError) as exc:
@@ -103,8 +101,12 @@ class Publisher:
                     backoff = 0.5
                     log.info("connected to Kafka at %s", self._settings.kafka_bootstrap_servers)
                 except Exception as exc:
-                    log.warning("cannot reach Kafka at %s (%s); retrying in %.1fs",
-                                self._settings.kafka_bootstrap_servers, _describe(exc), backoff)
+                    log.warning(
+                        "cannot reach Kafka at %s (%s); retrying in %.1fs",
+                        self._settings.kafka_bootstrap_servers,
+                        _describe(exc),
+                        backoff,
+                    )
                     await self._close()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
@@ -121,8 +123,7 @@ class Publisher:
             enable_idempotence=settings.kafka_enable_idempotence,
             linger_ms=settings.producer_linger_ms,
             max_batch_size=settings.producer_max_batch_size,
-            max_request_size=max(settings.producer_max_batch_size,
-                                 settings.gateway_max_body_bytes + _RECORD_OVERHEAD),
+            max_request_size=max(settings.producer_max_batch_size, settings.gateway_max_body_bytes + _RECORD_OVERHEAD),
             request_timeout_ms=int(settings.gateway_publish_timeout * 1000),
         )
         admin = AIOKafkaAdminClient(**options, request_timeout_ms=int(settings.gateway_publish_timeout * 1000))

@@ -12,10 +12,10 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why a signature was refused; the values are the ``reason`` label of the failure counter."""
 
     MISSING_HEADER = "missing_header"

@@ -45,8 +45,16 @@ class EmbeddedBroker:
             raise BrokerError(f"{self.bootstrap_servers} is already in use; choose another port")
         url = f"tcp://{self.bootstrap_servers}"
         self.process = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -77,9 +85,7 @@ class EmbeddedBroker:
         self._log.close()
 
 
-def wait_for_kafka(
-    host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
-) -> None:
+def wait_for_kafka(host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
     """Block until ``host:port`` answers a Kafka MetadataRequest, or raise BrokerError."""
     deadline = time.monotonic() + timeout
     last_error = "no answer"

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev", help="run the local stack: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and gateway"
     )
+    dev.add_argument("--broker-port", type=int, default=9092, help="embedded broker port (default: 9092)")
     dev.set_defaults(run=_dev)
 
     gateway = commands.add_parser("gateway", help="run the webhook gateway (GATEWAY_HOST:GATEWAY_PORT)")
@@ -49,14 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     broker.set_defaults(run=_broker)
 
-    trigger = commands.add_parser(
-        "trigger", help="send a realistic signed Stripe event of the given type to a gateway"
-    )
+    trigger = commands.add_parser("trigger", help="send a realistic signed Stripe event of the given type to a gateway")
     trigger.add_argument("event_type", help="a Stripe event type, e.g. payment_intent.succeeded")
     trigger.add_argument("--object-id", help="id of the object the event is about (default: the fixture's)")
-    trigger.add_argument(
-        "--url", help="webhook URL (default: http://127.0.0.1:$GATEWAY_PORT/webhooks/stripe)"
-    )
+    trigger.add_argument("--url", help="webhook URL (default: http://127.0.0.1:$GATEWAY_PORT/webhooks/stripe)")
     trigger.add_argument("--secret", help="signing secret (default: the first of STRIPE_WEBHOOK_SECRETS)")
     trigger.set_defaults(run=_trigger)
     return parser
@@ -65,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from ops.dev import run_dev
 
-    return run_dev(settings, dict(os.environ))
+    return run_dev(settings, dict(os.environ), args.broker_port)
 
 
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
@@ -84,8 +81,10 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     except BrokerError as exc:
         print(f"hookstream: {exc}", file=sys.stderr)
         return 1
-    print(f"hookstream: Kafka broker listening on {broker.bootstrap_servers} (memory storage); Ctrl-C stops it",
-          flush=True)
+    print(
+        f"hookstream: Kafka broker listening on {broker.bootstrap_servers} (memory storage); Ctrl-C stops it",
+        flush=True,
+    )
     received: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: received.append(signum))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,16 +14,16 @@ from ops.process import free_port, stop_process
 from ops.settings import Settings
 
 
-def run_dev(settings: Settings, environ: dict[str, str]) -> int:
+def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092) -> int:
     """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and the gateway; wait for a signal."""
     env = dict(environ)
     broker: EmbeddedBroker | None = None
     if "KAFKA_BOOTSTRAP_SERVERS" not in environ:
-        port = 9092
         try:
-            broker = EmbeddedBroker(port)
+            broker = EmbeddedBroker(broker_port)
             broker.start()
-        except BrokerError:
+        except BrokerError as exc:
+            print(f"hookstream: {exc}; using a free port instead", file=sys.stderr)
             broker = EmbeddedBroker(free_port())
             broker.start()
         env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
@@ -39,8 +40,10 @@ def run_dev(settings: Settings, environ: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     status = 0
     try:
-        children.append(("gateway", _spawn(["gateway"], env)))
-        _print_banner(settings)
+        gateway = _spawn(["gateway"], env)
+        children.append(("gateway", gateway))
+        if _wait_listening(settings.gateway_port, gateway):
+            _print_banner(settings)
         while not stopping:
             for name, child in children:
                 if child.poll() is not None:
@@ -59,6 +62,17 @@ def run_dev(settings: Settings, environ: dict[str, str]) -> int:
 def _spawn(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # own session: Ctrl-C goes to this supervisor only, which stops the children in order (gateway first)
     return subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, start_new_session=True)
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    """Wait until something accepts connections on ``port`` (False if ``process`` died first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def _print_banner(settings: Settings) -> None:

@@ -1,0 +1,193 @@
+"""Helpers for tests that run real processes: gateways, HTTP calls, Kafka reads and metric scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from gateway.signature import sign
+from ops.broker import EmbeddedBroker
+from ops.process import free_port, stop_process
+from ops.settings import DEV_WEBHOOK_SECRET
+
+SECRET = DEV_WEBHOOK_SECRET
+WEBHOOK = "/webhooks/stripe"
+
+
+@dataclass
+class BrokerInfo:
+    bootstrap_servers: str
+    enable_idempotence: bool
+    embedded: EmbeddedBroker | None = None
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.enable_idempotence else "false",
+        }
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.body)
+
+
+@dataclass
+class GatewayProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Any = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{WEBHOOK}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        return http_request(self.port, method, path, body, headers, timeout)
+
+    def post_event(self, body: bytes, secret: str = SECRET, timeout: float = 30.0) -> Response:
+        return self.request("POST", WEBHOOK, body, {"Stripe-Signature": sign(body, secret)}, timeout)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Current value of one sample on /metrics (0 when absent)."""
+        return metric_value(self.request("GET", "/metrics").body.decode(), name, labels)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return str(self.log.read().decode(errors="replace"))
+
+    def wait_until(self, path: str, status: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: int | str = "no answer"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                last = self.request("GET", path, timeout=2).status
+                if last == status:
+                    return
+            if self.process.poll() is not None:
+                raise AssertionError(f"gateway exited ({self.process.returncode}):\n{self.output()}")
+            time.sleep(0.1)
+        raise AssertionError(f"GET {path} never answered {status} (last: {last}):\n{self.output()[-3000:]}")
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        answer = conn.getresponse()
+        return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def start_gateway(broker: BrokerInfo | None, wait_ready: bool = True, **env: str) -> Iterator[GatewayProcess]:
+    """Run ``hookstream gateway`` on a free port; stop it (by PID) afterwards."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        **(broker.env() if broker else {}),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "LOG_LEVEL": "INFO",
+        **env,
+    }
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "gateway"], env=environ, stdout=log, stderr=subprocess.STDOUT
+    )
+    gateway = GatewayProcess(port, process, log)
+    try:
+        gateway.wait_until("/readyz" if wait_ready else "/healthz", 200)
+        yield gateway
+    finally:
+        stop_process(process, timeout=20)
+        log.close()
+
+
+def metric_value(text: str, name: str, labels: dict[str, str]) -> float:
+    """Parse a sample from Prometheus text exposition; 0.0 when that series does not exist yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def consume(
+    bootstrap: str, topics: list[str], expected: int, timeout: float = 30.0, settle: float = 1.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read every partition of ``topics`` from the beginning until ``expected`` records (then ``settle`` s more,
+    to catch extras) or the timeout."""
+
+    async def run() -> list[ConsumerRecord[bytes, bytes]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        try:
+            await consumer.topics()  # loads cluster metadata without creating anything
+            partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning()
+            records: list[ConsumerRecord[bytes, bytes]] = []
+            deadline = time.monotonic() + timeout
+            settle_until: float | None = None
+            while time.monotonic() < deadline:
+                if settle_until is None and len(records) >= expected:
+                    settle_until = time.monotonic() + settle
+                if settle_until is not None and time.monotonic() >= settle_until:
+                    break
+                batch = await consumer.getmany(timeout_ms=200)
+                for messages in batch.values():
+                    records.extend(messages)
+            return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def partition_count(bootstrap: str, topic: str) -> int:
+    async def run() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            return len(consumer.partitions_for_topic(topic) or ())
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())

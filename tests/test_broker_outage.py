@@ -1,0 +1,75 @@
+"""Broker trouble is never data loss: 503 with Retry-After, never 200, and recovery without a restart."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ops.broker import EmbeddedBroker
+from ops.fixtures import build_event, encode
+from ops.process import free_port
+from tests.support import BrokerInfo, GatewayProcess, consume, partition_count, start_gateway
+
+pytestmark = pytest.mark.integration
+
+PUBLISH_TIMEOUT = 3
+
+
+def _post_until_200(gw: GatewayProcess, body: bytes, timeout: float = 60.0) -> list[int]:
+    statuses: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = gw.post_event(body, timeout=PUBLISH_TIMEOUT + 15)
+        statuses.append(response.status)
+        if response.status == 200:
+            return statuses
+        assert response.status == 503
+        time.sleep(0.5)
+    raise AssertionError(f"the gateway never recovered: {statuses[-5:]}\n{gw.output()[-3000:]}")
+
+
+def _assert_503(gw: GatewayProcess, body: bytes) -> None:
+    # the client's own timeout bounds the wait: a gateway that hangs fails here
+    response = gw.post_event(body, timeout=PUBLISH_TIMEOUT + 10)
+    assert response.status == 503, response.body
+    assert int(response.headers["retry-after"]) > 0
+    assert "retry" in response.json()["error"]
+
+
+def test_gateway_answers_503_while_the_broker_is_down_and_recovers_by_itself() -> None:
+    port = free_port()
+    broker = EmbeddedBroker(port)
+    info = BrokerInfo(broker.bootstrap_servers, enable_idempotence=False)
+    try:
+        # 1. the gateway starts before any broker exists: alive, not ready, 503 for events
+        with start_gateway(
+            info, wait_ready=False, GATEWAY_PUBLISH_TIMEOUT=str(PUBLISH_TIMEOUT), GATEWAY_RETRY_AFTER="7"
+        ) as gw:
+            assert gw.request("GET", "/readyz").status == 503
+            _assert_503(gw, encode(build_event("invoice.paid", event_id="evt_early")))
+
+            # 2. the broker comes up: the gateway connects on its own
+            broker.start()
+            gw.wait_until("/readyz", 200)
+            first = encode(build_event("invoice.paid", object_id="in_1", event_id="evt_first"))
+            assert _post_until_200(gw, first)[-1] == 200
+
+            # 3. the broker goes away: 503 within the publish deadline, never 200, readiness follows
+            broker.stop()
+            _assert_503(gw, encode(build_event("invoice.paid", event_id="evt_during_outage")))
+            gw.wait_until("/readyz", 503)
+            assert gw.metric("hookstream_gateway_requests_total", status="503") >= 2
+
+            # 4. a broker is back (empty: memory storage): the next delivery succeeds, no restart
+            broker.start()
+            again = encode(build_event("invoice.paid", object_id="in_1", event_id="evt_after"))
+            _post_until_200(gw, again)
+            gw.wait_until("/readyz", 200)
+            assert gw.process.poll() is None
+
+        records = consume(broker.bootstrap_servers, ["stripe.invoice"], 1)
+        assert [r.value for r in records] == [again]
+        assert partition_count(broker.bootstrap_servers, "stripe.invoice") == 8  # recreated as configured
+    finally:
+        broker.stop()

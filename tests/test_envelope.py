@@ -1,0 +1,67 @@
+"""Routing a verified body to a record: topic, key, headers, value untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.envelope import EnvelopeError, to_record
+from ops.fixtures import build_event, encode
+
+
+def test_record_routes_by_object_type_and_id_and_keeps_the_raw_body() -> None:
+    event = build_event("customer.subscription.updated", object_id="sub_123", created=1700000000, account="acct_9")
+    body = encode(event)
+    record = to_record(body, "stripe.", 1_700_000_000_123)
+    assert record.topic == "stripe.subscription"
+    assert record.key == b"sub_123"
+    assert record.value is body
+    headers = dict(record.headers)
+    assert headers == {
+        "event-id": event["id"].encode(),
+        "event-type": b"customer.subscription.updated",
+        "event-created": b"1700000000",
+        "livemode": b"false",
+        "api-version": b"",
+        "account": b"acct_9",
+        "received-at": b"1700000000123",
+    }
+
+
+def test_object_without_id_is_keyed_by_event_id() -> None:
+    event = build_event("invoice.upcoming")
+    event["data"]["object"].pop("id")
+    record = to_record(encode(event), "stripe.", 0)
+    assert record.topic == "stripe.invoice"
+    assert record.key == event["id"].encode()
+
+
+def test_topic_prefix_is_configurable() -> None:
+    record = to_record(encode(build_event("checkout.session.completed")), "acme-", 0)
+    assert record.topic == "acme-checkout.session"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "not a Stripe event"),
+        (b'{"type": "x", "data": {"object": {"object": "charge"}}}', "id"),
+        (b'{"id": "evt_1", "data": {"object": {"object": "charge"}}}', "type"),
+        (b'{"id": "evt_1", "type": "charge.succeeded"}', "data"),
+        (b'{"id": "evt_1", "type": "charge.succeeded", "data": {}}', "object"),
+        (b'{"id": "", "type": "charge.succeeded", "data": {"object": {"object": "charge"}}}', "id"),
+        (b'{"id": 5, "type": "charge.succeeded", "data": {"object": {"object": "charge"}}}', "id"),
+        (b'{"id": "evt_1", "type": "c", "data": {"object": {"object": "a/b"}}}', "topic"),
+    ],
+)
+def test_bad_envelopes_say_what_is_wrong(body: bytes, message: str) -> None:
+    with pytest.raises(EnvelopeError, match=message):
+        to_record(body, "stripe.", 0)
+
+
+def test_unknown_fields_are_ignored_not_rejected() -> None:
+    event = json.loads(encode(build_event("charge.succeeded")))
+    event["something_new"] = {"deep": [1, 2, 3]}
+    assert to_record(json.dumps(event).encode(), "stripe.", 0).topic == "stripe.charge"

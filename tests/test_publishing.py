@@ -1,0 +1,132 @@
+"""Verified events land in Kafka exactly once each: right topic, key, partition, bytes and headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import aiohttp
+import pytest
+from aiokafka.partitioner import murmur2
+from aiokafka.protocol.produce import ProduceRequest
+
+from gateway.envelope import to_record
+from gateway.metrics import GatewayMetrics
+from gateway.publisher import Publisher
+from gateway.signature import sign
+from ops.fixtures import build_event, encode
+from ops.settings import Settings
+from tests.support import SECRET, BrokerInfo, GatewayProcess, consume, start_gateway
+
+pytestmark = pytest.mark.integration
+
+TYPES = [
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "invoice.paid",
+    "invoice.upcoming",
+    "customer.subscription.updated",
+    "checkout.session.completed",
+    "charge.dispute.created",
+]
+
+
+def test_posted_events_arrive_exactly_once_with_key_value_and_headers(broker: BrokerInfo) -> None:
+    n = 400
+    rng = random.Random(7)
+    bodies: dict[str, bytes] = {}
+    for i in range(n):
+        event_type = rng.choice(TYPES)
+        event = build_event(
+            event_type,
+            object_id=f"obj_{rng.randrange(25)}",
+            event_id=f"evt_pub_{i}",
+            account="acct_42" if i % 3 == 0 else None,
+        )
+        if event_type == "invoice.upcoming":
+            event["data"]["object"].pop("id")  # upcoming invoices have no id yet
+        bodies[event["id"]] = encode(event)
+
+    with start_gateway(broker, TOPIC_PREFIX="pub.") as gw:
+        statuses = asyncio.run(_post_all(gw, list(bodies.values()), concurrency=32))
+        assert statuses == [200] * n
+        published = sum(gw.metric("hookstream_events_published_total", event_type=t) for t in TYPES)
+        assert published == n
+
+    topics = sorted({to_record(b, "pub.", 0).topic for b in bodies.values()})
+    records = consume(broker.bootstrap_servers, topics, n)
+    assert len(records) == n
+    seen = set()
+    for record in records:
+        headers = {k: v.decode() for k, v in record.headers}
+        event_id = headers["event-id"]
+        assert event_id not in seen
+        seen.add(event_id)
+        body = bodies[event_id]
+        event = json.loads(body)
+        assert record.value == body  # byte for byte
+        obj = event["data"]["object"]
+        assert record.topic == "pub." + obj["object"]
+        assert record.key == (obj.get("id") or event_id).encode()
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 8  # Kafka's default partitioner
+        assert headers["event-type"] == event["type"]
+        assert headers["event-created"] == str(event["created"])
+        assert headers["livemode"] == "false"
+        assert headers.get("account") == event.get("account")
+        assert abs(int(headers["received-at"]) - time.time() * 1000) < 600_000
+    assert seen == set(bodies)
+
+
+async def _post_all(gw: GatewayProcess, bodies: list[bytes], concurrency: int) -> list[int]:
+    limit = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession() as session:
+
+        async def post(body: bytes) -> int:
+            async with (
+                limit,
+                session.post(gw.url, data=body, headers={"Stripe-Signature": sign(body, SECRET)}) as response,
+            ):
+                return response.status
+
+        return await asyncio.gather(*(post(b) for b in bodies))
+
+
+def test_concurrent_publishes_share_produce_requests(broker: BrokerInfo) -> None:
+    """200 concurrent publishes must not cost 200 broker round trips: count the ProduceRequests sent."""
+    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "batch.", "TOPIC_PARTITIONS": "2"})
+
+    async def run() -> tuple[int, int]:
+        publisher = Publisher(settings, GatewayMetrics())
+        await publisher.start()
+        try:
+            for _ in range(100):
+                if publisher.ready:
+                    break
+                await asyncio.sleep(0.1)
+            assert publisher.ready
+            producer = publisher._producer
+            assert producer is not None
+            produce_requests = 0
+            real_send = producer.client.send
+
+            async def counting_send(node_id: int, request: object, **kwargs: object) -> object:
+                nonlocal produce_requests
+                if isinstance(request, ProduceRequest):
+                    produce_requests += 1
+                return await real_send(node_id, request, **kwargs)
+
+            producer.client.send = counting_send
+            records = [
+                to_record(encode(build_event("charge.succeeded", object_id=f"ch_{i}")), "batch.", 0) for i in range(200)
+            ]
+            await publisher.publish(records[0])  # topic creation and metadata out of the way
+            produce_requests = 0
+            await asyncio.gather(*(publisher.publish(r) for r in records[1:]))
+            return produce_requests, len(records) - 1
+        finally:
+            await publisher.stop()
+
+    requests, published = asyncio.run(run())
+    assert 0 < requests <= published // 10, f"{requests} produce requests for {published} records"

@@ -1,0 +1,50 @@
+"""Configuration: defaults that work locally, errors that name the variable, secrets from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ops.settings import DEV_WEBHOOK_SECRET, ConfigError, Settings
+
+
+def test_defaults_match_the_design() -> None:
+    s = Settings.from_env({})
+    assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert s.stripe_webhook_secrets == (DEV_WEBHOOK_SECRET,)
+    assert (s.stripe_webhook_tolerance, s.gateway_host, s.gateway_port) == (300, "0.0.0.0", 8000)
+    assert (s.gateway_max_body_bytes, s.topic_prefix, s.topic_partitions) == (1_048_576, "stripe.", 8)
+    assert (s.worker_web_port, s.state_store, s.kafka_enable_idempotence) == (6066, "memory://", True)
+    assert s.using_dev_secret
+
+
+def test_several_secrets_for_rotation() -> None:
+    s = Settings.from_env({"STRIPE_WEBHOOK_SECRETS": " whsec_old , whsec_new ,"})
+    assert s.stripe_webhook_secrets == ("whsec_old", "whsec_new")
+    assert not s.using_dev_secret
+
+
+def test_secret_from_a_mounted_file(tmp_path: Path) -> None:
+    path = tmp_path / "webhook-secrets"
+    path.write_text("whsec_from_file\n")
+    s = Settings.from_env({"STRIPE_WEBHOOK_SECRETS_FILE": str(path), "STRIPE_WEBHOOK_SECRETS": "whsec_env"})
+    assert s.stripe_webhook_secrets == ("whsec_from_file",)
+    with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRETS_FILE"):
+        Settings.from_env({"STRIPE_WEBHOOK_SECRETS_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
+        ({"TOPIC_PARTITIONS": "0"}, "TOPIC_PARTITIONS"),
+        ({"STRIPE_WEBHOOK_SECRETS": " , "}, "STRIPE_WEBHOOK_SECRETS"),
+        ({"KAFKA_ENABLE_IDEMPOTENCE": "maybe"}, "KAFKA_ENABLE_IDEMPOTENCE"),
+        ({"GATEWAY_PUBLISH_TIMEOUT": "0"}, "GATEWAY_PUBLISH_TIMEOUT"),
+        ({"TOPIC_PREFIX": "bad prefix/"}, "TOPIC_PREFIX"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env(env)

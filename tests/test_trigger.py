@@ -1,0 +1,82 @@
+"""`hookstream trigger`: a realistic signed event for every event type that has a fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ops.fixtures import UnknownEventType, build_event, event_types, fixture_for
+from tests.support import BrokerInfo, GatewayProcess, consume
+
+pytestmark = pytest.mark.integration
+
+
+def _types_with_fixtures() -> list[str]:
+    found = []
+    for event_type in event_types():
+        try:
+            fixture_for(event_type)
+            found.append(event_type)
+        except UnknownEventType:
+            pass
+    return found
+
+
+def test_fixtures_cover_nearly_all_event_types() -> None:
+    assert len(event_types()) == 275
+    assert len(_types_with_fixtures()) >= 260
+    assert fixture_for("customer.subscription.updated")["object"] == "subscription"
+    assert fixture_for("charge.dispute.created")["object"] == "dispute"
+    assert fixture_for("checkout.session.completed")["object"] == "checkout.session"
+    assert fixture_for("issuing_authorization.request")["object"] == "issuing.authorization"
+
+
+def test_built_events_carry_the_requested_ids() -> None:
+    event = build_event("invoice.paid", object_id="in_abc", event_id="evt_abc", created=1234)
+    assert (event["id"], event["type"], event["created"]) == ("evt_abc", "invoice.paid", 1234)
+    assert event["data"]["object"]["id"] == "in_abc"
+    assert event["object"] == "event"
+
+
+def _trigger(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", "trigger", *args, "--url", gw.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+    )
+
+
+def test_trigger_posts_every_event_type_with_a_fixture(gateway: GatewayProcess) -> None:
+    from ops.trigger import trigger
+    from tests.support import SECRET
+
+    for event_type in _types_with_fixtures():
+        result = trigger(gateway.url, SECRET, event_type)
+        assert result.status == 200, (event_type, result.body)
+        assert json.loads(result.body) == {"received": True, "id": result.event_id}
+
+
+def test_trigger_command_sets_the_object_id(gateway: GatewayProcess, broker: BrokerInfo) -> None:
+    done = _trigger(gateway, "customer.subscription.created", "--object-id", "sub_trigger_cli")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("200 ")
+    event_id = json.loads(done.stdout[4:])["id"]
+    records = [r for r in consume(broker.bootstrap_servers, ["stripe.subscription"], 1) if r.key == b"sub_trigger_cli"]
+    assert len(records) == 1
+    event = json.loads(records[0].value)
+    assert event["id"] == event_id and event["type"] == "customer.subscription.created"
+
+
+def test_trigger_command_explains_unknown_types_and_refusals(gateway: GatewayProcess) -> None:
+    unknown = _trigger(gateway, "three_d_secure.authentication.failed")
+    assert unknown.returncode == 2
+    assert "no Stripe example object" in unknown.stderr
+    refused = _trigger(gateway, "invoice.paid", "--secret", "whsec_wrong")
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("400 ")
