@@ -129,4 +129,5 @@ def test_concurrent_publishes_share_produce_requests(broker: BrokerInfo) -> None
             await publisher.stop()
 
     requests, published = asyncio.run(run())
+    print(f"{requests} produce requests for {published} concurrent publishes")
     assert 0 < requests <= published // 10, f"{requests} produce requests for {published} records"
