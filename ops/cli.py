@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="run the webhook gateway (GATEWAY_HOST:GATEWAY_PORT)")
     gateway.set_defaults(run=_gateway)
 
+    worker = commands.add_parser(
+        "worker", help="run a stream worker (Faust app streams.app:app; web port WORKER_WEB_PORT)"
+    )
+    worker.set_defaults(run=_worker)
+
+    replay = commands.add_parser("replay", help="re-publish dead letters to the topics they came from")
+    replay.add_argument("--limit", type=int, default=None, help="replay at most N dead letters (default: all)")
+    replay.set_defaults(run=_replay)
+
     broker = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu, memory only)")
     broker.add_argument("--port", type=int, default=9092, help="port to listen on (default: 9092)")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -70,6 +79,18 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
 
     serve(settings)
     return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(settings)
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.replay import run_replay
+
+    return run_replay(settings, args.limit)
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:

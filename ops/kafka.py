@@ -54,3 +54,24 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: 
 
 class TopicCreationError(RuntimeError):
     """The broker refused to create an event topic."""
+
+
+def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """Faust's ``broker`` and ``broker_credentials`` settings from the same variables as every other client."""
+    import faust
+
+    options: dict[str, Any] = {
+        "broker": [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")]
+    }
+    protocol = settings.kafka_security_protocol
+    ssl_context = create_ssl_context(cafile=settings.kafka_ssl_cafile) if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=ssl_context,
+        )
+    elif ssl_context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(ssl_context)
+    return options

@@ -46,8 +46,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     topic_partitions: int = 8
     topic_replication_factor: int = 1
     worker_web_port: int = 6066
+    worker_web_host: str | None = None
+    worker_app_id: str = "hookstream"
+    worker_max_inflight: int = 1000
+    worker_rebalance_timeout: float = 30.0
+    worker_session_timeout: float = 30.0
+    worker_producer_max_batch_size: int = 16384
+    worker_lag_interval: float = 5.0
+    handler_modules: tuple[str, ...] = ("handlers",)
+    handler_max_attempts: int = 5
+    handler_retry_backoff: float = 0.2
+    handler_retry_max_backoff: float = 30.0
+    handler_timeout: float = 30.0
     state_store: str = "memory://"
     log_level: str = "INFO"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}dlq"
 
     @property
     def using_dev_secret(self) -> bool:
@@ -85,6 +101,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             topic_partitions=env.integer("TOPIC_PARTITIONS", 8, minimum=1),
             topic_replication_factor=env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1),
             worker_web_port=env.integer("WORKER_WEB_PORT", 6066, minimum=0),
+            worker_web_host=env.optional("WORKER_WEB_HOST"),
+            worker_app_id=env.text("HOOKSTREAM_APP_ID", "hookstream"),
+            worker_max_inflight=env.integer("WORKER_MAX_INFLIGHT", 1000, minimum=1),
+            worker_rebalance_timeout=env.seconds("WORKER_REBALANCE_TIMEOUT", 30.0),
+            worker_session_timeout=env.seconds("WORKER_SESSION_TIMEOUT", 30.0),
+            worker_producer_max_batch_size=env.integer("WORKER_PRODUCER_MAX_BATCH_SIZE", 16384, minimum=1),
+            worker_lag_interval=env.seconds("WORKER_LAG_INTERVAL", 5.0),
+            handler_modules=tuple(
+                m.strip() for m in env.text("HOOKSTREAM_HANDLERS", "handlers").split(",") if m.strip()
+            ),
+            handler_max_attempts=env.integer("HANDLER_MAX_ATTEMPTS", 5, minimum=1),
+            handler_retry_backoff=env.seconds("HANDLER_RETRY_BACKOFF", 0.2),
+            handler_retry_max_backoff=env.seconds("HANDLER_RETRY_MAX_BACKOFF", 30.0),
+            handler_timeout=env.seconds("HANDLER_TIMEOUT", 30.0),
             state_store=env.text("STATE_STORE", "memory://"),
             log_level=env.text("LOG_LEVEL", "INFO").upper(),
         )

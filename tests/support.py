@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import http.client
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,14 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from gateway.envelope import Record
 from gateway.signature import sign
 from ops.broker import EmbeddedBroker
+from ops.dev import EMBEDDED_BROKER_ENV
+from ops.kafka import create_topics
 from ops.process import free_port, stop_process
-from ops.settings import DEV_WEBHOOK_SECRET
+from ops.settings import DEV_WEBHOOK_SECRET, Settings
 
 SECRET = DEV_WEBHOOK_SECRET
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEBHOOK = "/webhooks/stripe"
 
 
@@ -33,10 +39,16 @@ class BrokerInfo:
     embedded: EmbeddedBroker | None = None
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.enable_idempotence else "false",
+            # short group timeouts: workers join, and notice a killed peer, in seconds
+            "WORKER_REBALANCE_TIMEOUT": "3",
+            "WORKER_SESSION_TIMEOUT": "6",
         }
+        if not self.enable_idempotence:  # the embedded broker (DESIGN.md: one record per changelog batch)
+            env |= EMBEDDED_BROKER_ENV
+        return env
 
 
 @dataclass
@@ -191,3 +203,125 @@ def partition_count(bootstrap: str, topic: str) -> int:
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+@dataclass
+class WorkerProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Any = field(repr=False)
+
+    def request(self, path: str, timeout: float = 30.0) -> Response:
+        return http_request(self.port, "GET", path, timeout=timeout)
+
+    def state(self, object_id: str) -> dict[str, Any] | None:
+        response = self.request(f"/objects/{object_id}")
+        if response.status == 404:
+            return None
+        assert response.status == 200, (response.status, response.body)
+        return dict(response.json())
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_value(self.request("/metrics").body.decode(), name, labels)
+
+    def metric_sum(self, name: str, **labels: str) -> float:
+        """Sum of every sample of ``name`` whose labels include ``labels``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for family in text_string_to_metric_families(self.request("/metrics").body.decode()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return str(self.log.read().decode(errors="replace"))
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited ({self.process.returncode}):\n{self.output()[-5000:]}")
+            with contextlib.suppress(OSError):
+                if self.request("/readyz", timeout=2).status == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"worker never became ready:\n{self.output()[-5000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        return stop_process(self.process, timeout=30, sig=sig)
+
+
+@contextlib.contextmanager
+def start_worker(
+    broker: BrokerInfo, app_id: str, prefix: str, wait_ready: bool = True, **env: str
+) -> Iterator[WorkerProcess]:
+    """Run ``hookstream worker`` with the recording test handlers on a free web port; stop it by PID."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        **broker.env(),
+        "PYTHONPATH": REPO,
+        "HOOKSTREAM_APP_ID": app_id,
+        "TOPIC_PREFIX": prefix,
+        "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
+        "WORKER_WEB_PORT": str(port),
+        "WORKER_WEB_HOST": "127.0.0.1",
+        "WORKER_LAG_INTERVAL": "0.5",
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "worker"], env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+    )
+    worker = WorkerProcess(port, process, log)
+    try:
+        if wait_ready:
+            worker.wait_ready()
+        yield worker
+    finally:
+        stop_process(process, timeout=30)
+        log.close()
+
+
+def produce(bootstrap: str, records: list[Record], enable_idempotence: bool = False) -> None:
+    """Publish gateway-format records in list order (so per-partition order is list order)."""
+
+    async def run() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)  # as the gateway would: TOPIC_PARTITIONS
+        await admin.start()
+        try:
+            await create_topics(admin, Settings.from_env({}), sorted({r.topic for r in records}))
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            enable_idempotence=enable_idempotence,
+        )
+        await producer.start()
+        try:
+            for r in records:
+                await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")

@@ -1,0 +1,69 @@
+"""Payment intents and charges: what a payment is, where it stands and, when it failed, why.
+
+Kept for a payment intent: amounts (asked, capturable, received), currency, customer, the latest charge, the
+cancellation, and the last payment error's code, decline code and message (Stripe clears it on success, and so
+does the next snapshot). For a charge: amount, captured and refunded amounts, the captured/refunded/disputed
+flags, the payment intent it belongs to, and its failure code and message. Each also keeps when it succeeded,
+failed, was captured, refunded or expired (the ``created`` of that event), which the snapshots do not
+say. Refunds (``charge.refund.updated``) and disputes (``charge.dispute.*``) carry other objects: not here.
+"""
+
+from __future__ import annotations
+
+from handlers._common import keep, stamp
+from streams.events import StripeEvent
+from streams.registry import Context, on
+
+PAYMENT_INTENT_EVENTS = (
+    "payment_intent.amount_capturable_updated",
+    "payment_intent.canceled",
+    "payment_intent.created",
+    "payment_intent.partially_funded",
+    "payment_intent.payment_failed",
+    "payment_intent.processing",
+    "payment_intent.requires_action",
+    "payment_intent.succeeded",
+)
+
+CHARGE_EVENTS = (
+    "charge.captured",
+    "charge.expired",
+    "charge.failed",
+    "charge.pending",
+    "charge.refunded",
+    "charge.succeeded",
+    "charge.updated",
+)
+
+_STAMPS = {
+    "payment_intent.succeeded": "succeeded_at",
+    "payment_intent.payment_failed": "failed_at",
+    "charge.succeeded": "succeeded_at",
+    "charge.failed": "failed_at",
+    "charge.captured": "captured_at",
+    "charge.refunded": "refunded_at",
+    "charge.expired": "expired_at",
+}
+
+
+@on(*PAYMENT_INTENT_EVENTS)
+async def payment_intent_changed(event: StripeEvent, ctx: Context) -> None:
+    obj = event.object
+    keep(ctx, obj, "amount", "amount_capturable", "amount_received", "currency", "customer", "latest_charge")
+    keep(ctx, obj, "capture_method", "canceled_at", "cancellation_reason")
+    error = obj.get("last_payment_error") or {}
+    ctx.fields["last_payment_error_code"] = error.get("code")
+    ctx.fields["last_payment_error_decline_code"] = error.get("decline_code")
+    ctx.fields["last_payment_error_message"] = error.get("message")
+    stamp(ctx, event, _STAMPS)
+
+
+@on(*CHARGE_EVENTS)
+async def charge_changed(event: StripeEvent, ctx: Context) -> None:
+    obj = event.object
+    keep(ctx, obj, "amount", "amount_captured", "amount_refunded", "currency", "customer", "payment_intent")
+    keep(ctx, obj, "paid", "captured", "refunded", "disputed", "failure_code", "failure_message")
+    outcome = obj.get("outcome") or {}
+    ctx.fields["outcome_type"] = outcome.get("type")
+    ctx.fields["outcome_reason"] = outcome.get("reason")
+    stamp(ctx, event, _STAMPS)

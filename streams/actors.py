@@ -1,0 +1,80 @@
+"""An actor per key: items of one key run one after another in arrival order; keys run concurrently.
+
+An actor is a deque and a task that exists only while the deque has items, so idle keys cost nothing and
+memory stays bounded however many distinct keys pass. A semaphore bounds the items in flight across all keys:
+``submit`` waits when it is exhausted, and so the caller (the stream) stops pulling from Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+class ActorPool(Generic[T]):
+    def __init__(self, process: Callable[[T], Awaitable[None]], max_inflight: int) -> None:
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        self._process = process
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._max_inflight = max_inflight
+        self._actors: dict[Hashable, deque[T]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        """Items submitted and not yet finished."""
+        return self._max_inflight - self._slots._value
+
+    @property
+    def active_actors(self) -> int:
+        return len(self._actors)
+
+    async def submit(self, key: Hashable, item: T) -> None:
+        """Queue ``item`` behind earlier items of ``key``; waits while ``max_inflight`` items are unfinished."""
+        await self._slots.acquire()
+        queue = self._actors.get(key)
+        if queue is None:
+            queue = self._actors[key] = deque((item,))
+            self._idle.clear()
+            task = asyncio.create_task(self._run(key, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            queue.append(item)
+
+    async def drain(self) -> None:
+        """Wait until every submitted item is finished."""
+        await self._idle.wait()
+
+    async def cancel(self) -> None:
+        """Stop all actors now (on shutdown or rebalance); their unfinished items stay unacknowledged."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, key: Hashable, queue: deque[T]) -> None:
+        try:
+            while queue:
+                try:
+                    await self._process(queue[0])
+                except Exception:  # process() handles its own failures; this is a last line of defence
+                    log.exception("unexpected error processing an item of %r", key)
+                finally:
+                    queue.popleft()
+                    self._slots.release()
+        finally:
+            if self._actors.get(key) is queue:
+                del self._actors[key]
+            if not self._actors:
+                self._idle.set()

@@ -1,0 +1,151 @@
+"""The Faust app: one agent over every event topic that has handlers, an actor per object id inside it, the
+``objects`` table, and the worker's web endpoints (``/objects/<id>``, ``/healthz``, ``/metrics``).
+
+Run it with ``hookstream worker`` (or ``faust -A streams.app worker``). Importing this module builds the app
+(Faust apps are module-level by design); nothing connects until a worker starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from typing import Any, cast
+
+import faust
+from faust.streams import _current_event  # the table's changelog partition comes from the current event
+from faust.types import EventT
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ops.kafka import faust_broker_options
+from ops.settings import Settings
+from streams.actors import ActorPool
+from streams.lag import LagReporter
+from streams.metrics import WorkerMetrics
+from streams.processor import EventProcessor, RetryPolicy
+from streams.registry import registry
+
+log = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+registry.discover(settings.handler_modules)
+metrics = WorkerMetrics()
+_web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.worker_web_host else {}
+
+app = faust.App(
+    settings.worker_app_id,
+    **faust_broker_options(settings),
+    store=settings.state_store,
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=settings.topic_replication_factor,
+    web_port=settings.worker_web_port,
+    **_web_host,
+    broker_rebalance_timeout=settings.worker_rebalance_timeout,
+    broker_session_timeout=settings.worker_session_timeout,
+    broker_heartbeat_interval=min(3.0, settings.worker_session_timeout / 3),
+    producer_max_batch_size=settings.worker_producer_max_batch_size,
+    producer_acks=-1,
+    key_serializer="raw",
+    value_serializer="raw",
+    consumer_auto_offset_reset="earliest",
+    autodiscover=False,
+)
+
+# Keys are the event keys' bytes (the object id) and values msgspec-encoded ObjectState: raw both ways, so the
+# table partitions exactly like the topics and nothing is serialised twice.
+objects = app.Table("objects", key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
+
+event_topics = sorted(settings.topic_prefix + object_type for object_type in registry.object_types)
+source = app.topic(*event_topics, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
+
+
+async def _send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    await app.producer.send_and_wait(topic, key, value, None, None, headers)
+
+
+processor = EventProcessor(
+    registry,
+    objects,
+    _send,
+    settings.dlq_topic,
+    RetryPolicy(
+        settings.handler_max_attempts,
+        settings.handler_retry_backoff,
+        settings.handler_retry_max_backoff,
+        settings.handler_timeout,
+    ),
+    metrics,
+)
+
+
+async def _finish(event: EventT) -> None:
+    """Process one event inside its actor, then ack it: Faust commits only the contiguous acked prefix."""
+    _current_event.set(weakref.ref(event))
+    try:
+        await processor.process(event.message)
+    finally:
+        event.ack()
+
+
+@app.agent(source)  # type: ignore[arg-type]  # Faust types agents over StreamT, which lacks noack()
+async def process_events(stream: faust.Stream[Any]) -> None:
+    """Hand each event to its object's actor; blocks (back-pressure) while the in-flight bound is reached."""
+    pool: ActorPool[EventT] = ActorPool(_finish, settings.worker_max_inflight)
+    metrics.inflight.set_function(lambda: pool.inflight)
+    metrics.active_actors.set_function(lambda: pool.active_actors)
+    try:
+        async for event in stream.noack().events():
+            await pool.submit(event.message.key, event)
+    finally:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(settings.handler_timeout):
+                await asyncio.shield(pool.drain())
+        await pool.cancel()
+
+
+lag = LagReporter(app, metrics, set(event_topics))
+
+
+@app.timer(interval=settings.worker_lag_interval)
+async def refresh_lag() -> None:
+    await lag.refresh()
+
+
+@app.page("/objects/{object_id}")
+class ObjectState(View):
+    """The object's state as JSON, answered by the worker that owns its partition (others forward)."""
+
+    @app.table_route(table=objects, match_info="object_id")  # type: ignore[arg-type]  # Faust types views without match_info arguments
+    async def get(self, request: Request, object_id: str) -> Response:
+        stored = objects.get(object_id.encode())
+        if stored is None:
+            return self.json({"error": f"no object {object_id}"}, status=404)
+        return self.bytes(stored, content_type="application/json")
+
+
+@app.page("/healthz")
+class Health(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "ok"})
+
+
+@app.page("/readyz")
+class Ready(View):
+    """Ready once the worker has its partitions and has recovered their table state."""
+
+    async def get(self, request: Request) -> Response:
+        recovered = cast(Any, app.tables).recovery.completed.is_set()
+        if recovered and not app.rebalancing and not app.in_recovery:
+            return self.json({"ready": True})
+        return self.json({"ready": False, "reason": "joining the group or recovering tables"}, status=503)
+
+
+@app.page("/metrics")
+class Metrics(View):
+    async def get(self, request: Request) -> Response:
+        # aiohttp refuses a charset in content_type; the exposition format is UTF-8 by definition
+        return self.bytes(
+            generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+        )

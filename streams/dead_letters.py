@@ -1,0 +1,50 @@
+"""Dead-letter records: the failed record's key, value and headers, plus why and where it failed."""
+
+from __future__ import annotations
+
+import time
+
+DLQ_HEADERS = (
+    "error-type",
+    "error-message",
+    "attempts",
+    "source-topic",
+    "source-partition",
+    "source-offset",
+    "failed-at",
+)
+_MAX_MESSAGE = 2000
+
+
+def dead_letter_headers(
+    original: list[tuple[str, bytes]],
+    error: BaseException,
+    attempts: int,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> list[tuple[str, bytes]]:
+    """The original headers (minus any from an earlier dead-lettering) and the DLQ headers of DESIGN.md."""
+    kept = [(k, v) for k, v in original if k not in DLQ_HEADERS]
+    return [
+        *kept,
+        ("error-type", type(error).__name__.encode()),
+        ("error-message", str(error)[:_MAX_MESSAGE].encode("utf-8", "replace")),
+        ("attempts", b"%d" % attempts),
+        ("source-topic", topic.encode()),
+        ("source-partition", b"%d" % partition),
+        ("source-offset", b"%d" % offset),
+        ("failed-at", b"%d" % (time.time_ns() // 1_000_000)),
+    ]
+
+
+def original_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Headers of a dead letter without the DLQ ones: what the record had when it first arrived."""
+    return [(k, v) for k, v in headers if k not in DLQ_HEADERS]
+
+
+def header(headers: list[tuple[str, bytes]], name: str) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,46 @@
+"""The worker's Prometheus metrics (names and labels are part of DESIGN.md's contract)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+_HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.processed = Counter(
+            "hookstream_events_processed",
+            "Events finished by the workers, by outcome (ok, duplicate, stale, unhandled, retried, dead_lettered).",
+            ["topic", "event_type", "outcome"],
+            registry=self.registry,
+        )
+        self.handler_seconds = Histogram(
+            "hookstream_handler_seconds",
+            "Time spent in a handler, per attempt.",
+            ["event_type"],
+            buckets=_HANDLER_BUCKETS,
+            registry=self.registry,
+        )
+        self.end_to_end_seconds = Histogram(
+            "hookstream_end_to_end_seconds",
+            "Time from the gateway receiving an event (received-at) until a worker finished it.",
+            ["topic"],
+            buckets=_E2E_BUCKETS,
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "hookstream_consumer_lag",
+            "Records not yet committed: log end offset minus committed offset.",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "hookstream_inflight_events", "Events taken from Kafka and not yet finished.", registry=self.registry
+        )
+        self.active_actors = Gauge(
+            "hookstream_active_actors", "Objects with events queued or running.", registry=self.registry
+        )

@@ -1,0 +1,166 @@
+"""What happens to one event: decode, filter duplicates and stale deliveries, run its handler with retries,
+store the new state, dead-letter what cannot be applied. Never raises: an exception that reached Faust would
+ack and drop the event, so every failure ends here as a dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+from streams.dead_letters import dead_letter_headers, header
+from streams.events import BadRecord, StripeEvent, decode_event
+from streams.metrics import WorkerMetrics
+from streams.registry import Context, HandlerRegistry, Registration
+from streams.state import (
+    Outcome,
+    decode_state,
+    encode_state,
+    judge,
+    new_state,
+    record_applied,
+    start_applying,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    """The parts of a consumed Kafka record the processor reads (a Faust Message has them)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+Send = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+
+
+class RetryPolicy:
+    def __init__(self, max_attempts: int, backoff: float, max_backoff: float, timeout: float) -> None:
+        self.max_attempts, self.backoff, self.max_backoff, self.timeout = max_attempts, backoff, max_backoff, timeout
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+
+
+class EventProcessor:
+    """Applies records to the ``objects`` table (any mutable mapping of object id to encoded state)."""
+
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        table: MutableMapping[bytes, bytes],
+        send: Send,
+        dlq_topic: str,
+        retry: RetryPolicy,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self._registry = registry
+        self._table = table
+        self._send = send
+        self._dlq_topic = dlq_topic
+        self._retry = retry
+        self._metrics = metrics
+
+    async def process(self, record: Record) -> Outcome:
+        """Finish ``record`` one way or another and say how."""
+        headers = _headers(record)
+        event_type = (header(headers, "event-type") or b"unknown").decode(errors="replace")
+        try:
+            outcome, event_type = await self._process(record, headers, event_type)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours, not a handler's: still never lose the record
+            log.exception("error processing %s[%d]@%d", record.topic, record.partition, record.offset)
+            await self._dead_letter(record, headers, exc, 0)
+            outcome = Outcome.DEAD_LETTERED
+        self._metrics.processed.labels(record.topic, event_type, outcome.value).inc()
+        received_at = header(headers, "received-at")
+        if received_at:
+            latency = time.time() - int(received_at) / 1000
+            self._metrics.end_to_end_seconds.labels(record.topic).observe(max(latency, 0.0))
+        return outcome
+
+    async def _process(self, record: Record, headers: list[tuple[str, bytes]], event_type: str) -> tuple[Outcome, str]:
+        try:
+            event = decode_event(record.value)
+        except BadRecord as exc:
+            await self._dead_letter(record, headers, exc, 0)
+            return Outcome.DEAD_LETTERED, event_type
+        registration = self._registry.get(event.type)
+        if registration is None:
+            return Outcome.UNHANDLED, event.type
+        object_id = record.key or str(event.object.get("id") or event.id).encode()
+        stored = self._table.get(object_id)
+        verdict = judge(decode_state(stored), event) if stored is not None else None
+        if verdict is not None:
+            return verdict, event.type
+        return await self._apply(record, headers, event, registration, object_id, stored), event.type
+
+    async def _apply(
+        self,
+        record: Record,
+        headers: list[tuple[str, bytes]],
+        event: StripeEvent,
+        registration: Registration,
+        object_id: bytes,
+        stored: bytes | None,
+    ) -> Outcome:
+        retry = self._retry
+        for attempt in range(1, retry.max_attempts + 1):
+            # each attempt starts from the stored state: a failed attempt leaves nothing behind
+            state = decode_state(stored) if stored is not None else new_state(object_id.decode(errors="replace"), event)
+            context = Context(state, attempt)
+            start_applying(state, event)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(retry.timeout):
+                    await registration.handler(event, context)
+            except Exception as exc:
+                self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)
+                if attempt == retry.max_attempts:
+                    log.warning("event %s (%s) failed %d times, dead-lettered: %r", event.id, event.type, attempt, exc)
+                    await self._dead_letter(record, headers, exc, attempt)
+                    return Outcome.DEAD_LETTERED
+                self._metrics.processed.labels(record.topic, event.type, Outcome.RETRIED.value).inc()
+                await asyncio.sleep(retry.delay(attempt))
+                continue
+            self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)
+            record_applied(state, event)
+            self._table[object_id] = encode_state(state)
+            for emitted in context.emitted:
+                await self._send_durably(emitted.topic, emitted.key, emitted.value, [])
+            return Outcome.OK
+        raise AssertionError("unreachable")
+
+    async def _dead_letter(
+        self, record: Record, headers: list[tuple[str, bytes]], error: BaseException, attempts: int
+    ) -> None:
+        dlq_headers = dead_letter_headers(headers, error, attempts, record.topic, record.partition, record.offset)
+        await self._send_durably(self._dlq_topic, record.key, record.value or b"", dlq_headers)
+
+    async def _send_durably(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Send until the broker acknowledges: the event is not acked before what it produced is stored."""
+        delay = 0.5
+        while True:
+            try:
+                await self._send(topic, key, value, headers)
+                return
+            except Exception as exc:
+                log.warning("cannot write to %s (%r); retrying in %.1fs", topic, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def _headers(record: Record) -> list[tuple[str, bytes]]:
+    raw = record.headers or ()
+    items = raw.items() if hasattr(raw, "items") else raw
+    return [(k if isinstance(k, str) else k.decode(), v or b"") for k, v in items]

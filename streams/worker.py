@@ -1,0 +1,77 @@
+"""``hookstream worker``: create the topics the handlers need, then run the Faust worker on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from ops.kafka import client_options, create_topics
+from ops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def prepare_topics(settings: Settings, topics: list[str]) -> None:
+    """Event topics and the dead-letter topic, all with ``TOPIC_PARTITIONS`` partitions (co-partitioning).
+
+    Waits for the broker with capped backoff, so workers may start before Kafka does.
+    """
+    delay = 0.5
+    while True:
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        try:
+            await admin.start()
+            await create_topics(admin, settings, [*topics, settings.dlq_topic])
+            await _check_partitions(admin, settings, topics)
+            return
+        except KafkaError as exc:
+            log.warning(
+                "cannot reach Kafka at %s (%s); retrying in %.1fs", settings.kafka_bootstrap_servers, exc, delay
+            )
+        finally:
+            await admin.close()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+class PartitionMismatch(RuntimeError):
+    """An event topic's partition count differs from TOPIC_PARTITIONS: tables would not co-partition."""
+
+
+async def _check_partitions(admin: AIOKafkaAdminClient, settings: Settings, topics: list[str]) -> None:
+    cluster = await admin._client.fetch_all_metadata()
+    wrong = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
+    wrong = {t: n for t, n in wrong.items() if n != settings.topic_partitions}
+    if wrong:
+        found = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+        raise PartitionMismatch(
+            f"every event topic needs TOPIC_PARTITIONS={settings.topic_partitions} partitions so that the state "
+            f"table co-partitions with it, but {found}. Recreate the topics or set TOPIC_PARTITIONS to match."
+        )
+
+
+def run_worker(settings: Settings) -> int:
+    import faust
+    import uvloop
+
+    from streams.app import app, event_topics
+
+    if not event_topics:
+        log.error(
+            "no handlers registered (HOOKSTREAM_HANDLERS=%s): nothing to consume", ",".join(settings.handler_modules)
+        )
+        return 2
+    try:
+        asyncio.run(prepare_topics(settings, event_topics))
+    except KeyboardInterrupt:
+        return 130
+    except PartitionMismatch as exc:
+        log.error("%s", exc)
+        return 2
+    uvloop.install()
+    worker = faust.Worker(app, loglevel=settings.log_level.lower())
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,45 @@
+"""Test handlers that record what they see, for the worker integration tests.
+
+Loaded by workers through HOOKSTREAM_HANDLERS=tests.handlers.recording (instead of the shipped handlers).
+They write one line per handler start and end to the file named by HOOKSTREAM_TEST_LOG (appends are atomic for short lines), so a test can
+check order per object and overlap across objects from the handlers' own record, not from timing.
+Events whose object has ``metadata.fail == "true"`` fail until the file named by HOOKSTREAM_TEST_FIXED exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+from streams.events import StripeEvent
+from streams.registry import Context, on
+
+_log_path = os.environ.get("HOOKSTREAM_TEST_LOG", "")
+_fixed_path = os.environ.get("HOOKSTREAM_TEST_FIXED", "")
+_max_delay = float(os.environ.get("HOOKSTREAM_TEST_MAX_DELAY", "0.002"))
+_pid = os.getpid()
+
+
+def _fixed() -> bool:
+    return bool(_fixed_path) and os.path.exists(_fixed_path)
+
+
+def _write(line: str) -> None:
+    if _log_path:
+        with open(_log_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+@on("charge.succeeded", "charge.updated", "charge.captured", "charge.failed", "charge.refunded")
+async def record_charge(event: StripeEvent, ctx: Context) -> None:
+    obj = event.object
+    seq = int(obj.get("metadata", {}).get("seq", -1))
+    _write(f"start {_pid} {obj['id']} {seq} {event.id}")
+    if obj.get("metadata", {}).get("fail") == "true" and not _fixed():
+        _write(f"fail {_pid} {obj['id']} {seq} {event.id}")
+        raise RuntimeError(f"poison event {event.id}")
+    await asyncio.sleep(random.random() * _max_delay)
+    ctx.fields["seqs"] = [*ctx.fields.get("seqs", []), seq]
+    ctx.fields["amount"] = obj.get("amount")
+    _write(f"end {_pid} {obj['id']} {seq} {event.id}")

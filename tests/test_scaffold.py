@@ -1,0 +1,141 @@
+"""``ops.scaffold.new_handler`` (``hookstream new-handler``): what it writes passes ruff and pytest as written,
+and it refuses what it must.
+
+The files are written into a project skeleton under ``tmp_path`` (``handlers/`` and ``tests/`` packages), never
+into this repository, so no other test run can import a half-made handler. The generated test runs in a
+subprocess whose working directory is that skeleton: there ``handlers`` is the skeleton's package, while
+``streams`` and ``ops`` are this project's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops.fixtures import UnknownEventType, event_types, fixture_for
+from ops.scaffold import ScaffoldError, module_name, new_handler
+from streams.registry import registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+registry.discover()
+
+
+def _has_fixture(event_type: str) -> bool:
+    try:
+        fixture_for(event_type)
+    except UnknownEventType:
+        return False
+    return True
+
+
+def _unhandled(preferred: str, *, with_fixture: bool) -> str:
+    """``preferred`` while no shipped handler takes it, else another such type (so the test outlives new handlers)."""
+    candidates = [preferred, *event_types()]
+    return next(t for t in candidates if registry.get(t) is None and _has_fixture(t) == with_fixture)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    for package in ("handlers", "tests"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # the skeleton is its own rootdir
+    return tmp_path
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_module_names() -> None:
+    assert module_name("customer.subscription.trial_will_end") == "customer_subscription_trial_will_end"
+    assert module_name("payout.paid") == "payout_paid"
+    with pytest.raises(ScaffoldError):
+        module_name("Invoice Paid")
+
+
+def test_generated_handlers_and_tests_pass_ruff_and_pytest(project: Path) -> None:
+    with_fixture = _unhandled("payout.paid", with_fixture=True)
+    without_fixture = _unhandled("three_d_secure.authentication.succeeded", with_fixture=False)
+
+    handler, test = new_handler(with_fixture, project)
+    assert handler == project / "handlers" / f"{module_name(with_fixture)}.py"
+    assert test == project / "tests" / f"test_handler_{module_name(with_fixture)}.py"
+    assert f'@on("{with_fixture}")' in handler.read_text()
+    bare_handler, bare_test = new_handler(without_fixture, project)
+    assert f'@on("{without_fixture}", object_type=' in bare_handler.read_text()
+    assert "TODO" in bare_handler.read_text()
+    files = [str(handler), str(test), str(bare_handler), str(bare_test)]
+
+    config = ["--config", str(REPO / "pyproject.toml"), "--no-cache"]
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", *config, *files], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", *config, *files], capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test), str(bare_test)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 passed" in run.stdout
+
+
+def test_refuses_a_type_stripe_does_not_send(project: Path) -> None:
+    with pytest.raises(ScaffoldError, match=r"event-types\.txt"):
+        new_handler("payout.vanished", project)
+    with pytest.raises(ScaffoldError, match="not an event type"):
+        new_handler("payout", project)
+    assert _listing(project) == ["handlers", "handlers/__init__.py", "pytest.ini", "tests", "tests/__init__.py"]
+
+
+def test_refuses_a_type_a_shipped_handler_takes(project: Path) -> None:
+    with pytest.raises(ScaffoldError, match=r"invoice\.paid already has a handler: handlers\.invoices\."):
+        new_handler("invoice.paid", project)
+    assert not (project / "handlers" / "invoice_paid.py").exists()
+
+
+def test_refuses_a_type_a_handler_module_of_the_project_takes(project: Path) -> None:
+    # read, not imported: this test process never registers these types
+    (project / "handlers" / "payouts.py").write_text(
+        "from streams.registry import on\n\n\n"
+        '@on("payout.failed", "payout.canceled")\n'
+        "async def payout_changed(event, ctx):\n"
+        "    pass\n"
+    )
+    with pytest.raises(ScaffoldError, match=r"payout\.canceled already has a handler: .*payouts\.py"):
+        new_handler("payout.canceled", project)
+    assert not (project / "handlers" / "payout_canceled.py").exists()
+    assert registry.get("payout.canceled") is None
+
+
+def test_refuses_existing_files_and_writes_nothing(project: Path) -> None:
+    event_type = _unhandled("payout.paid", with_fixture=True)
+    module = module_name(event_type)
+    existing = project / "handlers" / f"{module}.py"
+    existing.write_text("# mine\n")
+    with pytest.raises(ScaffoldError, match="exists already"):
+        new_handler(event_type, project)
+    assert existing.read_text() == "# mine\n"
+    assert not (project / "tests" / f"test_handler_{module}.py").exists()
+
+    existing.unlink()
+    existing_test = project / "tests" / f"test_handler_{module}.py"
+    existing_test.write_text("# mine too\n")
+    with pytest.raises(ScaffoldError, match="exists already"):
+        new_handler(event_type, project)
+    assert existing_test.read_text() == "# mine too\n"
+    assert not existing.exists()
+
+
+def test_scaffold_error_is_a_value_error() -> None:
+    assert issubclass(ScaffoldError, ValueError)

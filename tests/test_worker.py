@@ -1,0 +1,305 @@
+"""Stream workers against a real broker: order per object, concurrency across objects, duplicates and stale
+deliveries, poison events, dead letters and replay, a crash, a restart, and lag."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from gateway.envelope import Record, to_record
+from ops.fixtures import build_event, encode
+from tests.support import REPO, BrokerInfo, WorkerProcess, consume, produce, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+BASE = 1_790_000_000
+
+
+def charge(
+    prefix: str,
+    object_id: str,
+    seq: int,
+    created: int,
+    event_id: str | None = None,
+    fail: bool = False,
+    event_type: str = "charge.updated",
+) -> Record:
+    metadata = {"seq": str(seq)} | ({"fail": "true"} if fail else {})
+    event = build_event(
+        event_type,
+        object_id=object_id,
+        event_id=event_id,
+        created=created,
+        object_fields={"metadata": metadata, "amount": 100 + seq},
+    )
+    return to_record(encode(event), prefix, int(time.time() * 1000))
+
+
+def unique(name: str) -> tuple[str, str]:
+    """A fresh app id (consumer group, changelog) and topic prefix per test."""
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    return f"hs-{tag}", f"t{tag}."
+
+
+def handler_log(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line]
+
+
+def test_order_per_object_and_concurrency_across_objects(broker: BrokerInfo, tmp_path: Path) -> None:
+    app_id, prefix = unique("order")
+    objects, per_object = 200, 50
+    rng = random.Random(3)
+    records = []
+    for seq in range(per_object):  # interleaved: every object's seq-th event before any (seq+1)-th
+        round_ = [charge(prefix, f"ch_{i}", seq, BASE + seq // 5) for i in range(objects)]
+        rng.shuffle(round_)
+        records.extend(round_)
+    log = tmp_path / "handlers.log"
+    produce(broker.bootstrap_servers, records)
+    with start_worker(
+        broker,
+        app_id,
+        prefix,
+        HOOKSTREAM_TEST_LOG=str(log),
+        HOOKSTREAM_TEST_MAX_DELAY="0.003",
+        WORKER_MAX_INFLIGHT="400",
+    ) as worker:
+        total = objects * per_object
+        wait_for(
+            lambda: worker.metric_sum("hookstream_events_processed_total", outcome="ok") >= total,
+            240,
+            "all events applied",
+        )
+        assert worker.metric_sum("hookstream_events_processed_total", outcome="ok") == total
+        for i in rng.sample(range(objects), 20):
+            state = worker.state(f"ch_{i}")
+            assert state is not None
+            assert state["fields"]["seqs"] == list(range(per_object))
+            assert state["events_applied"] == per_object
+            assert state["object_type"] == "charge" and state["status"] == "succeeded"
+            assert state["last_event_created"] == BASE + (per_object - 1) // 5
+
+    entries = handler_log(log)
+    applied: dict[str, list[int]] = defaultdict(list)
+    open_now: set[str] = set()
+    most_open = 0
+    for kind, _pid, obj, seq, _event in entries:
+        if kind == "start":
+            assert obj not in open_now, f"{obj} ran two events at once"
+            open_now.add(obj)
+            most_open = max(most_open, len(open_now))
+        elif kind == "end":
+            open_now.discard(obj)
+            applied[obj].append(int(seq))
+    assert len(applied) == objects
+    assert all(seqs == list(range(per_object)) for seqs in applied.values())
+    assert most_open >= 50, f"at most {most_open} objects in flight at once"
+
+
+def test_duplicates_and_late_older_snapshots_leave_the_newest_state(broker: BrokerInfo, tmp_path: Path) -> None:
+    app_id, prefix = unique("dup")
+    first = charge(prefix, "ch_dup", 1, BASE + 10, event_id="evt_first")
+    second = charge(prefix, "ch_dup", 2, BASE + 20, event_id="evt_second")
+    older = charge(prefix, "ch_dup", 0, BASE + 5, event_id="evt_older")  # Stripe does not promise order
+    same_second = charge(prefix, "ch_dup", 3, BASE + 20, event_id="evt_same_second")
+    produce(broker.bootstrap_servers, [first, second, first, older, second, same_second, first])
+    with start_worker(broker, app_id, prefix) as worker:
+        wait_for(lambda: worker.metric_sum("hookstream_events_processed_total") >= 7, 60, "7 events finished")
+        state = worker.state("ch_dup")
+        assert state is not None
+        assert state["fields"]["seqs"] == [1, 2, 3]  # each applied once, older one never
+        assert state["events_applied"] == 3
+        assert state["last_event_id"] == "evt_same_second"  # same second: arrival order decides
+        assert state["fields"]["amount"] == 103
+        assert worker.metric_sum("hookstream_events_processed_total", outcome="duplicate") == 3
+        assert worker.metric_sum("hookstream_events_processed_total", outcome="stale") == 1
+        assert worker.state("ch_never_seen") is None
+
+
+def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo, tmp_path: Path) -> None:
+    app_id, prefix = unique("poison")
+    fixed = tmp_path / "fixed"
+    records, poison = [], []
+    for i in range(20):
+        for seq in range(3):
+            bad = i < 3 and seq == 2
+            records.append(charge(prefix, f"ch_{i}", seq, BASE + seq, fail=bad))
+            if bad:
+                poison.append(records[-1])
+    for i in range(2):  # single-event objects that fail
+        records.append(charge(prefix, f"ch_single_{i}", 0, BASE, fail=True))
+        poison.append(records[-1])
+    produce(broker.bootstrap_servers, records)
+    log = tmp_path / "handlers.log"
+    env = {
+        "HOOKSTREAM_TEST_LOG": str(log),
+        "HOOKSTREAM_TEST_FIXED": str(fixed),
+        "HANDLER_MAX_ATTEMPTS": "3",
+        "HANDLER_RETRY_BACKOFF": "0.05",
+    }
+    with start_worker(broker, app_id, prefix, **env) as worker:
+        wait_for(
+            lambda: (
+                worker.metric_sum("hookstream_events_processed_total", outcome="dead_lettered") >= 5
+                and worker.metric_sum("hookstream_events_processed_total", outcome="ok") >= len(records) - 5
+            ),
+            90,
+            "poison dead-lettered, the rest applied",
+        )
+        assert worker.metric_sum("hookstream_events_processed_total", outcome="retried") == 5 * 2
+        assert worker.metric_sum("hookstream_events_processed_total", outcome="dead_lettered") == 5
+        for i in range(3, 20):  # unaffected objects: complete
+            state = worker.state(f"ch_{i}")
+            assert state is not None and state["fields"]["seqs"] == [0, 1, 2]
+        for i in range(3):  # poisoned last event not applied, earlier ones were
+            state = worker.state(f"ch_{i}")
+            assert state is not None and state["fields"]["seqs"] == [0, 1]
+        assert worker.state("ch_single_0") is None
+
+        dead = consume(broker.bootstrap_servers, [prefix + "dlq"], 5)
+        assert len(dead) == 5
+        by_id = {dict(r.headers)["event-id"]: r for r in dead}
+        source_offsets = {
+            dict(r.headers)["event-id"]: r for r in consume(broker.bootstrap_servers, [prefix + "charge"], len(records))
+        }
+        for original in poison:
+            event_id = dict(original.headers)["event-id"]
+            letter = by_id[event_id]
+            headers = {k: v.decode() for k, v in letter.headers}
+            assert letter.key == original.key and letter.value == original.value
+            assert headers["error-type"] == "RuntimeError"
+            assert "poison" in headers["error-message"]
+            assert headers["attempts"] == "3"
+            assert headers["source-topic"] == prefix + "charge"
+            source = source_offsets[event_id]
+            assert (int(headers["source-partition"]), int(headers["source-offset"])) == (
+                source.partition,
+                source.offset,
+            )
+            assert abs(int(headers["failed-at"]) / 1000 - time.time()) < 600
+            assert headers["event-type"] == "charge.updated"
+
+        fixed.touch()  # the handler is fixed: replay brings the dead letters back
+        replay_env = {**os.environ, **broker.env(), "HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix}
+        done = subprocess.run(
+            [sys.executable, "-m", "ops.cli", "replay"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=replay_env,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "replayed 5 dead letter" in done.stdout
+        wait_for(
+            lambda: worker.metric_sum("hookstream_events_processed_total", outcome="ok") >= len(records),
+            60,
+            "replayed events applied",
+        )
+        for i in range(3):
+            state = worker.state(f"ch_{i}")
+            assert state is not None and state["fields"]["seqs"] == [0, 1, 2]
+        assert worker.state("ch_single_1") is not None
+        again = subprocess.run(
+            [sys.executable, "-m", "ops.cli", "replay"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=replay_env,
+            cwd=REPO,
+        )
+        assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed once
+
+
+def test_worker_killed_mid_stream_loses_nothing(broker: BrokerInfo, tmp_path: Path) -> None:
+    app_id, prefix = unique("crash")
+    objects, per_object = 100, 30
+    records = [charge(prefix, f"ch_{i}", seq, BASE + seq) for seq in range(per_object) for i in range(objects)]
+    log = tmp_path / "handlers.log"
+    env = {"HOOKSTREAM_TEST_LOG": str(log), "HOOKSTREAM_TEST_MAX_DELAY": "0.02", "WORKER_MAX_INFLIGHT": "50"}
+    with start_worker(broker, app_id, prefix, **env) as first, start_worker(broker, app_id, prefix, **env) as second:
+        wait_for(
+            lambda: (
+                first.metric_sum("hookstream_events_processed_total") == 0 and _assigned(first) and _assigned(second)
+            ),
+            60,
+            "both workers assigned",
+        )
+        produce(broker.bootstrap_servers, records)
+        wait_for(
+            lambda: first.metric_sum("hookstream_events_processed_total", outcome="ok") > 300,
+            120,
+            "the first worker to be busy",
+        )
+        first.stop(signal.SIGKILL)
+        total = objects * per_object
+        wait_for(
+            lambda: all(_complete(second, f"ch_{i}", per_object) for i in range(objects)),
+            240,
+            "every object complete on the surviving worker",
+        )
+        for i in range(objects):
+            state = second.state(f"ch_{i}")
+            assert state is not None
+            assert state["fields"]["seqs"] == list(range(per_object))  # exactly once, in order
+            assert state["events_applied"] == per_object
+    ended = {(obj, int(seq)) for kind, _pid, obj, seq, _ev in handler_log(log) if kind == "end"}
+    assert len(ended) == total  # every event applied at least once
+    pids = {pid for _kind, pid, *_ in handler_log(log)}
+    assert len(pids) == 2, "both workers processed events"
+
+
+def _assigned(worker: WorkerProcess) -> bool:
+    return worker.request("/readyz").status == 200
+
+
+def _complete(worker: WorkerProcess, object_id: str, count: int) -> bool:
+    try:
+        state = worker.state(object_id)
+    except (AssertionError, OSError):
+        return False
+    return state is not None and state["events_applied"] == count
+
+
+def test_restarted_worker_serves_the_same_state(broker: BrokerInfo) -> None:
+    app_id, prefix = unique("restart")
+    records = [charge(prefix, f"ch_{i}", seq, BASE + seq) for seq in range(10) for i in range(5)]
+    produce(broker.bootstrap_servers, records)
+    with start_worker(broker, app_id, prefix) as worker:
+        wait_for(lambda: worker.metric_sum("hookstream_events_processed_total", outcome="ok") >= 50, 60, "applied")
+        before = {f"ch_{i}": worker.state(f"ch_{i}") for i in range(5)}
+    with start_worker(broker, app_id, prefix) as worker:
+        after = {f"ch_{i}": worker.state(f"ch_{i}") for i in range(5)}
+        assert after == before
+        assert worker.metric_sum("hookstream_events_processed_total") == 0  # nothing processed twice
+
+
+def test_lag_rises_with_a_backlog_and_returns_to_zero(broker: BrokerInfo, tmp_path: Path) -> None:
+    app_id, prefix = unique("lag")
+    with start_worker(broker, app_id, prefix, HOOKSTREAM_TEST_MAX_DELAY="0.02") as worker:
+        wait_for(
+            lambda: (
+                worker.metric_sum("hookstream_consumer_lag") == 0
+                and "hookstream_consumer_lag{" in worker.request("/metrics").body.decode()
+            ),
+            30,
+            "lag reported",
+        )
+        records = [charge(prefix, "ch_lag", seq, BASE + seq) for seq in range(400)]  # one object: sequential
+        produce(broker.bootstrap_servers, records)
+        wait_for(lambda: worker.metric_sum("hookstream_consumer_lag") > 0, 30, "lag above zero")
+        wait_for(
+            lambda: worker.metric_sum("hookstream_events_processed_total", outcome="ok") >= 400, 120, "backlog drained"
+        )
+        wait_for(lambda: worker.metric_sum("hookstream_consumer_lag") == 0, 30, "lag back to zero")
