@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=int, default=None, help="replay at most N dead letters (default: all)")
     replay.set_defaults(run=_replay)
 
+    scaffold = commands.add_parser(
+        "new-handler", help="write handlers/<module>.py and its test for a Stripe event type"
+    )
+    scaffold.add_argument("event_type", help="a Stripe event type nobody handles yet, e.g. payout.paid")
+    scaffold.set_defaults(run=_new_handler)
+
     broker = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu, memory only)")
     broker.add_argument("--port", type=int, default=9092, help="port to listen on (default: 9092)")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -91,6 +97,20 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from ops.replay import run_replay
 
     return run_replay(settings, args.limit)
+
+
+def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from ops.scaffold import ScaffoldError, new_handler
+
+    try:
+        handler, test = new_handler(args.event_type, Path.cwd())
+    except ScaffoldError as exc:
+        print(f"hookstream: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {handler}\nwrote {test}\nnext: edit both, then run .venv/bin/pytest {test}")
+    return 0
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,6 +17,33 @@ from typing import Any
 _ALIASES = {"application_fee.refund": "fee_refund", "source.transaction": "source_transaction"}
 
 
+#: The object's status after these events, so that a built event's snapshot agrees with its type (Stripe's
+#: example objects each have one fixed status).
+_STATUS_AFTER = {
+    "payment_intent.succeeded": "succeeded",
+    "payment_intent.canceled": "canceled",
+    "payment_intent.processing": "processing",
+    "payment_intent.requires_action": "requires_action",
+    "payment_intent.payment_failed": "requires_payment_method",
+    "payment_intent.amount_capturable_updated": "requires_capture",
+    "charge.succeeded": "succeeded",
+    "charge.captured": "succeeded",
+    "charge.failed": "failed",
+    "charge.pending": "pending",
+    "invoice.created": "draft",
+    "invoice.finalized": "open",
+    "invoice.paid": "paid",
+    "invoice.payment_succeeded": "paid",
+    "invoice.voided": "void",
+    "invoice.marked_uncollectible": "uncollectible",
+    "customer.subscription.deleted": "canceled",
+    "customer.subscription.paused": "paused",
+    "customer.subscription.resumed": "active",
+    "checkout.session.completed": "complete",
+    "checkout.session.expired": "expired",
+}
+
+
 class UnknownEventType(LookupError):
     """No Stripe fixture holds the object this event type carries."""
 
@@ -64,6 +91,8 @@ def build_event(
 ) -> dict[str, Any]:
     """A Stripe event of ``event_type`` around the fixture object, with the given ids and time."""
     obj = fixture_for(event_type)
+    if event_type in _STATUS_AFTER and "status" in obj:
+        obj["status"] = _STATUS_AFTER[event_type]
     if object_id is not None:
         obj["id"] = object_id
     if object_fields:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shlex
 import signal
@@ -19,9 +21,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c() -> None:
-    gateway_port, broker_port = free_port(), free_port()
+    gateway_port, broker_port, worker_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "STRIPE_WEBHOOK_SECRETS")}
     env["GATEWAY_PORT"] = str(gateway_port)
+    env["WORKER_WEB_PORT"] = str(worker_port)
     process = subprocess.Popen(
         [sys.executable, "-m", "ops.cli", "dev", "--broker-port", str(broker_port)],
         stdout=subprocess.PIPE,
@@ -50,12 +53,28 @@ def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c() -
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.startswith('200 {"received":true')
+        event_id = json.loads(done.stdout[4:])["id"]
+
+        # the worker applies it: the printed curl line shows the object's state moments later
+        curl_line = next(line for line in lines if "curl " in line).strip()
+        assert f":{worker_port}/objects/pi_demo" in curl_line
+        deadline = time.monotonic() + 90
+        state: dict[str, object] = {}
+        while state.get("last_event_id") != event_id:
+            assert time.monotonic() < deadline, f"state never showed {event_id}: {state}"
+            with contextlib.suppress(OSError):
+                answer = http_request(worker_port, "GET", "/objects/pi_demo", timeout=5)
+                if answer.status == 200:
+                    state = answer.json()
+            time.sleep(0.3)
+        assert state["object_type"] == "payment_intent" and state["status"] == "succeeded"
 
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
         assert "stopped" in process.stdout.read().decode()
-        with pytest.raises(OSError):
-            http_request(gateway_port, "GET", "/healthz", timeout=2)
+        for port in (gateway_port, worker_port):
+            with pytest.raises(OSError):
+                http_request(port, "GET", "/healthz", timeout=2)
         with pytest.raises(BrokerError):
             wait_for_kafka("127.0.0.1", broker_port, 1)
     finally:

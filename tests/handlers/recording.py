@@ -1,8 +1,9 @@
 """Test handlers that record what they see, for the worker integration tests.
 
 Loaded by workers through HOOKSTREAM_HANDLERS=tests.handlers.recording (instead of the shipped handlers).
-They write one line per handler start and end to the file named by HOOKSTREAM_TEST_LOG (appends are atomic for short lines), so a test can
-check order per object and overlap across objects from the handlers' own record, not from timing.
+They write one line per handler start and end to the file named by HOOKSTREAM_TEST_LOG (appends of short
+lines are atomic), so a test can check order per object and overlap across objects from the handlers' own
+record, not from timing.
 Events whose object has ``metadata.fail == "true"`` fail until the file named by HOOKSTREAM_TEST_FIXED exists.
 """
 
