@@ -125,6 +125,19 @@ def test_duplicates_and_late_older_snapshots_leave_the_newest_state(broker: Brok
         assert worker.metric_sum("hookstream_events_processed_total", outcome="duplicate") == 3
         assert worker.metric_sum("hookstream_events_processed_total", outcome="stale") == 1
         assert worker.state("ch_never_seen") is None
+        wait_for(lambda: "hookstream_consumer_lag{" in worker.request("/metrics").body.decode(), 30, "lag reported")
+        exposed = worker.request("/metrics").body.decode()
+        for name in (
+            "hookstream_events_processed_total{",
+            "hookstream_handler_seconds_bucket{",
+            "hookstream_end_to_end_seconds_bucket{",
+            "hookstream_consumer_lag{",
+            "hookstream_inflight_events ",
+            "hookstream_active_actors ",
+        ):
+            assert name in exposed, name
+        assert worker.metric("hookstream_handler_seconds_count", event_type="charge.updated") == 3
+        assert worker.metric("hookstream_end_to_end_seconds_count", topic=prefix + "charge") == 7
 
 
 def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo, tmp_path: Path) -> None:

@@ -1,0 +1,88 @@
+"""The actor pool: order per key, concurrency across keys, the in-flight bound, idle actors released."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from streams.actors import ActorPool
+
+
+def test_order_per_key_concurrency_across_keys_and_bound() -> None:
+    async def run() -> tuple[dict[str, list[int]], int, int, int]:
+        done: dict[str, list[int]] = {}
+        running: set[str] = set()
+        most_keys = 0
+        most_inflight = 0
+        pool: ActorPool[tuple[str, int]]
+
+        async def process(item: tuple[str, int]) -> None:
+            nonlocal most_keys, most_inflight
+            key, seq = item
+            assert key not in running, "two items of one key at once"
+            running.add(key)
+            most_keys = max(most_keys, len(running))
+            most_inflight = max(most_inflight, pool.inflight)
+            await asyncio.sleep(random.random() / 1000)
+            running.discard(key)
+            done.setdefault(key, []).append(seq)
+
+        pool = ActorPool(process, max_inflight=16)
+        for seq in range(20):
+            for key in random.sample([f"k{i}" for i in range(50)], 50):
+                await pool.submit(key, (key, seq))
+        await pool.drain()
+        return done, most_keys, most_inflight, pool.active_actors
+
+    done, most_keys, most_inflight, active = asyncio.run(run())
+    assert all(seqs == list(range(20)) for seqs in done.values()) and len(done) == 50
+    assert 1 < most_keys <= 16
+    assert most_inflight <= 16
+    assert active == 0  # idle actors are gone
+
+
+def test_submit_waits_when_the_bound_is_reached() -> None:
+    async def run() -> tuple[bool, bool]:
+        release = asyncio.Event()
+
+        async def process(item: int) -> None:
+            await release.wait()
+
+        pool: ActorPool[int] = ActorPool(process, max_inflight=2)
+        await pool.submit("a", 1)
+        await pool.submit("b", 2)
+        third = asyncio.create_task(pool.submit("c", 3))
+        await asyncio.sleep(0.05)
+        blocked = not third.done()
+        release.set()
+        await asyncio.wait_for(third, 1)
+        await pool.drain()
+        return blocked, pool.inflight == 0
+
+    blocked, empty = asyncio.run(run())
+    assert blocked and empty
+
+
+def test_an_exception_does_not_stop_the_key() -> None:
+    async def run() -> list[int]:
+        seen: list[int] = []
+
+        async def process(item: int) -> None:
+            seen.append(item)
+            if item == 1:
+                raise RuntimeError("boom")
+
+        pool: ActorPool[int] = ActorPool(process, max_inflight=4)
+        for i in range(3):
+            await pool.submit("k", i)
+        await pool.drain()
+        return seen
+
+    assert asyncio.run(run()) == [0, 1, 2]
+
+
+def test_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        ActorPool(lambda item: asyncio.sleep(0), max_inflight=0)
