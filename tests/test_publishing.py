@@ -6,15 +6,14 @@ import asyncio
 import json
 import random
 import time
+from typing import Any
 
 import aiohttp
 import pytest
 from aiokafka.partitioner import murmur2
-from aiokafka.protocol.produce import ProduceRequest
 
 from gateway.envelope import to_record
-from gateway.metrics import GatewayMetrics
-from gateway.publisher import Publisher
+from gateway.rdkafka import AsyncProducer, librdkafka_config
 from gateway.signature import sign
 from ops.fixtures import build_event, encode
 from ops.settings import Settings
@@ -94,39 +93,33 @@ async def _post_all(gw: GatewayProcess, bodies: list[bytes], concurrency: int) -
 
 
 def test_concurrent_publishes_share_produce_requests(broker: BrokerInfo) -> None:
-    """200 concurrent publishes must not cost 200 broker round trips: count the ProduceRequests sent."""
+    """200 concurrent sends must not cost 200 broker round trips: librdkafka's own statistics count the
+    Produce requests it sent."""
     settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "batch.", "TOPIC_PARTITIONS": "2"})
+    stats: list[dict[str, Any]] = []
+    config = librdkafka_config(settings) | {
+        "statistics.interval.ms": 100,
+        "stats_cb": lambda raw: stats.append(json.loads(raw)),
+    }
+
+    def produce_requests() -> int:
+        return sum(b["req"].get("Produce", 0) for b in stats[-1]["brokers"].values())
 
     async def run() -> tuple[int, int]:
-        publisher = Publisher(settings, GatewayMetrics())
-        await publisher.start()
+        producer = AsyncProducer(config, asyncio.get_running_loop())
         try:
-            for _ in range(100):
-                if publisher.ready:
-                    break
-                await asyncio.sleep(0.1)
-            assert publisher.ready
-            producer = publisher._producer
-            assert producer is not None
-            produce_requests = 0
-            real_send = producer.client.send
-
-            async def counting_send(node_id: int, request: object, **kwargs: object) -> object:
-                nonlocal produce_requests
-                if isinstance(request, ProduceRequest):
-                    produce_requests += 1
-                return await real_send(node_id, request, **kwargs)
-
-            producer.client.send = counting_send
             records = [
                 to_record(encode(build_event("charge.succeeded", object_id=f"ch_{i}")), "batch.", 0) for i in range(200)
             ]
-            await publisher.publish(records[0])  # topic creation and metadata out of the way
-            produce_requests = 0
-            await asyncio.gather(*(publisher.publish(r) for r in records[1:]))
-            return produce_requests, len(records) - 1
+            first = records[0]
+            await producer.send(first.topic, first.value, first.key, first.headers)  # metadata out of the way
+            await asyncio.sleep(0.3)
+            before = produce_requests()
+            await asyncio.gather(*(producer.send(r.topic, r.value, r.key, r.headers) for r in records[1:]))
+            await asyncio.sleep(0.3)  # the next statistics report
+            return produce_requests() - before, len(records) - 1
         finally:
-            await publisher.stop()
+            await producer.close()
 
     requests, published = asyncio.run(run())
     print(f"{requests} produce requests for {published} concurrent publishes")
