@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench chart clean
+.PHONY: run test lint bench chart clean prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hookstream needs Python >= 3.11"'
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/hookstream dev
 
-test: $(STAMP)
+# Prometheus and promtool (Debian's package) for the dashboard and alert tests
+prometheus:
+	@sh ops/setup/prometheus.sh
+
+test: $(STAMP) prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     handler_retry_max_backoff: float = 30.0
     handler_timeout: float = 30.0
     state_store: str = "memory://"
+    worker_data_dir: str | None = None
     log_level: str = "INFO"
 
     @property
@@ -116,6 +117,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             handler_retry_max_backoff=env.seconds("HANDLER_RETRY_MAX_BACKOFF", 30.0),
             handler_timeout=env.seconds("HANDLER_TIMEOUT", 30.0),
             state_store=env.text("STATE_STORE", "memory://"),
+            worker_data_dir=env.optional("WORKER_DATA_DIR"),
             log_level=env.text("LOG_LEVEL", "INFO").upper(),
         )
 

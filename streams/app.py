@@ -33,6 +33,7 @@ settings = Settings.from_env()
 registry.discover(settings.handler_modules)
 metrics = WorkerMetrics()
 _web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.worker_web_host else {}
+_data_dir: dict[str, Any] = {"datadir": settings.worker_data_dir} if settings.worker_data_dir else {}
 
 app = faust.App(
     settings.worker_app_id,
@@ -42,6 +43,7 @@ app = faust.App(
     topic_replication_factor=settings.topic_replication_factor,
     web_port=settings.worker_web_port,
     **_web_host,
+    **_data_dir,
     broker_rebalance_timeout=settings.worker_rebalance_timeout,
     broker_session_timeout=settings.worker_session_timeout,
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout / 3),

@@ -285,14 +285,18 @@ def _complete(worker: WorkerProcess, object_id: str, count: int) -> bool:
     return state is not None and state["events_applied"] == count
 
 
-def test_restarted_worker_serves_the_same_state(broker: BrokerInfo) -> None:
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_restarted_worker_serves_the_same_state(broker: BrokerInfo, tmp_path: Path, store: str) -> None:
     app_id, prefix = unique("restart")
     records = [charge(prefix, f"ch_{i}", seq, BASE + seq) for seq in range(10) for i in range(5)]
     produce(broker.bootstrap_servers, records)
-    with start_worker(broker, app_id, prefix) as worker:
+    env = {"STATE_STORE": store, "WORKER_DATA_DIR": str(tmp_path / "state")}
+    with start_worker(broker, app_id, prefix, **env) as worker:
         wait_for(lambda: worker.metric_sum("hookstream_events_processed_total", outcome="ok") >= 50, 60, "applied")
         before = {f"ch_{i}": worker.state(f"ch_{i}") for i in range(5)}
-    with start_worker(broker, app_id, prefix) as worker:
+    if store == "rocksdb://":
+        assert any((tmp_path / "state").rglob("*.sst")) or any((tmp_path / "state").rglob("LOG"))
+    with start_worker(broker, app_id, prefix, **env) as worker:
         after = {f"ch_{i}": worker.state(f"ch_{i}") for i in range(5)}
         assert after == before
         assert worker.metric_sum("hookstream_events_processed_total") == 0  # nothing processed twice

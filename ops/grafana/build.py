@@ -1,0 +1,464 @@
+"""Build ``ops/grafana/hookstream.json``, the hookstream Grafana dashboard (Grafana 11+, schemaVersion 39).
+
+Dashboard as code without a dependency: panels are declared below as data, and this script lays them out and
+writes the JSON Grafana imports. The JSON is committed (the Helm chart copies it, Grafana imports it as is);
+edit this file and run it, never the JSON by hand. ``--check`` exits non-zero when the JSON is stale
+(``tests/test_dashboard.py`` runs it).
+
+    .venv/bin/python ops/grafana/build.py          # rewrite hookstream.json
+    .venv/bin/python ops/grafana/build.py --check  # is it up to date?
+
+Every query uses the ``$datasource`` and ``$topic`` variables where they apply; metric names are DESIGN.md's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUTPUT = Path(__file__).with_name("hookstream.json")
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+TOPIC = 'topic=~"$topic"'
+DEAD = 'outcome="dead_lettered"'
+RETRIED = 'outcome="retried"'
+FIVE_XX = 'status=~"5.."'
+NOT_RETRIED = 'outcome!="retried"'
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+@dataclass
+class Target:
+    expr: str
+    legend: str = ""
+    instant: bool = False
+
+
+@dataclass
+class Panel:
+    title: str
+    description: str
+    targets: list[Target]
+    unit: str = "short"
+    kind: str = "timeseries"  # or "stat"
+    width: int = 12
+    height: int = 8
+    stack: bool = False
+    thresholds: list[tuple[float | None, str]] = field(default_factory=lambda: [(None, "green")])
+    min_zero: bool = True
+
+
+@dataclass
+class Row:
+    title: str
+    panels: list[Panel]
+
+
+def sel(metric: str, *matchers: str) -> str:
+    """``metric{m1, m2}`` (or the bare name without matchers)."""
+    return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
+
+
+def rate(selector: str) -> str:
+    return f"rate({selector}[{RATE}])"
+
+
+def quantiles(bucket_selector: str, what: str) -> list[Target]:
+    """p50/p95/p99 of a histogram, aggregated over every series but ``le``."""
+    return [
+        Target(f"histogram_quantile({q}, sum by (le) ({rate(bucket_selector)}))", f"p{round(q * 100)} {what}")
+        for q in QUANTILES
+    ]
+
+
+PROCESSED = "hookstream_events_processed_total"
+LAG = "hookstream_consumer_lag"
+REQUESTS = "hookstream_gateway_requests_total"
+SIGNATURE_FAILURES = "hookstream_gateway_signature_failures_total"
+PUBLISHED = "hookstream_events_published_total"
+
+ROWS = [
+    Row(
+        "Overview",
+        [
+            Panel(
+                "Published / s",
+                "Events the broker acknowledged (the gateway answered 200), all selected topics.",
+                [Target(f"sum({rate(sel(PUBLISHED, TOPIC))}) or vector(0)")],
+                unit="reqps",
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "Processed / s",
+                "Events the workers finished, any outcome except retried (a retry is not a finish).",
+                [Target(f"sum({rate(sel(PROCESSED, TOPIC, NOT_RETRIED))}) or vector(0)")],
+                unit="reqps",
+                kind="stat",
+                width=4,
+                height=4,
+            ),
+            Panel(
+                "Consumer lag",
+                "Records published and not yet committed by the workers, all selected topics.",
+                [Target(f"sum({sel(LAG, TOPIC)}) or vector(0)")],
+                kind="stat",
+                width=4,
+                height=4,
+                thresholds=[(None, "green"), (1000, "orange"), (10000, "red")],
+            ),
+            Panel(
+                "Dead letters in range",
+                "Events sent to the dead-letter topic in the dashboard's time range: fix, then `hookstream replay`.",
+                [Target(f"sum(increase({sel(PROCESSED, TOPIC, DEAD)}[$__range])) or vector(0)")],
+                kind="stat",
+                width=4,
+                height=4,
+                thresholds=[(None, "green"), (1, "red")],
+            ),
+            Panel(
+                "Gateway 5xx ratio",
+                "Share of gateway answers that were 5xx (503: Kafka did not acknowledge in time; Stripe retries).",
+                [
+                    Target(
+                        f"(sum({rate(sel(REQUESTS, FIVE_XX))}) or vector(0)) / clamp_min(sum({rate(REQUESTS)}), 1e-9)"
+                    )
+                ],
+                unit="percentunit",
+                kind="stat",
+                width=4,
+                height=4,
+                thresholds=[(None, "green"), (0.01, "orange"), (0.05, "red")],
+            ),
+            Panel(
+                "Signature failures / s",
+                "Deliveries refused because of their Stripe-Signature (any reason).",
+                [Target(f"sum({rate(SIGNATURE_FAILURES)}) or vector(0)")],
+                unit="reqps",
+                kind="stat",
+                width=4,
+                height=4,
+                thresholds=[(None, "green"), (0.1, "orange"), (1, "red")],
+            ),
+        ],
+    ),
+    Row(
+        "Throughput",
+        [
+            Panel(
+                "Events published / s by topic",
+                "Acknowledged by Kafka (acks=all) and answered 200 by the gateway.",
+                [Target(f"sum by (topic) ({rate(sel(PUBLISHED, TOPIC))})", "{{topic}}")],
+                unit="reqps",
+            ),
+            Panel(
+                "Events processed / s by topic and outcome",
+                "ok: applied; duplicate: event id already applied; stale: older than the applied state; unhandled: "
+                "no handler for the type; retried: a failed attempt; dead_lettered: sent to the dead-letter topic.",
+                [Target(f"sum by (topic, outcome) ({rate(sel(PROCESSED, TOPIC))})", "{{topic}} {{outcome}}")],
+                unit="reqps",
+                stack=True,
+            ),
+        ],
+    ),
+    Row(
+        "Lag",
+        [
+            Panel(
+                "Consumer lag per topic",
+                "Log end offset minus committed offset, summed over partitions (refreshed even when idle).",
+                [Target(f"sum by (topic) ({sel(LAG, TOPIC)})", "{{topic}}")],
+            ),
+            Panel(
+                "Max partition lag per topic",
+                "The worst partition: one stuck object (a handler retrying) holds back its whole partition.",
+                [Target(f"max by (topic) ({sel(LAG, TOPIC)})", "{{topic}}")],
+            ),
+        ],
+    ),
+    Row(
+        "Failures",
+        [
+            Panel(
+                "Dead letters / s by topic and event type",
+                "Events that failed every attempt and went to the dead-letter topic.",
+                [
+                    Target(
+                        f"sum by (topic, event_type) ({rate(sel(PROCESSED, TOPIC, DEAD))})",
+                        "{{topic}} {{event_type}}",
+                    )
+                ],
+                unit="reqps",
+            ),
+            Panel(
+                "Retries / s by topic and event type",
+                "Failed handler attempts that will be tried again after a backoff.",
+                [
+                    Target(
+                        f"sum by (topic, event_type) ({rate(sel(PROCESSED, TOPIC, RETRIED))})",
+                        "{{topic}} {{event_type}}",
+                    )
+                ],
+                unit="reqps",
+            ),
+        ],
+    ),
+    Row(
+        "Latency",
+        [
+            Panel(
+                "Handler latency",
+                "Time in a handler per attempt (all event types), from hookstream_handler_seconds.",
+                quantiles("hookstream_handler_seconds_bucket", "handler"),
+                unit="s",
+                width=8,
+            ),
+            Panel(
+                "End-to-end latency",
+                "From the gateway receiving an event until a worker finished it, from hookstream_end_to_end_seconds.",
+                quantiles(sel("hookstream_end_to_end_seconds_bucket", TOPIC), "end-to-end"),
+                unit="s",
+                width=8,
+            ),
+            Panel(
+                "Publish latency",
+                "From handing an event to the producer until Kafka acknowledged it (the gateway's answer waits).",
+                quantiles(sel("hookstream_gateway_publish_seconds_bucket", TOPIC), "publish"),
+                unit="s",
+                width=8,
+            ),
+        ],
+    ),
+    Row(
+        "Gateway",
+        [
+            Panel(
+                "Gateway requests / s by status",
+                "Every answer of the gateway (webhooks, and also /healthz, /readyz, /metrics).",
+                [Target(f"sum by (status) ({rate(REQUESTS)})", "{{status}}")],
+                unit="reqps",
+                stack=True,
+            ),
+            Panel(
+                "Signature failures / s by reason",
+                "missing_header, malformed_header, no_v1_signature, no_matching_signature (wrong secret? "
+                "rotation?), timestamp_outside_tolerance (clock skew, replays).",
+                [Target(f"sum by (reason) ({rate(SIGNATURE_FAILURES)})", "{{reason}}")],
+                unit="reqps",
+            ),
+        ],
+    ),
+    Row(
+        "Workers",
+        [
+            Panel(
+                "In-flight events per worker",
+                "Events taken from Kafka and not yet finished (bounded by WORKER_MAX_INFLIGHT: back-pressure).",
+                [Target("sum by (instance) (hookstream_inflight_events)", "{{instance}}")],
+                width=8,
+            ),
+            Panel(
+                "Active actors per worker",
+                "Objects with events queued or running.",
+                [Target("sum by (instance) (hookstream_active_actors)", "{{instance}}")],
+                width=8,
+            ),
+            Panel(
+                "Targets up",
+                "Prometheus scrape health of the gateway and worker targets (1 up, 0 down).",
+                [Target('up{job=~".*hookstream.*(gateway|worker).*"}', "{{job}} {{instance}}")],
+                width=8,
+                thresholds=[(None, "red"), (1, "green")],
+            ),
+        ],
+    ),
+]
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    targets = [
+        {
+            "datasource": DATASOURCE,
+            "editorMode": "code",
+            "expr": t.expr,
+            "legendFormat": t.legend or "__auto",
+            "range": not (t.instant or panel.kind == "stat"),
+            "instant": t.instant or panel.kind == "stat",
+            "refId": chr(ord("A") + i),
+        }
+        for i, t in enumerate(panel.targets)
+    ]
+    defaults: dict[str, Any] = {
+        "unit": panel.unit,
+        "color": {"mode": "thresholds" if panel.kind == "stat" else "palette-classic"},
+        "thresholds": {
+            "mode": "absolute",
+            "steps": [{"color": color, "value": value} for value, color in panel.thresholds],
+        },
+        "mappings": [],
+    }
+    if panel.min_zero:
+        defaults["min"] = 0
+    if panel.kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+            "axisPlacement": "auto",
+            "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
+        }
+        options: dict[str, Any] = {
+            "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True, "calcs": ["mean", "max"]},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    else:
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "none",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "textMode": "auto",
+        }
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": targets,
+    }
+
+
+def _templating() -> dict[str, Any]:
+    topic_query = f"label_values({PUBLISHED}, topic)"
+    return {
+        "list": [
+            {
+                "name": "datasource",
+                "label": "Data source",
+                "type": "datasource",
+                "query": "prometheus",
+                "current": {},
+                "hide": 0,
+                "includeAll": False,
+                "multi": False,
+                "options": [],
+                "refresh": 1,
+                "regex": "",
+            },
+            {
+                "name": "topic",
+                "label": "Topic",
+                "type": "query",
+                "datasource": DATASOURCE,
+                "definition": topic_query,
+                "query": {"qryType": 1, "query": topic_query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                "hide": 0,
+                "includeAll": True,
+                "allValue": ".*",
+                "multi": True,
+                "options": [],
+                "refresh": 2,
+                "regex": "",
+                "sort": 1,
+            },
+        ]
+    }
+
+
+def build() -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    next_id = 1
+    y = 0
+    for row in ROWS:
+        panels.append(
+            {
+                "id": next_id,
+                "type": "row",
+                "title": row.title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        next_id += 1
+        y += 1
+        x = 0
+        line_height = 0
+        for panel in row.panels:
+            if x + panel.width > 24:
+                x, y, line_height = 0, y + line_height, 0
+            panels.append(_panel_json(panel, next_id, x, y))
+            next_id += 1
+            x += panel.width
+            line_height = max(line_height, panel.height)
+        y += line_height
+    return {
+        "__requires": [
+            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "11.0.0"},
+            {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+            {"type": "panel", "id": "timeseries", "name": "Time series", "version": ""},
+            {"type": "panel", "id": "stat", "name": "Stat", "version": ""},
+        ],
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "description": "hookstream: Stripe webhooks through the gateway into Kafka and the stream workers.",
+        "editable": True,
+        "fiscalYearStartMonth": 0,
+        "graphTooltip": 1,
+        "id": None,
+        "links": [],
+        "panels": panels,
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "tags": ["hookstream", "stripe", "kafka"],
+        "templating": _templating(),
+        "time": {"from": "now-6h", "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "title": "hookstream",
+        "uid": "hookstream",
+        "version": 1,
+        "weekStart": "",
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        if not OUTPUT.exists() or OUTPUT.read_text(encoding="utf-8") != text:
+            print(f"{OUTPUT} is stale: run python {Path(__file__).as_posix()}", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
