@@ -124,18 +124,19 @@ class Gateway:
             return
         await self._respond(send, 200, msgspec.json.encode({"received": True, "id": record.event_id}))
 
+    # Probes and scrapes are not counted in hookstream_gateway_requests_total: it measures webhook traffic.
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._respond(send, 200, b'{"status":"ok"}')
+        await _send_response(send, 200, b'{"status":"ok"}')
 
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.publisher.ready:
-            await self._respond(send, 200, b'{"ready":true}')
+            await _send_response(send, 200, b'{"ready":true}')
         else:
-            await self._respond(send, 503, b'{"ready":false,"reason":"not connected to Kafka"}')
+            await _send_response(send, 503, b'{"ready":false,"reason":"not connected to Kafka"}')
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = generate_latest(self.metrics.registry)
-        await self._respond(send, 200, body, CONTENT_TYPE_LATEST.encode())
+        await _send_response(send, 200, body, CONTENT_TYPE_LATEST.encode())
 
     async def _error(
         self, send: Send, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None
@@ -151,11 +152,7 @@ class Gateway:
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.metrics.requests.labels(str(status)).inc()
-        response_headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-        if headers:
-            response_headers.extend(headers)
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_response(send, status, body, content_type, headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -167,6 +164,20 @@ class Gateway:
                 await self.publisher.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = _JSON,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    response_headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+    if headers:
+        response_headers.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(receive: Receive, declared_length: bytes | None, limit: int) -> bytes:

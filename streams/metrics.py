@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from streams.state import Outcome
 
 _HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
@@ -41,6 +45,17 @@ class WorkerMetrics:
         self.inflight = Gauge(
             "hookstream_inflight_events", "Events taken from Kafka and not yet finished.", registry=self.registry
         )
+        self._processed_children: dict[tuple[str, str], dict[Outcome, Any]] = {}
         self.active_actors = Gauge(
             "hookstream_active_actors", "Objects with events queued or running.", registry=self.registry
         )
+
+    def processed_counter(self, topic: str, event_type: str, outcome: Outcome) -> Any:
+        """The counter child for one outcome; every outcome of a (topic, event type) starts at zero together,
+        so ``increase()`` sees the first dead letter of a type (a series born at 1 would hide it)."""
+        key = (topic, event_type)
+        children = self._processed_children.get(key)
+        if children is None:
+            children = {o: self.processed.labels(topic, event_type, o.value) for o in Outcome}
+            self._processed_children[key] = children
+        return children[outcome]

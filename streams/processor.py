@@ -80,7 +80,7 @@ class EventProcessor:
             log.exception("error processing %s[%d]@%d", record.topic, record.partition, record.offset)
             await self._dead_letter(record, headers, exc, 0)
             outcome = Outcome.DEAD_LETTERED
-        self._metrics.processed.labels(record.topic, event_type, outcome.value).inc()
+        self._metrics.processed_counter(record.topic, event_type, outcome).inc()
         received_at = header(headers, "received-at")
         if received_at:
             latency = time.time() - int(received_at) / 1000
@@ -128,7 +128,7 @@ class EventProcessor:
                     log.warning("event %s (%s) failed %d times, dead-lettered: %r", event.id, event.type, attempt, exc)
                     await self._dead_letter(record, headers, exc, attempt)
                     return Outcome.DEAD_LETTERED
-                self._metrics.processed.labels(record.topic, event.type, Outcome.RETRIED.value).inc()
+                self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
                 continue
             self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)
