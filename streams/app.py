@@ -15,13 +15,14 @@ from typing import Any, cast
 
 import faust
 from faust.streams import _current_event  # the table's changelog partition comes from the current event
-from faust.types import EventT
+from faust.types import Message
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ops.kafka import faust_broker_options
 from ops.settings import Settings
 from streams.actors import ActorPool
+from streams.consumer import BatchingConsumer
 from streams.lag import LagReporter
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, RetryPolicy
@@ -35,7 +36,22 @@ metrics = WorkerMetrics()
 _web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.worker_web_host else {}
 _data_dir: dict[str, Any] = {"datadir": settings.worker_data_dir} if settings.worker_data_dir else {}
 
-app = faust.App(
+class HookstreamApp(faust.App):
+    """A Faust app whose consumer hands event-topic records to the actors a fetch at a time."""
+
+    def _new_consumer(self) -> BatchingConsumer:
+        transport = self.transport
+        return BatchingConsumer(
+            transport,
+            callback=self.topics.on_message,
+            loop=transport.loop,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+        )
+
+
+app = HookstreamApp(
     settings.worker_app_id,
     **faust_broker_options(settings),
     store=settings.state_store,
@@ -82,24 +98,46 @@ processor = EventProcessor(
 )
 
 
-async def _finish(event: EventT) -> None:
-    """Process one event inside its actor, then ack it: Faust commits only the contiguous acked prefix."""
-    _current_event.set(weakref.ref(event))
+class _Current:
+    """What Faust's table writes read from the current-event context: the record (for its partition)."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
+async def _finish(message: Message) -> None:
+    """Process one record inside its actor, then ack it: Faust commits only the contiguous acked prefix."""
+    if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+        return  # fetched before a rebalance: Faust seeks back to the committed offset and fetches it again
+    current = _Current(message)
+    _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
     try:
-        await processor.process(event.message)
+        await processor.process(message)
     finally:
-        event.ack()
+        app.consumer.ack(message)
 
 
 @app.agent(source)  # type: ignore[arg-type]  # Faust types agents over StreamT, which lacks noack()
 async def process_events(stream: faust.Stream[Any]) -> None:
-    """Hand each event to its object's actor; blocks (back-pressure) while the in-flight bound is reached."""
-    pool: ActorPool[EventT] = ActorPool(_finish, settings.worker_max_inflight)
+    """Run the actors. The agent also declares the event topics to Faust (subscription, assignment,
+    co-partitioning with the table); their records reach the actors through the batching consumer."""
+    pool: ActorPool[Message] = ActorPool(_finish, settings.worker_max_inflight)
     metrics.inflight.set_function(lambda: pool.inflight)
     metrics.active_actors.set_function(lambda: pool.active_actors)
+
+    async def submit(batch: list[Message]) -> None:
+        for message in batch:
+            await pool.submit(message.key, message)  # waits while the in-flight bound is reached
+
+    consumer = app.consumer
+    assert isinstance(consumer, BatchingConsumer)
+    consumer.batch_topics = frozenset(event_topics)
+    consumer.batch_sink = submit
     try:
-        async for event in stream.noack().events():
-            await pool.submit(event.message.key, event)
+        async for event in stream.noack().events():  # only records that did not take the batch path
+            await pool.submit(event.message.key, event.message)
     finally:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(settings.handler_timeout):
