@@ -1,7 +1,8 @@
 """An actor per key: items of one key run one after another in arrival order; keys run concurrently.
 
-An actor is a deque and a task that exists only while the deque has items, so idle keys cost nothing and
-memory stays bounded however many distinct keys pass. A semaphore bounds the items in flight across all keys:
+An actor is a deque and a task that exist only while an item of the key is waiting (on I/O, a retry), so idle
+keys cost nothing and memory stays bounded however many distinct keys pass; an item that never waits runs
+without either. A semaphore bounds the items in flight across all keys:
 ``submit`` waits when it is exhausted, and so the caller (the stream) stops pulling from Kafka.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
+
+from streams import eager
 
 T = TypeVar("T")
 
@@ -19,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class ActorPool(Generic[T]):
-    def __init__(self, process: Callable[[T], Awaitable[None]], max_inflight: int) -> None:
+    def __init__(self, process: Callable[[T], Coroutine[Any, Any, None]], max_inflight: int) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self._process = process
@@ -40,17 +43,31 @@ class ActorPool(Generic[T]):
         return len(self._actors)
 
     async def submit(self, key: Hashable, item: T) -> None:
-        """Queue ``item`` behind earlier items of ``key``; waits while ``max_inflight`` items are unfinished."""
+        """Run ``item`` after earlier items of ``key``; waits while ``max_inflight`` items are unfinished.
+
+        An item whose key is idle starts at once (eagerly, in the caller): if it finishes without waiting, no
+        actor is created at all. Only an item that waits gets a task, and later items of its key queue behind it.
+        """
         await self._slots.acquire()
         queue = self._actors.get(key)
-        if queue is None:
-            queue = self._actors[key] = deque((item,))
-            self._idle.clear()
-            task = asyncio.create_task(self._run(key, queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
+        if queue is not None:
             queue.append(item)
+            return
+        rest: eager.Resume[None] | None
+        try:
+            done, rest = eager.start(self._process(item))
+        except Exception:  # process() handles its own failures; this is a last line of defence
+            log.exception("unexpected error processing an item of %r", key)
+            done, rest = True, None
+        if done:
+            self._slots.release()
+            return
+        assert isinstance(rest, eager.Resume)
+        queue = self._actors[key] = deque()
+        self._idle.clear()
+        task = asyncio.create_task(self._run(key, queue, rest))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
         """Wait until every submitted item is finished."""
@@ -63,18 +80,21 @@ class ActorPool(Generic[T]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, key: Hashable, queue: deque[T]) -> None:
+    async def _run(self, key: Hashable, queue: deque[T], first: eager.Resume[None]) -> None:
         try:
+            await self._finish(key, first)
             while queue:
-                try:
-                    await self._process(queue[0])
-                except Exception:  # process() handles its own failures; this is a last line of defence
-                    log.exception("unexpected error processing an item of %r", key)
-                finally:
-                    queue.popleft()
-                    self._slots.release()
+                await self._finish(key, self._process(queue.popleft()))
         finally:
             if self._actors.get(key) is queue:
                 del self._actors[key]
             if not self._actors:
                 self._idle.set()
+
+    async def _finish(self, key: Hashable, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception:  # process() handles its own failures; this is a last line of defence
+            log.exception("unexpected error processing an item of %r", key)
+        finally:
+            self._slots.release()

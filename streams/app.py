@@ -36,6 +36,7 @@ metrics = WorkerMetrics()
 _web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.worker_web_host else {}
 _data_dir: dict[str, Any] = {"datadir": settings.worker_data_dir} if settings.worker_data_dir else {}
 
+
 class HookstreamApp(faust.App):
     """A Faust app whose consumer hands event-topic records to the actors a fetch at a time."""
 

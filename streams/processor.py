@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
+from streams import eager
 from streams.dead_letters import dead_letter_headers, header
 from streams.events import BadRecord, StripeEvent, decode_event
 from streams.metrics import WorkerMetrics
@@ -120,8 +121,10 @@ class EventProcessor:
             start_applying(state, event)
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(retry.timeout):
-                    await registration.handler(event, context)
+                _, rest = eager.start(registration.handler(event, context))
+                if isinstance(rest, eager.Resume):  # the handler waits (I/O): only then does it need a deadline
+                    async with asyncio.timeout(retry.timeout):
+                        await rest
             except Exception as exc:
                 self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)
                 if attempt == retry.max_attempts:

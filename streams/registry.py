@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ class Context:
         self.emitted.append(Emitted(topic, key, value))
 
 
-Handler = Callable[[StripeEvent, Context], Awaitable[None]]
+Handler = Callable[[StripeEvent, Context], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)

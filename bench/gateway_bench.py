@@ -1,0 +1,220 @@
+"""Gateway workload: hookstream's gateway, the HTTP ceiling and the naive gateway under wrk, in turn.
+
+Each server is its own process on the same embedded broker. One signed ~3 KB event is the body of every request
+(re-signed before each measured run, so its timestamp stays well within the tolerance); 64 connections; after
+a warm-up, the servers are measured round after round so that noise on a shared machine spreads over all of
+them; medians are reported, with each process's CPU seconds per run. Then hookstream's gateway is paced at half
+its measured maximum rate (wrk's per-request ``delay()``) and its p99 is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import PYTHON, SECRET, Child, child, cpu_seconds, gateway_body, wait_until_ok
+from gateway.signature import sign
+from ops.process import free_port
+
+WEBHOOK = "/webhooks/stripe"
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Stripe-Signature"] = %(signature)s
+local f = assert(io.open(%(body)s, "rb"))
+wrk.body = f:read("*a")
+f:close()
+%(delay)s
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "\\nRESULT {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"p50_us\\": %%d, \\"p99_us\\": %%d, " ..
+    "\\"errors\\": %%d, \\"non_2xx\\": %%d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+@dataclass
+class Settings:
+    """How long and how often to drive each server."""
+
+    duration: int
+    warmup: int
+    repetitions: int
+    connections: int = 64
+    threads: int = 2
+
+
+@dataclass
+class WrkRun:
+    """One wrk run: rate, latency, failures, and CPU seconds each process spent during it."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_s: dict[str, float]
+
+
+def write_script(directory: Path, body: bytes, delay_ms: float | None) -> Path:
+    """A wrk Lua script posting ``body`` freshly signed; with ``delay_ms``, each connection waits that long
+    before each request (pacing)."""
+    (directory / "body.json").write_bytes(body)
+    delay = f"function delay()\n  return {delay_ms:.3f}\nend\n" if delay_ms is not None else ""
+    script = directory / ("paced.lua" if delay_ms is not None else "post.lua")
+    script.write_text(
+        LUA
+        % {
+            "signature": json.dumps(sign(body, SECRET)),
+            "body": json.dumps(str(directory / "body.json")),
+            "delay": delay,
+        }
+    )
+    return script
+
+
+def run_wrk(url: str, script: Path, seconds: int, settings: Settings, watched: dict[str, int]) -> WrkRun:
+    """Drive ``url`` for ``seconds``; CPU seconds of every watched PID over the run."""
+    before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+    command = [
+        "wrk",
+        f"-t{settings.threads}",
+        f"-c{settings.connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "30s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    after = {name: cpu_seconds(pid) for name, pid in watched.items()}
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    return WrkRun(
+        requests_per_s=result["requests"] / (result["duration_us"] / 1e6),
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        errors=result["errors"] + result["non_2xx"],
+        cpu_s={name: round(after[name] - before[name], 2) for name in watched},
+    )
+
+
+def check_post(proc: Child, body: bytes, timeout: float = 60.0) -> None:
+    """Wait until a signed POST answers 200 (the server is up and, for gateways, publishing)."""
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+            conn.request("POST", WEBHOOK, body=body, headers={"Stripe-Signature": sign(body, SECRET)})
+            answer = conn.getresponse()
+            answer.read()
+            conn.close()
+            if answer.status == 200:
+                return
+            last = answer.status
+        except OSError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{proc.name} never answered 200 to a signed POST (last: {last}):\n{proc.output()}")
+
+
+def summarise(runs: list[WrkRun]) -> dict[str, Any]:
+    """Medians over runs, plus the runs."""
+    cpu_names = runs[0].cpu_s.keys()
+    return {
+        "requests_per_s": statistics.median(r.requests_per_s for r in runs),
+        "p50_ms": statistics.median(r.p50_ms for r in runs),
+        "p99_ms": statistics.median(r.p99_ms for r in runs),
+        "errors": sum(r.errors for r in runs),
+        "cpu_s_per_run": {name: statistics.median(r.cpu_s[name] for r in runs) for name in cpu_names},
+        "runs": [asdict(r) for r in runs],
+    }
+
+
+def run(bootstrap: str, broker_pid: int, settings: Settings, prefix: str) -> dict[str, Any]:
+    """Start the three servers, measure them in turn, then hookstream's gateway at half its maximum rate."""
+    body = gateway_body()
+    ports = {name: free_port() for name in ("hookstream", "ceiling", "naive")}
+    gateway_env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "STRIPE_WEBHOOK_SECRETS": SECRET,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(ports["hookstream"]),
+        "TOPIC_PREFIX": prefix + "hs.",
+        "LOG_LEVEL": "WARNING",
+    }
+    commands = {
+        "hookstream": [PYTHON, "-m", "ops.cli", "gateway"],
+        "ceiling": [PYTHON, "-m", "bench.ceiling", "--port", str(ports["ceiling"])],
+        "naive": [
+            *(PYTHON, "-m", "bench.naive_gateway", "--port", str(ports["naive"]), "--bootstrap", bootstrap),
+            *("--secret", SECRET, "--prefix", prefix + "naive."),
+        ],
+    }
+    from bench.common import create_topics
+
+    create_topics(bootstrap, [prefix + "hs.payment_intent", prefix + "naive.payment_intent"])
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        procs = {
+            name: stack.enter_context(child(name, command, gateway_env if name == "hookstream" else {}, ports[name]))
+            for name, command in commands.items()
+        }
+        wait_until_ok(procs["hookstream"], "/readyz")
+        for proc in procs.values():
+            check_post(proc, body)
+        watched = {**{name: proc.pid for name, proc in procs.items()}, "broker": broker_pid}
+        urls = {name: f"http://127.0.0.1:{proc.port}{WEBHOOK}" for name, proc in procs.items()}
+        print(f"  gateway: POST body {len(body)} bytes, {settings.connections} connections", flush=True)
+        for url in urls.values():
+            run_wrk(url, write_script(Path(tmp), body, None), settings.warmup, settings, watched)
+        runs: dict[str, list[WrkRun]] = {name: [] for name in urls}
+        for repetition in range(settings.repetitions):
+            for name, url in urls.items():
+                one = run_wrk(url, write_script(Path(tmp), body, None), settings.duration, settings, watched)
+                runs[name].append(one)
+                print(
+                    f"  gateway round {repetition + 1}: {name:<10} {one.requests_per_s:>8.0f} req/s  "
+                    f"p99 {one.p99_ms:>8.1f} ms  errors {one.errors}",
+                    flush=True,
+                )
+        results: dict[str, Any] = {name: summarise(name_runs) for name, name_runs in runs.items()}
+        target = results["hookstream"]["requests_per_s"] / 2
+        # wrk's delay() runs after each answer, so a connection's period is delay + latency: calibrate once,
+        # taking off the per-request time the first paced run showed, then measure.
+        delay_ms = settings.connections / target * 1000
+        calibration = run_wrk(
+            urls["hookstream"], write_script(Path(tmp), body, delay_ms), settings.warmup, settings, watched
+        )
+        overhead_ms = settings.connections / max(calibration.requests_per_s, 1.0) * 1000 - delay_ms
+        delay_ms = max(0.0, delay_ms - max(0.0, overhead_ms))
+        paced = run_wrk(
+            urls["hookstream"], write_script(Path(tmp), body, delay_ms), settings.duration, settings, watched
+        )
+        print(
+            f"  gateway at half rate: target {target:.0f} req/s, achieved {paced.requests_per_s:.0f}, "
+            f"p99 {paced.p99_ms:.1f} ms",
+            flush=True,
+        )
+        for proc in procs.values():
+            proc.check_alive()
+    results["half_rate"] = {"target_requests_per_s": target, "delay_ms_per_connection": delay_ms, **asdict(paced)}
+    results["body_bytes"] = len(body)
+    results["settings"] = asdict(settings)
+    return results
