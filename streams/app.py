@@ -19,7 +19,7 @@ from faust.types import Message
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ops.kafka import faust_broker_options
+from ops.kafka import client_options, faust_broker_options
 from ops.settings import Settings
 from streams.actors import ActorPool
 from streams.consumer import BatchingConsumer
@@ -42,7 +42,7 @@ class HookstreamApp(faust.App):
 
     def _new_consumer(self) -> BatchingConsumer:
         transport = self.transport
-        return BatchingConsumer(
+        consumer = BatchingConsumer(
             transport,
             callback=self.topics.on_message,
             loop=transport.loop,
@@ -50,6 +50,8 @@ class HookstreamApp(faust.App):
             on_partitions_assigned=self._on_partitions_assigned,
             beacon=self.beacon,
         )
+        consumer.probe_options = client_options(settings)
+        return consumer
 
 
 app = HookstreamApp(

@@ -1,4 +1,4 @@
-"""Faust's consumer with a batch path for event topics.
+"""Faust's consumer with a batch path for event topics, and end offsets that survive the embedded broker.
 
 Faust hands every fetched record through ``Service.wait_first`` (two tasks per record), the conductor (flow
 control, a lock, an Event, a queue) and the stream iterator (a loop cycle, sensors) before an agent sees it:
@@ -6,17 +6,29 @@ most of a worker's time, measured (ARCHITECTURE.md). For the event topics, this 
 each fetch's records go to the actors in one call, with the bookkeeping Faust needs for acks and commits kept
 (read offsets, gaps, the set of unacked records). Every other topic (table changelogs during recovery, Faust's
 own) takes Faust's path unchanged.
+
+End offsets: table recovery reads a changelog up to the end offset the broker lists. The embedded broker lists
+the last *batch's* base offset + 1 (DESIGN.md), so recovery would stop short after multi-record batches; the
+high watermark a fetch returns is right. ``highwaters`` therefore takes the larger of the two, probing with a
+short-lived consumer of its own: a fetch per partition, once per recovery, and nothing to give up on real Kafka,
+where both agree. Producers can then batch changelog records normally on every broker.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
+from aiokafka import AIOKafkaConsumer as PlainConsumer
+from aiokafka import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
-from faust.types import Message
+from faust.types import TP, Message
 from mode import Service
+
+log = logging.getLogger(__name__)
 
 BatchSink = Callable[[list[Message]], Awaitable[None]]
 
@@ -26,6 +38,27 @@ class BatchingConsumer(AIOKafkaConsumer):
 
     batch_topics: frozenset[str] = frozenset()
     batch_sink: BatchSink | None = None
+    #: aiokafka client options for the end-offset probe (None: trust the listed offsets)
+    probe_options: dict[str, Any] | None = None
+
+    async def listed_end_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        """End offsets as the broker lists them (ListOffsets): cheap, and what lag reporting combines with the
+        fetched high watermark."""
+        return await super().highwaters(*partitions)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        """End offsets for table recovery: the larger of the listed one and a fetch's high watermark."""
+        listed = dict(await self.listed_end_offsets(*partitions))
+        if self.probe_options is None or not partitions:
+            return listed
+        fetched = await fetched_high_watermarks(self.probe_options, partitions, listed)
+        corrected = {tp: max(listed.get(tp) or 0, fetched.get(tp, 0)) for tp in partitions}
+        for tp in partitions:
+            if corrected[tp] != (listed.get(tp) or 0):
+                log.info(
+                    "end offset of %s[%d]: listed %s, fetched %d", tp.topic, tp.partition, listed.get(tp), corrected[tp]
+                )
+        return corrected
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by the worker tests
         # Faust's own loop (faust/transport/consumer.py), with records of batch topics collected, not dispatched.
@@ -70,3 +103,27 @@ class BatchingConsumer(AIOKafkaConsumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+
+async def fetched_high_watermarks(
+    options: dict[str, Any], partitions: Iterable[TP], near: Mapping[TP, int], patience: float = 10.0
+) -> dict[TP, int]:
+    """High watermarks from one fetch per partition, starting just before the offsets in ``near``."""
+    wanted = {TopicPartition(tp.topic, tp.partition): tp for tp in partitions}
+    consumer = PlainConsumer(**options, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    found: dict[TP, int] = {}
+    try:
+        consumer.assign(list(wanted))
+        for aio_tp, tp in wanted.items():
+            consumer.seek(aio_tp, max((near.get(tp) or 0) - 1, 0))
+        deadline = time.monotonic() + patience
+        while len(found) < len(wanted) and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=200, max_records=1)
+            for aio_tp, tp in wanted.items():
+                watermark = consumer.highwater(aio_tp)
+                if watermark is not None:
+                    found[tp] = watermark
+    finally:
+        await consumer.stop()
+    return found

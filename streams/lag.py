@@ -57,7 +57,7 @@ class LagReporter:
     async def _list_offsets(self, partitions: list[Any]) -> None:
         consumer = self._app.consumer
         try:
-            self._listed.update(await consumer.highwaters(*partitions))
+            self._listed.update(await consumer.listed_end_offsets(*partitions))
             missing = [tp for tp in partitions if tp not in self._earliest]
             if missing:
                 self._earliest.update(await consumer.earliest_offsets(*missing))
