@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
+from ops.metrics import Children
+
 _PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -38,3 +40,6 @@ class GatewayMetrics:
             ["topic", "event_type"],
             registry=self.registry,
         )
+        self.requests_for = Children(self.requests)
+        self.publish_seconds_for = Children(self.publish_seconds)
+        self.published_for = Children(self.published)

@@ -6,6 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from ops.metrics import Children
 from streams.state import Outcome
 
 _HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -46,6 +47,8 @@ class WorkerMetrics:
             "hookstream_inflight_events", "Events taken from Kafka and not yet finished.", registry=self.registry
         )
         self._processed_children: dict[tuple[str, str], dict[Outcome, Any]] = {}
+        self.handler_seconds_for = Children(self.handler_seconds)
+        self.end_to_end_seconds_for = Children(self.end_to_end_seconds)
         self.active_actors = Gauge(
             "hookstream_active_actors", "Objects with events queued or running.", registry=self.registry
         )

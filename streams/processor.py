@@ -85,7 +85,7 @@ class EventProcessor:
         received_at = header(headers, "received-at")
         if received_at:
             latency = time.time() - int(received_at) / 1000
-            self._metrics.end_to_end_seconds.labels(record.topic).observe(max(latency, 0.0))
+            self._metrics.end_to_end_seconds_for(record.topic).observe(max(latency, 0.0))
         return outcome
 
     async def _process(self, record: Record, headers: list[tuple[str, bytes]], event_type: str) -> tuple[Outcome, str]:
@@ -126,7 +126,7 @@ class EventProcessor:
                     async with asyncio.timeout(retry.timeout):
                         await rest
             except Exception as exc:
-                self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)
+                self._metrics.handler_seconds_for(event.type).observe(time.perf_counter() - started)
                 if attempt == retry.max_attempts:
                     log.warning("event %s (%s) failed %d times, dead-lettered: %r", event.id, event.type, attempt, exc)
                     await self._dead_letter(record, headers, exc, attempt)
@@ -134,7 +134,7 @@ class EventProcessor:
                 self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
                 continue
-            self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)
+            self._metrics.handler_seconds_for(event.type).observe(time.perf_counter() - started)
             record_applied(state, event)
             self._table[object_id] = encode_state(state)
             for emitted in context.emitted:
@@ -165,5 +165,6 @@ class EventProcessor:
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:
     raw = record.headers or ()
-    items = raw.items() if hasattr(raw, "items") else raw
-    return [(k if isinstance(k, str) else k.decode(), v or b"") for k, v in items]
+    if hasattr(raw, "items"):  # a mapping (Faust's own records)
+        return [(k if isinstance(k, str) else k.decode(), v or b"") for k, v in raw.items()]
+    return list(raw)  # aiokafka's (str, bytes) pairs, as they are
