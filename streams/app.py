@@ -74,9 +74,26 @@ app = HookstreamApp(
     autodiscover=False,
 )
 
+#: RocksDB keeps one database per partition, each with Faust's defaults of up to 3 x 64 MiB write buffers and a
+#: 2 GiB block cache: 1.4 GiB of RSS after a million objects on 8 partitions (make bench). Objects are read back
+#: rarely (an object's next event), so small buffers and caches lose little; per partition at most 2 x 8 MiB +
+#: 16 MiB.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 16 * 1024 * 1024,
+    "block_cache_compressed_size": 0,
+}
+
 # Keys are the event keys' bytes (the object id) and values msgspec-encoded ObjectState: raw both ways, so the
 # table partitions exactly like the topics and nothing is serialised twice.
-objects = app.Table("objects", key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
+objects = app.Table(
+    "objects",
+    key_type=bytes,
+    value_type=bytes,
+    partitions=settings.topic_partitions,
+    options=ROCKSDB_OPTIONS,  # used by the rocksdb:// store only
+)
 
 event_topics = sorted(settings.topic_prefix + object_type for object_type in registry.object_types)
 source = app.topic(*event_topics, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
@@ -130,8 +147,14 @@ async def process_events(stream: faust.Stream[Any]) -> None:
     metrics.inflight.set_function(lambda: pool.inflight)
     metrics.active_actors.set_function(lambda: pool.active_actors)
 
+    producer_ebb = app.producer.buffer.wait_until_ebb
+
     async def submit(batch: list[Message]) -> None:
         for message in batch:
+            # Table writes queue their changelog records in Faust's producer buffer; like Faust's conductor,
+            # take no more records while it is full, so memory stays bounded and state never runs far ahead
+            # of its changelog.
+            await producer_ebb()
             await pool.submit(message.key, message)  # waits while the in-flight bound is reached
 
     consumer = app.consumer
@@ -192,3 +215,4 @@ class Metrics(View):
         return self.bytes(
             generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
         )
+
