@@ -27,6 +27,7 @@ from streams.lag import LagReporter
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, RetryPolicy
 from streams.registry import registry
+from streams.table import TableWriter
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ async def _send(topic: str, key: bytes | None, value: bytes, headers: list[tuple
 
 processor = EventProcessor(
     registry,
-    objects,
+    TableWriter(app, objects),
     _send,
     settings.dlq_topic,
     RetryPolicy(
@@ -147,15 +148,12 @@ async def process_events(stream: faust.Stream[Any]) -> None:
     metrics.inflight.set_function(lambda: pool.inflight)
     metrics.active_actors.set_function(lambda: pool.active_actors)
 
-    producer_ebb = app.producer.buffer.wait_until_ebb
-
     async def submit(batch: list[Message]) -> None:
         for message in batch:
-            # Table writes queue their changelog records in Faust's producer buffer; like Faust's conductor,
-            # take no more records while it is full, so memory stays bounded and state never runs far ahead
-            # of its changelog.
-            await producer_ebb()
-            await pool.submit(message.key, message)  # waits while the in-flight bound is reached
+            # waits while the in-flight bound is reached, or (through TableWriter.put) while the producer's
+            # batch for the changelog partition is full: memory stays bounded, state never runs far ahead of
+            # its changelog
+            await pool.submit(message.key, message)
 
     consumer = app.consumer
     assert isinstance(consumer, BatchingConsumer)
@@ -215,4 +213,3 @@ class Metrics(View):
         return self.bytes(
             generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
         )
-

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from streams import eager
@@ -42,6 +42,14 @@ class Record(Protocol):
 Send = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
 
 
+class StateStore(Protocol):
+    """Where object states live: the objects table (``streams/table.py``), or a dict in tests."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    async def put(self, key: bytes, value: bytes, partition: int) -> None: ...
+
+
 class RetryPolicy:
     def __init__(self, max_attempts: int, backoff: float, max_backoff: float, timeout: float) -> None:
         self.max_attempts, self.backoff, self.max_backoff, self.timeout = max_attempts, backoff, max_backoff, timeout
@@ -51,19 +59,19 @@ class RetryPolicy:
 
 
 class EventProcessor:
-    """Applies records to the ``objects`` table (any mutable mapping of object id to encoded state)."""
+    """Applies records to the object states in ``store``."""
 
     def __init__(
         self,
         registry: HandlerRegistry,
-        table: MutableMapping[bytes, bytes],
+        store: StateStore,
         send: Send,
         dlq_topic: str,
         retry: RetryPolicy,
         metrics: WorkerMetrics,
     ) -> None:
         self._registry = registry
-        self._table = table
+        self._store = store
         self._send = send
         self._dlq_topic = dlq_topic
         self._retry = retry
@@ -98,7 +106,7 @@ class EventProcessor:
         if registration is None:
             return Outcome.UNHANDLED, event.type
         object_id = record.key or str(event.object.get("id") or event.id).encode()
-        stored = self._table.get(object_id)
+        stored = self._store.get(object_id)
         verdict = judge(decode_state(stored), event) if stored is not None else None
         if verdict is not None:
             return verdict, event.type
@@ -136,7 +144,7 @@ class EventProcessor:
                 continue
             self._metrics.handler_seconds_for(event.type).observe(time.perf_counter() - started)
             record_applied(state, event)
-            self._table[object_id] = encode_state(state)
+            await self._store.put(object_id, encode_state(state), record.partition)
             for emitted in context.emitted:
                 await self._send_durably(emitted.topic, emitted.key, emitted.value, [])
             return Outcome.OK

@@ -1,0 +1,57 @@
+"""The objects table, written without Faust's per-write machinery.
+
+A Faust table write (``table[key] = value``) stores the value, then queues a changelog record in Faust's
+producer buffer, which sends one record at a time (a ``FutureMessage``, a publish, an aiokafka send each) and
+throttles the stream while it is full: measured, the limit of a worker. ``TableWriter`` keeps the same
+guarantees with less: it stores the value in the table's store, then hands the changelog record straight to the
+producer's aiokafka client, into the partition of the record being processed (co-partitioning). Faust flushes
+that producer before it commits offsets, so a committed offset never passes a state change whose changelog
+record is not stored; a changelog record the broker refuses crashes the worker (which then redelivers from
+the last commit), as Faust does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+
+class TableWriter:
+    """Reads and writes the raw bytes of a Faust table (``key_type=bytes, value_type=bytes``)."""
+
+    def __init__(self, app: Any, table: Any) -> None:
+        self._app = app
+        self._table = table
+        self._topic: str | None = None
+        self._crash: asyncio.Future[Any] | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        """The stored value (the current record's partition is the one looked in, for RocksDB)."""
+        value: bytes | None = self._table.data.get(key)
+        return value
+
+    async def put(self, key: bytes, value: bytes, partition: int) -> None:
+        """Store ``value`` and send its changelog record; returns once the producer has taken the record (it
+        waits while the partition's batch is full: back-pressure)."""
+        self._table.data[key] = value
+        if self._topic is None:
+            self._topic = self._table.changelog_topic.get_topic_name()
+        delivery = await self._app.producer.send(self._topic, key, value, partition, None, None)
+        delivery.add_done_callback(self._sent)
+
+    def _sent(self, delivery: asyncio.Future[Any]) -> None:
+        if delivery.cancelled():
+            return
+        error = delivery.exception()
+        if error is not None:
+            log.error("changelog record not stored: %r; stopping the worker so nothing is committed past it", error)
+            self._crash = asyncio.ensure_future(self._app.crash(error))
+            return
+        metadata = delivery.result()
+        # what the RocksDB store remembers so that a restart only recovers what it lacks
+        self._table.data.set_persisted_offset(TP(metadata.topic, metadata.partition), metadata.offset)
