@@ -51,7 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_max_inflight: int = 1000
     worker_rebalance_timeout: float = 30.0
     worker_session_timeout: float = 30.0
-    worker_producer_max_batch_size: int = 16384
+    worker_producer_max_batch_size: int = 1_048_576
     worker_lag_interval: float = 5.0
     handler_modules: tuple[str, ...] = ("handlers",)
     handler_max_attempts: int = 5
@@ -107,7 +107,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             worker_max_inflight=env.integer("WORKER_MAX_INFLIGHT", 1000, minimum=1),
             worker_rebalance_timeout=env.seconds("WORKER_REBALANCE_TIMEOUT", 30.0),
             worker_session_timeout=env.seconds("WORKER_SESSION_TIMEOUT", 30.0),
-            worker_producer_max_batch_size=env.integer("WORKER_PRODUCER_MAX_BATCH_SIZE", 16384, minimum=1),
+            worker_producer_max_batch_size=env.integer("WORKER_PRODUCER_MAX_BATCH_SIZE", 1_048_576, minimum=1),
             worker_lag_interval=env.seconds("WORKER_LAG_INTERVAL", 5.0),
             handler_modules=tuple(
                 m.strip() for m in env.text("HOOKSTREAM_HANDLERS", "handlers").split(",") if m.strip()
