@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, SECRET, Child, child, cpu_seconds, gateway_body, wait_until_ok
+from bench.http_servers import WRK_REPORT
 from gateway.signature import sign
 from ops.process import free_port
 
 WEBHOOK = "/webhooks/stripe"
 
-LUA = """
+LUA = (
+    """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Stripe-Signature"] = %(signature)s
@@ -33,15 +35,9 @@ local f = assert(io.open(%(body)s, "rb"))
 wrk.body = f:read("*a")
 f:close()
 %(delay)s
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "\\nRESULT {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"p50_us\\": %%d, \\"p99_us\\": %%d, " ..
-    "\\"errors\\": %%d, \\"non_2xx\\": %%d}\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
 """
+    + WRK_REPORT
+)
 
 
 @dataclass

@@ -163,13 +163,8 @@ def servers(stacks: list[str], body: bytes) -> Iterator[dict[str, str]]:
                 process.wait()
 
 
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open(%s, "rb"))
-wrk.body = f:read("*a")
-f:close()
-
+#: wrk Lua report, printed as one JSON line (shared with bench/gateway_bench.py); ``%``-formatting escaped
+WRK_REPORT = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -179,6 +174,18 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout, e.status))
 end
 """
+
+LUA = (
+    """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(%s, "rb"))
+wrk.body = f:read("*a")
+f:close()
+
+"""
+    + WRK_REPORT
+)
 
 
 @dataclass
