@@ -16,6 +16,7 @@ from streams.events import BadRecord, StripeEvent, decode_event
 from streams.metrics import WorkerMetrics
 from streams.registry import Context, HandlerRegistry, Registration
 from streams.state import (
+    ObjectState,
     Outcome,
     decode_state,
     encode_state,
@@ -107,10 +108,11 @@ class EventProcessor:
             return Outcome.UNHANDLED, event.type
         object_id = record.key or str(event.object.get("id") or event.id).encode()
         stored = self._store.get(object_id)
-        verdict = judge(decode_state(stored), event) if stored is not None else None
+        state = decode_state(stored) if stored is not None else None
+        verdict = judge(state, event) if state is not None else None
         if verdict is not None:
             return verdict, event.type
-        return await self._apply(record, headers, event, registration, object_id, stored), event.type
+        return await self._apply(record, headers, event, registration, object_id, stored, state), event.type
 
     async def _apply(
         self,
@@ -120,29 +122,40 @@ class EventProcessor:
         registration: Registration,
         object_id: bytes,
         stored: bytes | None,
+        decoded: ObjectState | None,
     ) -> Outcome:
         retry = self._retry
         for attempt in range(1, retry.max_attempts + 1):
-            # each attempt starts from the stored state: a failed attempt leaves nothing behind
-            state = decode_state(stored) if stored is not None else new_state(object_id.decode(errors="replace"), event)
+            # each attempt starts from the stored state (the first reuses the copy decoded to judge the event;
+            # a retry decodes afresh): a failed attempt leaves nothing behind
+            if attempt == 1 and decoded is not None:
+                state = decoded
+            elif stored is not None:
+                state = decode_state(stored)
+            else:
+                state = new_state(object_id.decode(errors="replace"), event)
             context = Context(state, attempt)
             start_applying(state, event)
             started = time.perf_counter()
+            failure: Exception | None = None
             try:
                 _, rest = eager.start(registration.handler(event, context))
                 if isinstance(rest, eager.Resume):  # the handler waits (I/O): only then does it need a deadline
                     async with asyncio.timeout(retry.timeout):
                         await rest
             except Exception as exc:
-                self._metrics.handler_seconds_for(event.type).observe(time.perf_counter() - started)
+                failure = exc
+            self._metrics.handler_seconds_for(event.type).observe(time.perf_counter() - started)
+            if failure is not None:
                 if attempt == retry.max_attempts:
-                    log.warning("event %s (%s) failed %d times, dead-lettered: %r", event.id, event.type, attempt, exc)
-                    await self._dead_letter(record, headers, exc, attempt)
+                    log.warning(
+                        "event %s (%s) failed %d times, dead-lettered: %r", event.id, event.type, attempt, failure
+                    )
+                    await self._dead_letter(record, headers, failure, attempt)
                     return Outcome.DEAD_LETTERED
                 self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
                 continue
-            self._metrics.handler_seconds_for(event.type).observe(time.perf_counter() - started)
             record_applied(state, event)
             await self._store.put(object_id, encode_state(state), record.partition)
             for emitted in context.emitted:

@@ -205,14 +205,18 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
 
         fixed.touch()  # the handler is fixed: replay brings the dead letters back
         replay_env = {**os.environ, **broker.env(), "HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix}
-        done = subprocess.run(
-            [sys.executable, "-m", "ops.cli", "replay"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=replay_env,
-            cwd=REPO,
-        )
+
+        def replay() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "ops.cli", "replay"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=replay_env,
+                cwd=REPO,
+            )
+
+        done = replay()
         assert done.returncode == 0, done.stderr
         assert "replayed 5 dead letter" in done.stdout
         wait_for(
@@ -224,14 +228,7 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
             state = worker.state(f"ch_{i}")
             assert state is not None and state["fields"]["seqs"] == [0, 1, 2]
         assert worker.state("ch_single_1") is not None
-        again = subprocess.run(
-            [sys.executable, "-m", "ops.cli", "replay"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=replay_env,
-            cwd=REPO,
-        )
+        again = replay()
         assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed once
 
 
