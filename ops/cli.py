@@ -54,6 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=int, default=None, help="replay at most N dead letters (default: all)")
     replay.set_defaults(run=_replay)
 
+    audit = commands.add_parser(
+        "audit",
+        help="check that every acknowledged event was applied once (or dead-lettered); exit 1 if any is missing",
+        description="Compare the event ids in the event topics (what the gateway acknowledged) with the objects "
+        "table's changelog (what the workers applied) and the dead letters. Exit status 1 when an acknowledged "
+        "event is missing or was applied twice.",
+    )
+    audit.add_argument(
+        "--since", help="audit events acknowledged since T: ISO 8601 time or a duration ago (30m, 2h, 7d); default: all"
+    )
+    audit.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to SECONDS for pending events first"
+    )
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.add_argument("--show", type=int, default=20, metavar="N", help="ids listed per verdict (default: 20)")
+    audit.set_defaults(run=_audit)
+
     scaffold = commands.add_parser(
         "new-handler", help="write handlers/<module>.py and its test for a Stripe event type"
     )
@@ -97,6 +114,16 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from ops.replay import run_replay
 
     return run_replay(settings, args.limit)
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.audit import AuditError, run_audit
+
+    try:
+        return run_audit(settings, args.since, args.wait, args.json, args.show)
+    except (AuditError, ValueError) as exc:
+        print(f"hookstream audit: {exc}", file=sys.stderr)
+        return 2
 
 
 def _new_handler(args: argparse.Namespace, settings: Settings) -> int:

@@ -67,6 +67,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.topic_prefix}dlq"
 
     @property
+    def changelog_topic(self) -> str:
+        """The objects table's changelog (Faust's name for it): the workers' record of every applied event."""
+        return f"{self.worker_app_id}-objects-changelog"
+
+    @property
     def using_dev_secret(self) -> bool:
         return DEV_WEBHOOK_SECRET in self.stripe_webhook_secrets
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,11 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from gateway.envelope import Record
+from gateway.envelope import Record, to_record
 from gateway.signature import sign
 from ops.broker import EmbeddedBroker
 from ops.dev import EMBEDDED_BROKER_ENV
+from ops.fixtures import build_event, encode
 from ops.kafka import create_topics
 from ops.process import free_port, stop_process
 from ops.settings import DEV_WEBHOOK_SECRET, Settings
@@ -325,3 +327,29 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def charge(
+    prefix: str,
+    object_id: str,
+    seq: int,
+    created: int,
+    event_id: str | None = None,
+    fail: bool = False,
+    event_type: str = "charge.updated",
+) -> Record:
+    metadata = {"seq": str(seq)} | ({"fail": "true"} if fail else {})
+    event = build_event(
+        event_type,
+        object_id=object_id,
+        event_id=event_id,
+        created=created,
+        object_fields={"metadata": metadata, "amount": 100 + seq},
+    )
+    return to_record(encode(event), prefix, int(time.time() * 1000))
+
+
+def unique(name: str) -> tuple[str, str]:
+    """A fresh app id (consumer group, changelog) and topic prefix per test."""
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    return f"hs-{tag}", f"t{tag}."

@@ -9,45 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from gateway.envelope import Record, to_record
-from ops.fixtures import build_event, encode
-from tests.support import REPO, BrokerInfo, WorkerProcess, consume, produce, start_worker, wait_for
+from tests.support import REPO, BrokerInfo, WorkerProcess, charge, consume, produce, start_worker, unique, wait_for
 
 pytestmark = pytest.mark.integration
 
 BASE = 1_790_000_000
-
-
-def charge(
-    prefix: str,
-    object_id: str,
-    seq: int,
-    created: int,
-    event_id: str | None = None,
-    fail: bool = False,
-    event_type: str = "charge.updated",
-) -> Record:
-    metadata = {"seq": str(seq)} | ({"fail": "true"} if fail else {})
-    event = build_event(
-        event_type,
-        object_id=object_id,
-        event_id=event_id,
-        created=created,
-        object_fields={"metadata": metadata, "amount": 100 + seq},
-    )
-    return to_record(encode(event), prefix, int(time.time() * 1000))
-
-
-def unique(name: str) -> tuple[str, str]:
-    """A fresh app id (consumer group, changelog) and topic prefix per test."""
-    tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    return f"hs-{tag}", f"t{tag}."
 
 
 def handler_log(path: Path) -> list[list[str]]:

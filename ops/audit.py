@@ -1,0 +1,353 @@
+"""``hookstream audit``: was every acknowledged event applied, exactly once?
+
+A 200 from the gateway means the event is in an event topic, so the topics are the record of what was
+acknowledged. The workers' record of what they did is the changelog of the ``objects`` table (one record per
+applied event, whose ``last_event_id`` names it and whose ``events_applied`` numbers it) and the dead-letter
+topic. The audit reads all three from the broker, as a plain consumer outside any group, and classifies every
+acknowledged event id:
+
+- applied: some changelog record names it (or an object still remembers it among its recent event ids);
+  *duplicated* when two changelog records of one object name it with different counts (applied twice);
+- dead-lettered: a dead letter points at one of its records (and no replay applied it since);
+- unhandled: no handler takes its type (nothing to apply);
+- pending: one of its records lies beyond the workers' committed offset (not processed yet);
+- stale: processed, not applied, and its object has applied a newer event (Stripe's out-of-order delivery);
+- missing: none of these. Something acknowledged was lost.
+
+The changelog is a compacted topic: where the broker has compacted old records away, only the 32 recent event
+ids each object remembers still show an application. Audit windows longer than the changelog's
+``min.compaction.lag.ms`` can therefore report false "missing" ids for busy objects; ``--since`` keeps to the
+window that holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ops.kafka import client_options
+from ops.settings import Settings
+from streams.dead_letters import header
+from streams.registry import HandlerRegistry, registry
+from streams.state import decode_state
+
+
+class AuditError(RuntimeError):
+    """The audit could not read what it needs from the broker."""
+
+
+class AuditReport(msgspec.Struct, kw_only=True):
+    """The verdict on every event id acknowledged in the window; ``ok`` when none is missing or duplicated."""
+
+    since: str | None
+    topics: list[str]
+    records: int
+    acknowledged: int
+    applied: int
+    duplicated: list[str]
+    dead_lettered: list[str]
+    unhandled: list[str]
+    pending: list[str]
+    stale: list[str]
+    missing: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.duplicated
+
+
+class _Delivery(msgspec.Struct, array_like=True):
+    """One record of an event in an event topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    event_type: str | None
+    created: int | None
+
+
+class _Evidence:
+    """What the changelog and dead letters say the workers did."""
+
+    def __init__(self) -> None:
+        self.applications: dict[str, set[tuple[bytes, int]]] = defaultdict(set)
+        self.remembered: set[str] = set()
+        self.newest_created: dict[bytes, int] = {}
+        self.dead_records: set[tuple[str, int, int]] = set()
+        self.dead_ids: set[str] = set()
+
+    def read_changelog(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.key is None or record.value is None:  # a tombstone: the object was deleted
+            return
+        state = decode_state(record.value)
+        if state.last_event_id is not None:
+            self.applications[state.last_event_id].add((record.key, state.events_applied))
+        self.remembered.update(state.recent_event_ids)
+        if state.last_event_created is not None:
+            newest = self.newest_created.get(record.key)
+            if newest is None or state.last_event_created > newest:
+                self.newest_created[record.key] = state.last_event_created
+
+    def read_dead_letter(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        headers = [(k, bytes(v)) for k, v in record.headers]
+        topic, partition, offset = (
+            header(headers, name) for name in ("source-topic", "source-partition", "source-offset")
+        )
+        if topic and partition and offset:
+            self.dead_records.add((topic.decode(), int(partition), int(offset)))
+        event_id = header(headers, "event-id")
+        if event_id:
+            self.dead_ids.add(event_id.decode())
+
+
+async def audit(
+    settings: Settings, since_ms: int | None = None, handlers: HandlerRegistry | None = None
+) -> AuditReport:
+    """Audit the event topics' records from ``since_ms`` (epoch milliseconds; all retained records if None)."""
+    if handlers is None:
+        handlers = _registry(settings)
+    options = client_options(settings)
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    event_topics = sorted(t for t in existing if t.startswith(settings.topic_prefix) and t != settings.dlq_topic)
+    committed = await _committed_offsets(options, settings.worker_app_id, event_topics)
+    subscribed = {settings.topic_prefix + object_type for object_type in handlers.object_types}
+
+    deliveries: dict[str, list[_Delivery]] = defaultdict(list)
+    records = 0
+
+    def read_event(record: ConsumerRecord[bytes, bytes]) -> None:
+        nonlocal records
+        if since_ms is not None and record.timestamp < since_ms:
+            return
+        records += 1
+        event_id, delivery = _delivery(record)
+        deliveries[event_id].append(delivery)
+
+    evidence = _Evidence()
+    await _scan(options, event_topics, read_event, since_ms)
+    await _scan(options, [t for t in (settings.changelog_topic,) if t in existing], evidence.read_changelog)
+    await _scan(options, [t for t in (settings.dlq_topic,) if t in existing], evidence.read_dead_letter)
+
+    verdicts: dict[str, list[str]] = defaultdict(list)
+    applied = 0
+    for event_id, seen in deliveries.items():
+        applications = evidence.applications.get(event_id)
+        if applications or event_id in evidence.remembered:
+            applied += 1
+            if applications and len(applications) > 1:
+                verdicts["duplicated"].append(event_id)
+        elif event_id in evidence.dead_ids or any(
+            (d.topic, d.partition, d.offset) in evidence.dead_records for d in seen
+        ):
+            verdicts["dead_lettered"].append(event_id)
+        elif any(d.topic not in subscribed or (d.event_type and handlers.get(d.event_type) is None) for d in seen):
+            verdicts["unhandled"].append(event_id)
+        elif any(d.offset >= committed.get((d.topic, d.partition), 0) for d in seen):
+            verdicts["pending"].append(event_id)
+        elif any(_superseded(d, evidence.newest_created) for d in seen):
+            verdicts["stale"].append(event_id)
+        else:
+            verdicts["missing"].append(event_id)
+    return AuditReport(
+        since=None if since_ms is None else _iso(since_ms),
+        topics=event_topics,
+        records=records,
+        acknowledged=len(deliveries),
+        applied=applied,
+        **{
+            name: sorted(verdicts[name])
+            for name in ("duplicated", "dead_lettered", "unhandled", "pending", "stale", "missing")
+        },
+    )
+
+
+async def audit_until_settled(settings: Settings, since_ms: int | None, wait: float) -> AuditReport:
+    """Audit again (every second, up to ``wait`` seconds) while events are still pending."""
+    deadline = time.monotonic() + wait
+    handlers = _registry(settings)
+    while True:
+        report = await audit(settings, since_ms, handlers)
+        if not report.pending or time.monotonic() >= deadline:
+            return report
+        await asyncio.sleep(1.0)
+
+
+def _registry(settings: Settings) -> HandlerRegistry:
+    """The handlers the workers run (their modules register with the shared registry when imported)."""
+    registry.discover(settings.handler_modules)
+    return registry
+
+
+async def _committed_offsets(options: dict[str, object], group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The workers' committed offset of every partition of ``topics`` (partitions without one are left out)."""
+    consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        offsets = {}
+        for topic in topics:
+            for partition in sorted(consumer.partitions_for_topic(topic) or ()):
+                offset = await consumer.committed(TopicPartition(topic, partition))
+                if offset is not None and offset >= 0:
+                    offsets[(topic, partition)] = offset
+        return offsets
+    finally:
+        await consumer.stop()
+
+
+def _delivery(record: ConsumerRecord[bytes, bytes]) -> tuple[str, _Delivery]:
+    """The event id of a record (from its headers, else its body) and where it lies.
+
+    A record that is not a Stripe event (it bypassed the gateway) is identified by its position.
+    """
+    headers = [(k, bytes(v)) for k, v in record.headers]
+    event_id, event_type, created = (header(headers, name) for name in ("event-id", "event-type", "event-created"))
+    if event_id is None:
+        try:
+            body = msgspec.json.decode(record.value or b"", type=_Envelope)
+            event_id, event_type, created = body.id.encode(), body.type.encode(), str(body.created).encode()
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+    where = _Delivery(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        event_type.decode(errors="replace") if event_type else None,
+        int(created) if created and created.isdigit() else None,
+    )
+    name = event_id.decode(errors="replace") if event_id else f"{record.topic}/{record.partition}@{record.offset}"
+    return name, where
+
+
+class _Envelope(msgspec.Struct):
+    id: str
+    type: str
+    created: int
+
+
+def _superseded(delivery: _Delivery, newest_created: dict[bytes, int]) -> bool:
+    newest = newest_created.get(delivery.key) if delivery.key is not None else None
+    return newest is not None and delivery.created is not None and delivery.created < newest
+
+
+async def _scan(
+    options: dict[str, object],
+    topics: Iterable[str],
+    visit: Callable[[ConsumerRecord[bytes, bytes]], None],
+    since_ms: int | None = None,
+    stall_timeout: float = 60.0,
+) -> None:
+    """Read every partition of ``topics`` up to its high watermark (from ``since_ms`` when given).
+
+    The end is the high watermark of fetch responses, not ListOffsets: the embedded broker under-reports the
+    latter after multi-record batches (DESIGN.md).
+    """
+    topics = list(topics)
+    if not topics:
+        return
+    consumer = AIOKafkaConsumer(
+        **options,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 << 20,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(partitions)
+        remaining = set(partitions)
+        if since_ms is None:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            for tp, at in found.items():
+                if at is None:  # nothing as recent as since_ms
+                    remaining.discard(tp)
+                    consumer.pause(tp)
+                else:
+                    consumer.seek(tp, at.offset)
+        progress = time.monotonic()
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for records in batch.values():
+                for record in records:
+                    visit(record)
+            if batch:
+                progress = time.monotonic()
+            for tp in list(remaining):
+                high = consumer.highwater(tp)
+                if high is not None and await consumer.position(tp) >= high:
+                    remaining.discard(tp)
+                    consumer.pause(tp)
+            if remaining and time.monotonic() - progress > stall_timeout:
+                names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in remaining))
+                raise AuditError(f"no progress reading {names} for {stall_timeout:.0f}s")
+    finally:
+        await consumer.stop()
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> int:
+    """``--since``: an ISO 8601 time (UTC unless it says otherwise) or a duration ago (``90s``, ``30m``, ``2h``,
+    ``7d``); epoch milliseconds."""
+    now = time.time() if now is None else now
+    match = _DURATION.match(text.strip())
+    if match:
+        return int((now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]) * 1000)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: give an ISO 8601 time (2026-11-27T09:00:00Z) or a duration (30m, 2h, 7d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def format_report(report: AuditReport, show: int) -> str:
+    """The report for people: one line per verdict, with up to ``show`` ids each."""
+    window = f"since {report.since}" if report.since else "over all retained records"
+    lines = [
+        f"audit of {len(report.topics)} event topic(s) {window}",
+        f"{'acknowledged':<14}{report.acknowledged:>10,}  events ({report.records:,} records)",
+        f"{'applied':<14}{report.applied:>10,}",
+    ]
+    for name in ("duplicated", "dead_lettered", "unhandled", "stale", "pending", "missing"):
+        ids: list[str] = getattr(report, name)
+        shown = " ".join(ids[:show]) + (f" ... (+{len(ids) - show})" if len(ids) > show else "")
+        lines.append(f"{name.replace('_', '-'):<14}{len(ids):>10,}  {shown}".rstrip())
+    lines.append("OK: every acknowledged event is accounted for" if report.ok else "FAILED: see missing/duplicated")
+    return "\n".join(lines)
+
+
+def run_audit(settings: Settings, since: str | None, wait: float, as_json: bool, show: int) -> int:
+    """The command: print the report; 1 when an acknowledged event is missing or was applied twice."""
+    since_ms = parse_since(since) if since else None
+    report = asyncio.run(audit_until_settled(settings, since_ms, wait))
+    print(msgspec.json.encode(report).decode() if as_json else format_report(report, show))
+    return 0 if report.ok else 1

@@ -1,0 +1,193 @@
+"""``hookstream audit`` against a real broker and worker: every verdict reached, and a loss or a double
+application that really happened in the broker's data is reported with its ids and a failing exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+from gateway.envelope import Record
+from ops.audit import parse_since
+from ops.fixtures import build_event, encode
+from streams.state import ObjectState, encode_state
+from tests.support import REPO, BrokerInfo, charge, produce, start_worker, unique
+
+pytestmark = pytest.mark.integration
+
+BASE = 1_790_000_000
+
+
+def run_audit(broker: BrokerInfo, app_id: str, prefix: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    """``hookstream audit --json ...`` as an operator would run it; (exit status, report, stderr)."""
+    env = {
+        **os.environ,
+        **broker.env(),
+        "PYTHONPATH": REPO,
+        "HOOKSTREAM_APP_ID": app_id,
+        "TOPIC_PREFIX": prefix,
+        "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "audit", "--json", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    report = msgspec.json.decode(done.stdout) if done.stdout.strip() else {}
+    return done.returncode, report, done.stderr
+
+
+def test_audit_accounts_for_every_event_and_reports_losses(broker: BrokerInfo) -> None:
+    app_id, prefix = unique("audit")
+    applied = [charge(prefix, f"ch_{i}", seq, BASE + seq) for seq in range(5) for i in range(20)]
+    redelivered = applied[7]
+    stale = charge(prefix, "ch_3", 99, BASE - 100)  # older than everything ch_3 has applied
+    poison = charge(prefix, "ch_poison", 0, BASE, fail=True)
+    unhandled = charge(prefix, "ch_5", 100, BASE + 50, event_type="charge.pending")  # no recording handler
+    other_topic = to_record_of(build_event("customer.created", object_id="cus_1", created=BASE), prefix)
+    not_json = Record(f"{prefix}charge", b"ch_9", b"\x00 not json", [], "", "")
+    produce(broker.bootstrap_servers, [*applied, redelivered, poison, unhandled, other_topic, not_json])
+    produce(broker.bootstrap_servers, [stale])  # after the newer ones of ch_3 (stale only once they are applied)
+
+    with start_worker(broker, app_id, prefix, HANDLER_MAX_ATTEMPTS="2", HANDLER_RETRY_BACKOFF="0.05"):
+        status, report, stderr = run_audit(broker, app_id, prefix, "--wait", "90")
+    assert status == 0, (stderr, report)
+    assert report["pending"] == [] and report["missing"] == [] and report["duplicated"] == []
+    assert report["acknowledged"] == len(applied) + 5  # the redelivery is the same event
+    assert report["records"] == len(applied) + 6
+    assert report["applied"] == len(applied)
+    assert report["stale"] == [stale.event_id]
+    assert set(report["unhandled"]) == {unhandled.event_id, other_topic.event_id}
+    charge_topic = f"{prefix}charge"
+    dead = set(report["dead_lettered"])
+    assert poison.event_id in dead and len(dead) == 2
+    assert next(d for d in dead if d != poison.event_id).startswith(f"{charge_topic}/")  # identified by position
+
+    # A loss, made for real: three events acknowledged, then the workers' group commits past them unapplied
+    # (what a worker that acked before applying would do).
+    lost = [charge(prefix, "ch_lost", seq, BASE + seq) for seq in range(3)]
+    produce(broker.bootstrap_servers, lost)
+    asyncio.run(commit_to_end(broker.bootstrap_servers, app_id, charge_topic))
+    status, report, _ = run_audit(broker, app_id, prefix)
+    assert status == 1
+    assert report["missing"] == sorted(r.event_id for r in lost)
+    assert report["pending"] == []
+
+    # A double application, made for real: a changelog record applying an already applied event again.
+    twice = applied[0]
+    state = ObjectState(
+        object_id="ch_0", object_type="charge", last_event_id=twice.event_id, last_event_created=BASE, events_applied=9
+    )
+    asyncio.run(send(broker.bootstrap_servers, f"{app_id}-objects-changelog", b"ch_0", encode_state(state)))
+    status, report, _ = run_audit(broker, app_id, prefix)
+    assert status == 1 and report["duplicated"] == [twice.event_id]
+
+    # The text report names what is wrong.
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "audit"],
+        env={
+            **os.environ,
+            **broker.env(),
+            "PYTHONPATH": REPO,
+            "HOOKSTREAM_APP_ID": app_id,
+            "TOPIC_PREFIX": prefix,
+            "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
+        },
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1
+    missing_line = next(line for line in done.stdout.splitlines() if line.startswith("missing"))
+    assert all(r.event_id in missing_line for r in lost), done.stdout
+    assert "FAILED" in done.stdout
+
+
+def test_audit_since_counts_only_the_window(broker: BrokerInfo) -> None:
+    app_id, prefix = unique("since")
+    before = [charge(prefix, f"ch_{i}", 0, BASE) for i in range(5)]
+    produce(broker.bootstrap_servers, before)
+    time.sleep(1.5)
+    cut = time.time() - 0.5
+    after = [charge(prefix, f"ch_{i}", 1, BASE + 1) for i in range(3)]
+    produce(broker.bootstrap_servers, after)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(cut)) + f".{int(cut % 1 * 1000):03d}+00:00"
+    status, report, stderr = run_audit(broker, app_id, prefix, "--since", since)
+    assert report["acknowledged"] == 3, (stderr, report)
+    assert sorted(report["pending"]) == sorted(r.event_id for r in after)  # no worker has run: none processed
+    assert status == 0  # pending is not missing
+    status, report, _ = run_audit(broker, app_id, prefix)
+    assert report["acknowledged"] == 8
+
+
+def test_since_accepts_times_and_durations() -> None:
+    now = 1_800_000_000.0
+    assert parse_since("30m", now) == (now - 1800) * 1000
+    assert parse_since("2h", now) == (now - 7200) * 1000
+    assert parse_since("1.5d", now) == (now - 129600) * 1000
+    assert parse_since("2027-01-15T08:00:00Z") == int(datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp() * 1000)
+    assert parse_since("2027-01-15T09:00:00+01:00") == parse_since("2027-01-15T08:00:00")
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_since("yesterday")
+
+
+def to_record_of(event: dict[str, Any], prefix: str) -> Record:
+    from gateway.envelope import to_record
+
+    return to_record(encode(event), prefix, int(time.time() * 1000))
+
+
+class FaustProtocol(RoundRobinPartitionAssignor):
+    """Round robin under the name of Faust's assignor, so that a plain consumer may join the workers' group."""
+
+    name = "faust"
+
+
+async def commit_to_end(bootstrap: str, group: str, topic: str) -> None:
+    """Join ``group`` and commit its offsets of ``topic`` at each partition's high watermark, unprocessed."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        rebalance_timeout_ms=3000,
+        partition_assignment_strategy=(FaustProtocol,),  # the group's protocol, as the workers left it
+    )
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=300)
+            partitions = consumer.assignment()
+            ends = {tp: high for tp in partitions if (high := consumer.highwater(tp)) is not None}
+            if partitions and len(ends) == len(partitions):
+                break
+        assert ends, "never joined the group"
+        await consumer.commit({tp: end for tp, end in ends.items() if end > 0})
+    finally:
+        await consumer.stop()
+
+
+async def send(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
