@@ -15,13 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ops.kafka import client_options
 from ops.settings import Settings
-from streams.dead_letters import header, original_headers
+from streams.dead_letters import VALUE_OMITTED, header, original_headers
 
 log = logging.getLogger(__name__)
 
 
 async def replay(settings: Settings, limit: int | None = None, idle_timeout: float = 3.0) -> tuple[int, int]:
-    """Re-publish up to ``limit`` dead letters; return (replayed, skipped without a usable source-topic)."""
+    """Re-publish up to ``limit`` dead letters; return (replayed, skipped: no source-topic or no value)."""
     options = client_options(settings)
     consumer = AIOKafkaConsumer(
         settings.dlq_topic,
@@ -49,8 +49,21 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
                 for record in records:
                     headers = [(k, bytes(v)) for k, v in record.headers]
                     source = header(headers, "source-topic")
+                    omitted = header(headers, VALUE_OMITTED)
                     if not source:
                         log.warning("dead letter %s@%d has no source-topic header: skipped", tp, record.offset)
+                        skipped += 1
+                    elif omitted:
+                        log.warning(
+                            "dead letter %s@%d was stored without its %s-byte value (over the size limit): skipped; "
+                            "the record is at %s[%s]@%s",
+                            tp,
+                            record.offset,
+                            omitted.decode(),
+                            source.decode(),
+                            (header(headers, "source-partition") or b"?").decode(),
+                            (header(headers, "source-offset") or b"?").decode(),
+                        )
                         skipped += 1
                     else:
                         await producer.send_and_wait(

@@ -120,6 +120,7 @@ processor = EventProcessor(
         settings.handler_timeout,
     ),
     metrics,
+    settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
 )
 
 

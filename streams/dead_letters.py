@@ -14,6 +14,8 @@ DLQ_HEADERS = (
     "failed-at",
 )
 _MAX_MESSAGE = 2000
+#: Header of a dead letter sent without its value (the value was over the size limit); it holds the size.
+VALUE_OMITTED = "value-omitted"
 
 
 def dead_letter_headers(
@@ -25,7 +27,7 @@ def dead_letter_headers(
     offset: int,
 ) -> list[tuple[str, bytes]]:
     """The original headers (minus any from an earlier dead-lettering) and the DLQ headers of DESIGN.md."""
-    kept = [(k, v) for k, v in original if k not in DLQ_HEADERS]
+    kept = original_headers(original)
     return [
         *kept,
         ("error-type", type(error).__name__.encode()),
@@ -40,7 +42,7 @@ def dead_letter_headers(
 
 def original_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """Headers of a dead letter without the DLQ ones: what the record had when it first arrived."""
-    return [(k, v) for k, v in headers if k not in DLQ_HEADERS]
+    return [(k, v) for k, v in headers if k not in DLQ_HEADERS and k != VALUE_OMITTED]
 
 
 def header(headers: list[tuple[str, bytes]], name: str) -> bytes | None:

@@ -37,12 +37,18 @@ class BadRecord(ValueError):
 _decoder = msgspec.json.Decoder(StripeEvent)
 
 
-def decode_event(value: bytes | None) -> StripeEvent:
+def decode_event(value: bytes | None, max_bytes: int | None = None) -> StripeEvent:
+    """The event in a record's value; ``BadRecord`` saying why for anything else (``max_bytes``: the largest
+    value accepted, as the gateway's body limit)."""
     if value is None:
         raise BadRecord("record has no value")
+    if max_bytes is not None and len(value) > max_bytes:
+        raise BadRecord(f"value of {len(value)} bytes is over the {max_bytes}-byte limit")
     try:
         return _decoder.decode(value)
     except msgspec.ValidationError as exc:
         raise BadRecord(f"not a Stripe event: {exc}") from None
     except msgspec.DecodeError:
         raise BadRecord("value is not valid JSON") from None
+    except RecursionError:
+        raise BadRecord("value is JSON nested too deeply") from None

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from streams import eager
-from streams.dead_letters import dead_letter_headers, header
+from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header
 from streams.events import BadRecord, StripeEvent, decode_event
 from streams.metrics import WorkerMetrics
 from streams.registry import Context, HandlerRegistry, Registration
@@ -70,6 +70,7 @@ class EventProcessor:
         dlq_topic: str,
         retry: RetryPolicy,
         metrics: WorkerMetrics,
+        max_value_bytes: int,
     ) -> None:
         self._registry = registry
         self._store = store
@@ -77,6 +78,7 @@ class EventProcessor:
         self._dlq_topic = dlq_topic
         self._retry = retry
         self._metrics = metrics
+        self._max_value_bytes = max_value_bytes
 
     async def process(self, record: Record) -> Outcome:
         """Finish ``record`` one way or another and say how."""
@@ -99,7 +101,7 @@ class EventProcessor:
 
     async def _process(self, record: Record, headers: list[tuple[str, bytes]], event_type: str) -> tuple[Outcome, str]:
         try:
-            event = decode_event(record.value)
+            event = decode_event(record.value, self._max_value_bytes)
         except BadRecord as exc:
             await self._dead_letter(record, headers, exc, 0)
             return Outcome.DEAD_LETTERED, event_type
@@ -167,7 +169,11 @@ class EventProcessor:
         self, record: Record, headers: list[tuple[str, bytes]], error: BaseException, attempts: int
     ) -> None:
         dlq_headers = dead_letter_headers(headers, error, attempts, record.topic, record.partition, record.offset)
-        await self._send_durably(self._dlq_topic, record.key, record.value or b"", dlq_headers)
+        value = record.value or b""
+        if len(value) > self._max_value_bytes:  # may be over the broker's limit: the source offset points to it
+            dlq_headers.append((VALUE_OMITTED, b"%d" % len(value)))
+            value = b""
+        await self._send_durably(self._dlq_topic, record.key, value, dlq_headers)
 
     async def _send_durably(
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]

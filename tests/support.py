@@ -290,7 +290,9 @@ def start_worker(
         log.close()
 
 
-def produce(bootstrap: str, records: list[Record], enable_idempotence: bool = False) -> None:
+def produce(
+    bootstrap: str, records: list[Record], enable_idempotence: bool = False, max_request_size: int = 1 << 20
+) -> None:
     """Publish gateway-format records in list order (so per-partition order is list order)."""
 
     async def run() -> None:
@@ -305,6 +307,7 @@ def produce(bootstrap: str, records: list[Record], enable_idempotence: bool = Fa
             acks="all",
             linger_ms=5,
             max_batch_size=1 << 20,
+            max_request_size=max_request_size,
             enable_idempotence=enable_idempotence,
         )
         await producer.start()

@@ -12,8 +12,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from gateway.envelope import Record
 from tests.support import REPO, BrokerInfo, WorkerProcess, charge, consume, produce, start_worker, unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -331,3 +333,49 @@ def test_state_recovers_fully_from_a_changelog_written_in_large_batches(broker: 
             assert state is not None
             assert state["events_applied"] == per_object
             assert state["fields"]["seqs"] == list(range(per_object))
+
+
+def test_records_that_bypassed_the_gateway_are_dead_lettered_and_never_stop_a_partition(broker: BrokerInfo) -> None:
+    app_id, prefix = unique("hostile")
+    topic = prefix + "charge"
+    valid = charge(prefix, "ch_h", 0, BASE)
+    event = msgspec.json.decode(valid.value)
+    hostile: dict[str, bytes | None] = {
+        "not JSON": b"\x00\xff not json",
+        "empty value": b"",
+        "no value (tombstone)": None,
+        "JSON array": b"[1, 2, 3]",
+        "missing id": msgspec.json.encode({k: v for k, v in event.items() if k != "id"}),
+        "created is text": msgspec.json.encode({**event, "created": "yesterday"}),
+        "data.object is a list": msgspec.json.encode({**event, "data": {"object": [1]}}),
+        "type is a number": msgspec.json.encode({**event, "type": 7}),
+        "deeply nested": b'{"a":' * 5000 + b"1" + b"}" * 5000,
+        "huge (3 MiB)": msgspec.json.encode({**event, "id": "evt_huge", "padding": "x" * (3 << 20)}),
+    }
+    records = []
+    for seq, (name, value) in enumerate(hostile.items()):
+        records.append(charge(prefix, "ch_h", seq, BASE + seq))  # a valid event before each hostile one
+        records.append(Record(topic, b"ch_h", value, [("case", name.encode())], "", ""))  # type: ignore[arg-type]
+    records.append(charge(prefix, "ch_h", len(hostile), BASE + len(hostile)))
+    produce(broker.bootstrap_servers, records, max_request_size=8 << 20)
+
+    with start_worker(broker, app_id, prefix) as worker:
+        wait_for(lambda: _complete(worker, "ch_h", len(hostile) + 1), 90, "every valid event applied")
+        state = worker.state("ch_h")
+        assert state is not None and state["fields"]["seqs"] == list(range(len(hostile) + 1))  # in order, once
+        letters = consume(broker.bootstrap_servers, [prefix + "dlq"], len(hostile), timeout=60)
+        assert "Traceback" not in worker.output()  # each a known kind of bad record, none a surprise
+    assert len(letters) == len(hostile)
+    by_case = {dict(r.headers)["case"].decode(): r for r in letters}
+    assert set(by_case) == set(hostile)
+    for name, letter in by_case.items():
+        headers = dict(letter.headers)
+        assert headers["error-type"] == b"BadRecord", name
+        assert headers["error-message"], name
+        assert headers["source-topic"] == topic.encode() and letter.key == b"ch_h", name
+    assert b"JSON" in dict(by_case["not JSON"].headers)["error-message"]
+    assert b"created" in dict(by_case["created is text"].headers)["error-message"]
+    assert b"nested too deeply" in dict(by_case["deeply nested"].headers)["error-message"]
+    huge = by_case["huge (3 MiB)"]  # over the gateway's limit, so over the broker's too: stored without it
+    assert dict(huge.headers)["value-omitted"] == str(len(hostile["huge (3 MiB)"] or b"")).encode()
+    assert huge.value == b"" and b"limit" in dict(huge.headers)["error-message"]
