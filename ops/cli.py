@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 
+from ops.logs import configure_logging
 from ops.settings import ConfigError, Settings
 
 
@@ -21,18 +21,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hookstream: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     status: int = args.run(args, settings)
     return status
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Options say what to do, never a secret: secrets come from the environment or mounted files (NAME_FILE),
+    because a command line is readable by every local user (ps, /proc/<pid>/cmdline) and lands in shell history.
+    """
     parser = argparse.ArgumentParser(
         prog="hookstream",
         description="Stripe webhooks into Kafka, processed in order per object. "
-        "Configuration comes from the environment (see README.md).",
+        "Configuration, secrets included, comes from the environment (see README.md).",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
@@ -82,11 +83,20 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     broker.set_defaults(run=_broker)
 
-    trigger = commands.add_parser("trigger", help="send a realistic signed Stripe event of the given type to a gateway")
+    trigger = commands.add_parser(
+        "trigger",
+        help="send a realistic signed Stripe event of the given type to a gateway",
+        allow_abbrev=False,  # else "--secret whsec_..." would be taken for --secret-file
+    )
     trigger.add_argument("event_type", help="a Stripe event type, e.g. payment_intent.succeeded")
     trigger.add_argument("--object-id", help="id of the object the event is about (default: the fixture's)")
     trigger.add_argument("--url", help="webhook URL (default: http://127.0.0.1:$GATEWAY_PORT/webhooks/stripe)")
-    trigger.add_argument("--secret", help="signing secret (default: the first of STRIPE_WEBHOOK_SECRETS)")
+    trigger.add_argument(
+        "--secret-file",
+        help="file holding the signing secret, or comma-separated secrets like STRIPE_WEBHOOK_SECRETS (the first "
+        "signs); default: the first of STRIPE_WEBHOOK_SECRETS (or of STRIPE_WEBHOOK_SECRETS_FILE). There is no "
+        "option for the secret itself: command lines are visible to every local user.",
+    )
     trigger.set_defaults(run=_trigger)
     return parser
 
@@ -174,7 +184,18 @@ def _trigger(args: argparse.Namespace, settings: Settings) -> int:
     from ops.trigger import trigger
 
     url = args.url or f"http://127.0.0.1:{settings.gateway_port}/webhooks/stripe"
-    secret = args.secret or settings.stripe_webhook_secrets[0]
+    secret = settings.stripe_webhook_secrets[0]
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as f:
+                secret = f.read().strip().split(",")[0].strip()
+        except OSError as exc:
+            # the value is not echoed: it may be a secret given by mistake instead of a path
+            print(f"hookstream: cannot read the --secret-file: {exc.strerror}", file=sys.stderr)
+            return 2
+        if not secret:
+            print("hookstream: the --secret-file holds no secret", file=sys.stderr)
+            return 2
     try:
         result = trigger(url, secret, args.event_type, args.object_id)
     except UnknownEventType as exc:

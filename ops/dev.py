@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ops.broker import BrokerError, EmbeddedBroker
 from ops.process import free_port, stop_process
-from ops.settings import Settings
+from ops.settings import DEV_WEBHOOK_SECRET, Settings
 
 #: Settings the embedded broker needs (DESIGN.md): no idempotent producer, and short group timeouts, because it
 #: completes a group join only after them (a join takes half the session timeout, measured). Its
@@ -87,7 +87,8 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float 
 
 def _print_banner(settings: Settings) -> None:
     url = f"http://127.0.0.1:{settings.gateway_port}/webhooks/stripe"
-    secret = settings.stripe_webhook_secrets[0]
+    # Only the public development secret is printed; a real one would end up in terminal scrollback and CI logs.
+    secret = DEV_WEBHOOK_SECRET if settings.using_dev_secret else "(from STRIPE_WEBHOOK_SECRETS)"
     print(
         "\n"
         f"  gateway         {url}\n"

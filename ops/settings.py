@@ -17,6 +17,7 @@ import msgspec
 DEV_WEBHOOK_SECRET = "whsec_hookstream_local_development_secret"
 
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     topic_partitions: int = 8
     topic_replication_factor: int = 1
     worker_web_port: int = 6066
+    worker_web_bind: str = "0.0.0.0"
     worker_web_host: str | None = None
     worker_app_id: str = "hookstream"
     worker_max_inflight: int = 1000
@@ -86,6 +88,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         prefix = env.text("TOPIC_PREFIX", "stripe.")
         if not _TOPIC_PREFIX_RE.match(prefix):
             raise ConfigError(f"TOPIC_PREFIX: {prefix!r} may only hold letters, digits, '.', '_' and '-'")
+        log_level = env.text("LOG_LEVEL", "INFO").upper()
+        if log_level not in _LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
         return cls(
             kafka_bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             kafka_security_protocol=env.text("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
@@ -107,6 +112,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             topic_partitions=env.integer("TOPIC_PARTITIONS", 8, minimum=1),
             topic_replication_factor=env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1),
             worker_web_port=env.integer("WORKER_WEB_PORT", 6066, minimum=0),
+            worker_web_bind=env.text("WORKER_WEB_BIND", "0.0.0.0"),
             worker_web_host=env.optional("WORKER_WEB_HOST"),
             worker_app_id=env.text("HOOKSTREAM_APP_ID", "hookstream"),
             worker_max_inflight=env.integer("WORKER_MAX_INFLIGHT", 1000, minimum=1),
@@ -123,7 +129,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             handler_timeout=env.seconds("HANDLER_TIMEOUT", 30.0),
             state_store=env.text("STATE_STORE", "memory://"),
             worker_data_dir=env.optional("WORKER_DATA_DIR"),
-            log_level=env.text("LOG_LEVEL", "INFO").upper(),
+            log_level=log_level,
         )
 
 

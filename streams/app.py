@@ -62,6 +62,7 @@ app = HookstreamApp(
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=settings.topic_replication_factor,
     web_port=settings.worker_web_port,
+    web_bind=settings.worker_web_bind,  # where the web server listens; web_host is only the name peers use
     **_web_host,
     **_data_dir,
     broker_rebalance_timeout=settings.worker_rebalance_timeout,

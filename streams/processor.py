@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -89,7 +91,14 @@ class EventProcessor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug of ours, not a handler's: still never lose the record
-            log.exception("error processing %s[%d]@%d", record.topic, record.partition, record.offset)
+            log.error(
+                "error processing %s[%d]@%d, dead-lettered: %s\n%s",
+                record.topic,
+                record.partition,
+                record.offset,
+                _described(exc),
+                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+            )
             await self._dead_letter(record, headers, exc, 0)
             outcome = Outcome.DEAD_LETTERED
         self._metrics.processed_counter(record.topic, event_type, outcome).inc()
@@ -151,7 +160,11 @@ class EventProcessor:
             if failure is not None:
                 if attempt == retry.max_attempts:
                     log.warning(
-                        "event %s (%s) failed %d times, dead-lettered: %r", event.id, event.type, attempt, failure
+                        "event %s (%s) failed %d times, dead-lettered: %s",
+                        event.id,
+                        event.type,
+                        attempt,
+                        _described(failure),
                     )
                     await self._dead_letter(record, headers, failure, attempt)
                     return Outcome.DEAD_LETTERED
@@ -188,6 +201,17 @@ class EventProcessor:
                 log.warning("cannot write to %s (%r); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+def _described(error: BaseException) -> str:
+    """An error's type and the line that raised it, never its message: a message may quote the event (a handler's
+    ``ValueError(f"bad {obj}")``), and no body goes into a log line. The message is kept in the dead letter's
+    ``error-message`` header, where the event itself is."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return type(error).__name__
+    where = frames[-1]
+    return f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno} in {where.name}"
 
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:

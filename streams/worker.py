@@ -9,6 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from ops.kafka import client_options, create_topics
+from ops.logs import apply_library_floors
 from ops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,16 @@ def run_worker(settings: Settings) -> int:
         log.error("%s", exc)
         return 2
     uvloop.install()
-    worker = faust.Worker(app, loglevel=settings.log_level.lower())
+
+    class Worker(faust.Worker):
+        """Faust's worker. Its logging setup replaces ours, so the library floors (ops/logs.py: no aiokafka debug
+        lines, they carry event bodies and credentials) are applied again after it."""
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            apply_library_floors(level)
+
+    worker = Worker(app, loglevel=settings.log_level.lower())
     # Faust's terminal spinner sets the root logger to DEBUG so that every debug message spins it: every
     # aiokafka and Faust debug call would then build a log record, on every event (measured: ~5% of the time).
     worker.spinner = None

@@ -435,6 +435,31 @@ def test_network_policies_let_webhooks_prometheus_and_peer_workers_in() -> None:
     assert "from" not in open_gateway["spec"]["ingress"][0]
 
 
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_worker_web_server_listens_where_probes_scrapes_and_peers_reach_it(scenario: str) -> None:
+    """WORKER_WEB_BIND (the listening address) is set explicitly: every pod interface, because the kubelet's
+    probes, Prometheus and peer workers come in on the pod IP and `kubectl port-forward` on localhost; the
+    NetworkPolicy decides who may connect. WORKER_WEB_HOST stays the name peers use."""
+    workload = one(render(scenario), "StatefulSet", WORKER)
+    env = env_of(workload)
+    assert env["WORKER_WEB_BIND"]["value"] == values(scenario)["worker"]["webBind"] == "0.0.0.0"
+    assert env["WORKER_WEB_HOST"]["value"].startswith("$(POD_NAME).")
+    assert "WORKER_WEB_BIND" not in configmap_env(render(scenario))
+    bound = one(render("default", "--set", "worker.webBind=10.1.2.3"), "StatefulSet", WORKER)
+    assert env_of(bound)["WORKER_WEB_BIND"]["value"] == "10.1.2.3"
+
+
+def test_network_policies_are_an_option_off_by_default() -> None:
+    assert not find(render("default"), "NetworkPolicy")
+    docs = render("default", "--set", "networkPolicy.enabled=true")
+    policies = find(docs, "NetworkPolicy")
+    assert sorted(p["metadata"]["name"] for p in policies) == sorted([GATEWAY, WORKER])
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (worker_rule,) = one(docs, "NetworkPolicy", WORKER)["spec"]["ingress"]
+    assert worker_rule["from"], "the workers' /objects and /metrics must not be open to every pod"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # monitoring
 
@@ -563,6 +588,7 @@ def test_schema_rejects_bad_values(values_file: str, field: str) -> None:
         ("kafka.sasl.mechanism=GSSAPI", "/kafka/sasl/mechanism"),
         ("worker.stateStore=redis://", "/worker/stateStore"),
         ("gateway.replicas=3", "replicas"),
+        ("worker.webBind=", "/worker/webBind"),
     ],
 )
 def test_schema_rejects_other_mistakes(setting: str, field: str) -> None:

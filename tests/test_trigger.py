@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ops.fixtures import UnknownEventType, build_event, event_types, fixture_for
-from tests.support import BrokerInfo, GatewayProcess, consume
+from tests.support import BrokerInfo, GatewayProcess, consume, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -73,10 +74,26 @@ def test_trigger_command_sets_the_object_id(gateway: GatewayProcess, broker: Bro
     assert event["id"] == event_id and event["type"] == "customer.subscription.created"
 
 
-def test_trigger_command_explains_unknown_types_and_refusals(gateway: GatewayProcess) -> None:
+def test_trigger_command_explains_unknown_types_and_refusals(gateway: GatewayProcess, tmp_path: Path) -> None:
     unknown = _trigger(gateway, "three_d_secure.authentication.failed")
     assert unknown.returncode == 2
     assert "no Stripe example object" in unknown.stderr
-    refused = _trigger(gateway, "invoice.paid", "--secret", "whsec_wrong")
+    (tmp_path / "wrong").write_text("whsec_wrong\n")
+    refused = _trigger(gateway, "invoice.paid", "--secret-file", str(tmp_path / "wrong"))
     assert refused.returncode == 1
     assert refused.stdout.startswith("400 ")
+    missing = _trigger(gateway, "invoice.paid", "--secret-file", str(tmp_path / "missing"))
+    assert missing.returncode == 2 and "cannot read the --secret-file" in missing.stderr
+
+
+def test_trigger_signs_with_the_secret_file_the_gateway_reads(broker: BrokerInfo, tmp_path: Path) -> None:
+    """The same mounted file (comma-separated, rotation) configures the gateway and signs the trigger's event."""
+    secrets = tmp_path / "webhook-secrets"
+    secrets.write_text("whsec_trigger_new,whsec_trigger_old\n")
+    with start_gateway(broker, STRIPE_WEBHOOK_SECRETS_FILE=str(secrets)) as gateway:
+        accepted = _trigger(gateway, "invoice.paid", "--secret-file", str(secrets))
+        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+        assert accepted.stdout.startswith("200 ")
+        assert "whsec_trigger" not in accepted.stdout + accepted.stderr
+        default = _trigger(gateway, "invoice.paid")  # the development secret: not one the gateway accepts
+        assert default.returncode == 1 and default.stdout.startswith("400 ")
