@@ -59,11 +59,18 @@ _decoder = msgspec.json.Decoder(Envelope)
 def decode_envelope(body: bytes) -> Envelope:
     """Decode the routing fields of ``body`` or raise EnvelopeError saying what is wrong."""
     try:
+        # JSON travels as UTF-8 (RFC 8259) and Stripe signs text; msgspec does not check the strings it skips
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EnvelopeError("body is not valid JSON: not UTF-8") from None
+    try:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise EnvelopeError(f"not a Stripe event: {exc}") from None
     except msgspec.DecodeError:
         raise EnvelopeError("body is not valid JSON") from None
+    except RecursionError:  # raised by msgspec even for nesting inside fields it skips
+        raise EnvelopeError("body is not valid JSON: nested too deeply") from None
 
 
 def to_record(body: bytes, topic_prefix: str, received_at_ms: int) -> Record:

@@ -7,6 +7,8 @@ import logging
 import uvicorn
 
 from gateway.app import Gateway
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import guarded_protocol
 from ops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,17 +21,30 @@ def serve(settings: Settings) -> None:
             "STRIPE_WEBHOOK_SECRETS is not set: accepting the public local development secret. "
             "Never expose this gateway to the internet like this."
         )
+    metrics = GatewayMetrics()
     config = uvicorn.Config(
-        Gateway(settings),
+        Gateway(settings, metrics),
         host=settings.gateway_host,
         port=settings.gateway_port,
         loop="uvloop",
-        http="httptools",
+        # httptools with a deadline to receive each request and a cap on header bytes (gateway/protocol.py):
+        # uvicorn has neither, so slow or endless clients would hold connections and memory indefinitely.
+        http=guarded_protocol(settings, metrics),
+        # No WebSocket upgrades: the gateway has no WebSocket route, and an installed websockets package would
+        # otherwise hand such connections to a protocol without these limits.
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
+        # Idle keep-alive connections: closed after GATEWAY_CLIENT_TIMEOUT by the protocol's deadline when that is
+        # shorter; this is uvicorn's own timer for the rest.
         timeout_keep_alive=30,
         timeout_graceful_shutdown=int(settings.gateway_publish_timeout) + 5,
+        # limit_concurrency is left unset on purpose: uvicorn does not refuse connections beyond it, it answers
+        # 503 to every new request while that many connections are open, so slow clients holding connections
+        # would turn into refusals of genuine deliveries. The deadline bounds how long a connection is held.
+        # backlog stays at uvicorn's 2048: uvloop accepts as fast as connections arrive, and a held connection is
+        # accepted already, so the listen queue plays no part against slow clients.
     )
     uvicorn.Server(config).run()

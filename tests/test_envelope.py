@@ -54,6 +54,14 @@ def test_topic_prefix_is_configurable() -> None:
         (b'{"id": "", "type": "charge.succeeded", "data": {"object": {"object": "charge"}}}', "id"),
         (b'{"id": 5, "type": "charge.succeeded", "data": {"object": {"object": "charge"}}}', "id"),
         (b'{"id": "evt_1", "type": "c", "data": {"object": {"object": "a/b"}}}', "topic"),
+        # signed bodies that raised out of the gateway (500) or reached Kafka before
+        (b'{"id": "evt_\xff", "type": "c", "data": {"object": {"object": "charge"}}}', "UTF-8"),
+        (b'{"id": "evt_1", "type": "c", "data": {"object": {"object": "charge", "n": "\xc3("}}}', "UTF-8"),
+        (
+            b'{"id": "evt_1", "type": "c", "data": {"object": {"object": "charge"}}, "n": %b}'
+            % (b"[" * 5000 + b"]" * 5000),
+            "deeply",
+        ),
     ],
 )
 def test_bad_envelopes_say_what_is_wrong(body: bytes, message: str) -> None:

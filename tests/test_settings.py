@@ -15,6 +15,7 @@ def test_defaults_match_the_design() -> None:
     assert s.stripe_webhook_secrets == (DEV_WEBHOOK_SECRET,)
     assert (s.stripe_webhook_tolerance, s.gateway_host, s.gateway_port) == (300, "0.0.0.0", 8000)
     assert (s.gateway_max_body_bytes, s.topic_prefix, s.topic_partitions) == (1_048_576, "stripe.", 8)
+    assert (s.gateway_max_header_bytes, s.gateway_client_timeout) == (65_536, 10.0)
     assert (s.worker_web_port, s.state_store, s.kafka_enable_idempotence) == (6066, "memory://", True)
     assert (s.worker_web_bind, s.worker_web_host, s.log_level) == ("0.0.0.0", None, "INFO")
     assert s.using_dev_secret
@@ -43,6 +44,8 @@ def test_secret_from_a_mounted_file(tmp_path: Path) -> None:
         ({"STRIPE_WEBHOOK_SECRETS": " , "}, "STRIPE_WEBHOOK_SECRETS"),
         ({"KAFKA_ENABLE_IDEMPOTENCE": "maybe"}, "KAFKA_ENABLE_IDEMPOTENCE"),
         ({"GATEWAY_PUBLISH_TIMEOUT": "0"}, "GATEWAY_PUBLISH_TIMEOUT"),
+        ({"GATEWAY_CLIENT_TIMEOUT": "-1"}, "GATEWAY_CLIENT_TIMEOUT"),
+        ({"GATEWAY_MAX_HEADER_BYTES": "512"}, "GATEWAY_MAX_HEADER_BYTES"),
         ({"TOPIC_PREFIX": "bad prefix/"}, "TOPIC_PREFIX"),
         ({"LOG_LEVEL": "TRACE"}, "LOG_LEVEL"),
     ],

@@ -1,0 +1,170 @@
+"""uvicorn's httptools protocol with the two limits it lacks: a deadline to receive a request, and a header cap.
+
+uvicorn times a connection out only while it idles between requests. A client that connects and sends nothing,
+or trickles its headers or its body a byte at a time, holds its connection (and, with a body, up to
+GATEWAY_MAX_BODY_BYTES of memory) for as long as it likes; and httptools gathers every header value in memory
+without a limit. This subclass adds:
+
+- a deadline of GATEWAY_CLIENT_TIMEOUT seconds to receive each request completely, counted from the moment the
+  connection is made or the previous response ended. It runs only while the gateway waits for the client, never
+  while the app works on a request it has received (a publish may take up to GATEWAY_PUBLISH_TIMEOUT). On expiry
+  the request being received gets ``408`` and the connection is closed; an idle keep-alive connection (nothing
+  asked since the last answer) is closed without an answer, as uvicorn's keep-alive timeout does;
+- a cap of GATEWAY_MAX_HEADER_BYTES on everything in a request that is not body (request line, headers, chunked
+  framing, trailers): beyond it, ``431`` and close, before httptools has buffered more.
+
+Both answers are counted in ``hookstream_gateway_requests_total``, like uvicorn's own ``400`` for bytes that are
+not HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import msgspec
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from gateway.metrics import GatewayMetrics
+from ops.settings import Settings
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with a receive deadline per request and a cap on non-body bytes per request."""
+
+    client_timeout: ClassVar[float] = 10.0
+    max_header_bytes: ClassVar[int] = 65_536
+    metrics: ClassVar[GatewayMetrics | None] = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._budget = self.max_header_bytes  # non-body bytes the current request may still send
+        self._in_message = False  # between the first byte of a request and its last
+        self._headers_done = False  # the current request has its cycle: the app runs it (or will, if pipelined)
+
+    # Connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # Every byte fed is charged to the budget first and body bytes are refunded by on_body, so the parser is
+        # never fed more than the budget of non-body bytes at once. Bytes that arrive together with the end of
+        # the previous request are charged to it, so a pipelined request may get up to twice the cap.
+        while data:
+            if self._budget <= 0:
+                self._refuse(431, f"request headers larger than {self.max_header_bytes} bytes")
+                return
+            head, data = (data, b"") if len(data) <= self._budget else (data[: self._budget], data[self._budget :])
+            self._budget -= len(head)
+            super().data_received(head)
+            if self.transport.is_closing():  # not HTTP (uvicorn answered 400), or answered and closing
+                return
+
+    def send_400_response(self, msg: str) -> None:
+        self._count(400)
+        super().send_400_response(msg)
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._headers_done = False
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._budget += len(body)  # the body has its own limit, GATEWAY_MAX_BODY_BYTES, enforced by the app
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._budget = self.max_header_bytes
+        self._disarm()
+        super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete and not self.transport.is_closing():
+            self._arm()  # answered before its body was in (404, 405): the next request's time starts now
+
+    def on_response_complete(self) -> None:
+        queued = self.pipeline[-1][0] if self.pipeline else None
+        super().on_response_complete()  # starts the queued (pipelined) request, if any
+        if self.transport.is_closing() or self._deadline is not None:
+            return
+        # Wait for the client unless the app now works on a request that is already complete.
+        if queued is None or (queued is self.cycle and self._in_message and self._headers_done):
+            self._arm()
+
+    # Limits
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.client_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if not self._in_message and self.cycle is not None:
+            self.transport.close()  # idle after an answer: a keep-alive connection nobody uses
+            return
+        self._refuse(408, f"request not received within {self.client_timeout:g} s")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer the request being received with ``status`` and close, unless an answer is already under way."""
+        cycle = self.cycle
+        if self._in_message and self._headers_done and all(cycle is not queued for queued, _ in self.pipeline):
+            # The app holds this request, waiting for its body: tell it the client is gone, so it answers nothing.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:  # it answered already (before reading the body): only close
+                self.transport.close()
+                return
+        elif cycle is not None and not cycle.response_complete:
+            # Pipelined behind a request still being answered: finish the answers under way, then close.
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        body = msgspec.json.encode({"error": reason})
+        head = [STATUS_LINE[status]]
+        head.extend(b"%b: %b\r\n" % header for header in self.server_state.default_headers)
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+        self._count(status)
+
+    def _count(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.requests_for(str(status)).inc()
+
+
+def guarded_protocol(settings: Settings, metrics: GatewayMetrics) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class to give uvicorn (``http=``), bound to the gateway's limits and request counter."""
+
+    class Protocol(GuardedHttpToolsProtocol):
+        client_timeout = settings.gateway_client_timeout
+        max_header_bytes = settings.gateway_max_header_bytes
+
+    Protocol.metrics = metrics
+    return Protocol
