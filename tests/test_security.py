@@ -208,7 +208,8 @@ def _dead_letter_once(
     async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         sent.append((topic, value, headers))
 
-    processor = EventProcessor(handlers, store, send, "stripe.dlq", RetryPolicy(2, 0.001, 0.001, 1.0), WorkerMetrics())
+    retry = RetryPolicy(2, 0.001, 0.001, 1.0)
+    processor = EventProcessor(handlers, store, send, "stripe.dlq", retry, WorkerMetrics(), max_value_bytes=1 << 20)
     record = to_record(_charge("stripe.", "ch_1", 0, marker), "stripe.", 0)
     message = _Message("stripe.charge", 0, 7, record.key, record.value, record.headers)
     with caplog.at_level(logging.DEBUG):
