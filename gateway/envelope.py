@@ -14,7 +14,9 @@ import msgspec
 #: Kafka topic names allow these characters (and at most 249 of them).
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+#: Stripe's ids, types and versions are short; a longer one is not Stripe's, and as a key or header it could push
+#: the record past the broker's size limit (a 600 KB object id did: librdkafka refused it, measured).
+Short = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
 class EnvelopeError(ValueError):
@@ -23,7 +25,7 @@ class EnvelopeError(ValueError):
 
 class StripeObjectRef(msgspec.Struct):
     object: str
-    id: str | None = None
+    id: Short | None = None
 
 
 class EventData(msgspec.Struct):
@@ -33,13 +35,13 @@ class EventData(msgspec.Struct):
 class Envelope(msgspec.Struct):
     """A Stripe event's routing fields: what it is, when it happened and which object it is about."""
 
-    id: NonEmpty
-    type: NonEmpty
+    id: Short
+    type: Short
     data: EventData
     created: int | None = None
     livemode: bool = False
-    api_version: str | None = None
-    account: str | None = None
+    api_version: Short | None = None
+    account: Short | None = None
 
 
 class Record(msgspec.Struct, frozen=True):

@@ -54,6 +54,7 @@ def test_topic_prefix_is_configurable() -> None:
         (b'{"id": "", "type": "charge.succeeded", "data": {"object": {"object": "charge"}}}', "id"),
         (b'{"id": 5, "type": "charge.succeeded", "data": {"object": {"object": "charge"}}}', "id"),
         (b'{"id": "evt_1", "type": "c", "data": {"object": {"object": "a/b"}}}', "topic"),
+        (b'{"id": "evt_1", "type": "c", "data": {"object": {"object": "charge", "id": "%b"}}}' % (b"x" * 256), "255"),
         # signed bodies that raised out of the gateway (500) or reached Kafka before
         (b'{"id": "evt_\xff", "type": "c", "data": {"object": {"object": "charge"}}}', "UTF-8"),
         (b'{"id": "evt_1", "type": "c", "data": {"object": {"object": "charge", "n": "\xc3("}}}', "UTF-8"),
