@@ -48,6 +48,11 @@ audit: $(STAMP)
 bench: $(STAMP)
 	PYTHONPATH=. QUICK=$(QUICK) $(BIN)/python -m bench
 
+# Signed traffic through the whole stack while workers are killed, the gateway restarted and the broker paused,
+# then `hookstream audit` (minutes; tests/test_soak.py runs a short one in `make test`). SOAK_ARGS: see --help.
+soak: $(STAMP)
+	PYTHONPATH=. $(BIN)/python -m tests.soak $(SOAK_ARGS)
+
 # Helm reads only files inside the chart: copy the dashboards and alert rules in, then lint the chart
 chart: $(HELM)
 	mkdir -p helm/hookstream/files/dashboards

@@ -137,7 +137,10 @@ class _Current:
 async def _finish(message: Message) -> None:
     """Process one record inside its actor, then ack it: Faust commits only the contiguous acked prefix."""
     if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
-        return  # fetched before a rebalance: Faust seeks back to the committed offset and fetches it again
+        # Fetched before a rebalance: not processed and not acked (Faust seeks back to the committed offset and
+        # fetches it again), but forgotten, or the rebalance would wait for its ack forever.
+        cast(BatchingConsumer, app.consumer).forget(message)
+        return
     current = _Current(message)
     _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
     try:

@@ -41,6 +41,15 @@ class BatchingConsumer(AIOKafkaConsumer):
     #: aiokafka client options for the end-offset probe (None: trust the listed offsets)
     probe_options: dict[str, Any] | None = None
 
+    def forget(self, message: Message) -> None:
+        """Stop waiting for ``message``'s ack: it will not be processed (its partition is being rebalanced).
+
+        A rebalance waits until no tracked record is unacked. Faust tracks them in a WeakSet and relies on a
+        dropped record being collected, but a local variable of a suspended loop (the last record of a fetch, in
+        ``_drain_messages`` or an agent) keeps one alive: the rebalance then waited forever (seen in the soak).
+        """
+        self._unacked_messages.discard(message)
+
     async def listed_end_offsets(self, *partitions: TP) -> Mapping[TP, int]:
         """End offsets as the broker lists them (ListOffsets): cheap, and what lag reporting combines with the
         fetched high watermark."""
