@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -86,5 +88,42 @@ def run_worker(settings: Settings) -> int:
     # Faust's terminal spinner sets the root logger to DEBUG so that every debug message spins it: every
     # aiokafka and Faust debug call would then build a log record, on every event (measured: ~5% of the time).
     worker.spinner = None
-    worker.execute_from_commandline()
+    tables = Path(app.conf.tabledir)
+    if settings.state_store.startswith("rocksdb"):
+        discard_state_after_unclean_stop(tables)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        if exit_.code in (0, None) and app.crash_reason is None:
+            mark_clean_stop(tables)
+        raise
     return 0
+
+
+#: Written by a worker that stopped cleanly (every changelog record it sent was stored), removed when one starts.
+CLEAN_STOP_MARKER = "clean-stop"
+
+
+def discard_state_after_unclean_stop(tables: Path) -> None:
+    """Rebuild the local (RocksDB) state from the changelog unless the last run here stopped cleanly.
+
+    A worker writes an object's state to its store, then sends the changelog record. Killed in between, it
+    leaves a store ahead of the changelog: restarted, it would take the event as a duplicate and never write
+    its changelog record, and the state would differ from the changelog (and from what any other worker would
+    recover). Found by the soak: 3 of 103,900 events after 4 SIGKILLs. The changelog is the truth, so after an
+    unclean stop the local copy goes and recovery reads the changelog, as a new worker would.
+    """
+    marker = tables / CLEAN_STOP_MARKER
+    if not marker.exists() and tables.is_dir() and any(p.name != CLEAN_STOP_MARKER for p in tables.iterdir()):
+        log.warning(
+            "the last worker run on %s did not stop cleanly: its local state may be ahead of the changelog; "
+            "discarding it and recovering from the changelog",
+            tables,
+        )
+        shutil.rmtree(tables)
+    marker.unlink(missing_ok=True)
+
+
+def mark_clean_stop(tables: Path) -> None:
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / CLEAN_STOP_MARKER).touch()

@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"missing {len(report.missing)}, "
                 f"duplicated {len(report.duplicated)}, pending {len(report.pending)}, dead-lettered "
                 f"{len(report.dead_lettered)}",
+                *([f"missing e.g. {report.missing[:10]}"] if report.missing else []),
+                *([f"duplicated e.g. {report.duplicated[:10]}"] if report.duplicated else []),
                 f"object states not as expected: {len(wrong)}" + (f" e.g. {wrong[:5]}" if wrong else ""),
                 f"events lost: {len(report.missing) + len(report.pending)}",
                 "SOAK PASSED" if ok else f"SOAK FAILED (logs in {work})",

@@ -266,10 +266,18 @@ def test_restarted_worker_serves_the_same_state(broker: BrokerInfo, tmp_path: Pa
         before = {f"ch_{i}": worker.state(f"ch_{i}") for i in range(5)}
     if store == "rocksdb://":
         assert any((tmp_path / "state").rglob("*.sst")) or any((tmp_path / "state").rglob("LOG"))
+        assert any((tmp_path / "state").rglob("clean-stop"))  # stopped cleanly: its local state is trusted
     with start_worker(broker, app_id, prefix, **env) as worker:
         after = {f"ch_{i}": worker.state(f"ch_{i}") for i in range(5)}
         assert after == before
         assert worker.metric_sum("hookstream_events_processed_total") == 0  # nothing processed twice
+        assert "did not stop cleanly" not in worker.output()
+        worker.stop(signal.SIGKILL)
+    if store == "rocksdb://":  # killed: its local state may be ahead of the changelog, so it is rebuilt from it
+        assert not any((tmp_path / "state").rglob("clean-stop"))
+        with start_worker(broker, app_id, prefix, **env) as worker:
+            assert {f"ch_{i}": worker.state(f"ch_{i}") for i in range(5)} == before
+            assert "did not stop cleanly" in worker.output()
 
 
 def test_lag_rises_with_a_backlog_and_returns_to_zero(broker: BrokerInfo, tmp_path: Path) -> None:
