@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HELM := .tools/bin/helm
 
-.PHONY: run test lint audit bench chart clean prometheus
+.PHONY: run test lint audit bench soak chart clean prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hookstream needs Python >= 3.11"'
