@@ -23,9 +23,15 @@ EMBEDDED_BROKER_ENV = {
 }
 
 
+#: Where the dev stack listens unless the environment says otherwise.
+LOCAL_ONLY_ENV = {"GATEWAY_HOST": "127.0.0.1", "WORKER_WEB_BIND": "127.0.0.1"}
+
+
 def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092) -> int:
     """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), gateway and worker; wait for a signal."""
-    env = dict(environ)
+    # Local by default: the dev stack accepts the publicly known development secret, so it listens on loopback
+    # only, unless told otherwise.
+    env = LOCAL_ONLY_ENV | dict(environ)
     broker: EmbeddedBroker | None = None
     if "KAFKA_BOOTSTRAP_SERVERS" not in environ:
         try:

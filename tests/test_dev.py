@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,6 +69,9 @@ def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c() -
                     state = answer.json()
             time.sleep(0.3)
         assert state["object_type"] == "payment_intent" and state["status"] == "succeeded"
+        for port in (gateway_port, worker_port):  # both answer on 127.0.0.1, and only there: the dev secret is public
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.2", port), timeout=2).close()
 
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
