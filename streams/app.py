@@ -109,9 +109,10 @@ async def _send(topic: str, key: bytes | None, value: bytes, headers: list[tuple
     await app.producer.send_and_wait(topic, key, value, None, None, headers)
 
 
+table_writer = TableWriter(app, objects)
 processor = EventProcessor(
     registry,
-    TableWriter(app, objects),
+    table_writer,
     _send,
     settings.dlq_topic,
     RetryPolicy(

@@ -41,6 +41,52 @@ class BatchingConsumer(AIOKafkaConsumer):
     #: aiokafka client options for the end-offset probe (None: trust the listed offsets)
     probe_options: dict[str, Any] | None = None
 
+    #: per partition, the next offset a commit may start from: the first record fetched since the assignment,
+    #: then each committed offset (see ``_new_offset``)
+    _commit_bases: dict[TP, int]
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit: the end of the run of finished records that starts at the partition's base.
+
+        Faust's own rule starts the run at the lowest acked offset, checked against the last commit with an
+        off-by-one (committed 500, acked 501: it commits 502) and not at all when the committed offset is
+        unknown (0, none yet, or just after a rebalance revoked it). Faust acks in order, so that never shows;
+        actors finish out of order, so it would commit past a record still in a retry, or one dropped by a
+        rebalance. Here nothing is committed until the record at the base itself is finished; offsets the broker
+        skipped (Faust's gaps) count as finished, and a partition without a known base is not committed.
+        """
+        base = self._bases().get(tp)
+        acked = self._acked[tp]
+        if base is None or not acked:
+            return None
+        finished = self._acked_index[tp]
+        gaps = self._gap[tp]
+        end = base
+        while end in finished or gaps.overlaps_point(end):
+            end += 1
+        if end == base:
+            return None
+        acked[:] = [offset for offset in acked if offset >= end]
+        finished.difference_update(range(base, end))
+        gaps.chop(0, end)
+        self._bases()[tp] = end
+        return end
+
+    def _bases(self) -> dict[TP, int]:
+        try:
+            return self._commit_bases
+        except AttributeError:
+            self._commit_bases = {}
+            return self._commit_bases
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # Faust forgets the revoked partitions' committed offsets first, then waits for in-flight records and
+        # commits what they finish; without a base, nothing of a revoked partition is committed (its next owner
+        # starts from the last commit and skips what was applied: duplicates).
+        for tp in revoked:
+            self._bases().pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
     def forget(self, message: Message) -> None:
         """Stop waiting for ``message``'s ack: it will not be processed (its partition is being rebalanced).
 
@@ -79,6 +125,7 @@ class BatchingConsumer(AIOKafkaConsumer):
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
         unacked_add = self._unacked_messages.add
+        bases = self._bases()
         batch_topics = self.batch_topics
         sink = self.batch_sink
         try:
@@ -90,8 +137,13 @@ class BatchingConsumer(AIOKafkaConsumer):
                     read_offset = get_read_offset(tp)
                     if read_offset is not None and offset < read_offset:
                         continue  # already seen (Faust drops these too)
-                    if read_offset and offset - read_offset > 1 and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, read_offset + 1, offset)
+                    if tp not in bases:
+                        # the first record fetched for the current assignment: commits start here (a record
+                        # fetched before the last rebalance is dropped unprocessed and says nothing)
+                        if message.generation_id == self.app.consumer_generation_id:
+                            bases[tp] = offset
+                    elif read_offset is not None and offset - read_offset > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, read_offset + 1, offset - 1)  # the offsets between, not this one
                     if sink is not None and message.topic in batch_topics:
                         message.tracked = True
                         unacked_add(message)  # pending ack: graceful shutdown and rebalances wait for it

@@ -29,6 +29,13 @@ class TableWriter:
         self._table = table
         self._topic: str | None = None
         self._crash: asyncio.Future[Any] | None = None
+        self._unconfirmed = 0  # changelog records sent and not yet confirmed stored
+        self._lost = False  # a changelog record was refused or abandoned: the store may be ahead of the changelog
+
+    @property
+    def consistent(self) -> bool:
+        """True when every value stored has its changelog record stored too (what a clean stop needs)."""
+        return self._unconfirmed == 0 and not self._lost
 
     def get(self, key: bytes) -> bytes | None:
         """The stored value (the current record's partition is the one looked in, for RocksDB)."""
@@ -36,19 +43,28 @@ class TableWriter:
         return value
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        """Store ``value`` and send its changelog record; returns once the producer has taken the record (it
-        waits while the partition's batch is full: back-pressure)."""
-        self._table.data[key] = value
+        """Send ``value``'s changelog record, then store it; returns once the producer has taken the record (it
+        waits while the partition's batch is full: back-pressure).
+
+        The store is written only once the record is queued: a send that raises (a record too large, a producer
+        closing, a cancelled wait) leaves the store as it was, never ahead of the changelog.
+        """
         if self._topic is None:
             self._topic = self._table.changelog_topic.get_topic_name()
         delivery = await self._app.producer.send(self._topic, key, value, partition, None, None)
+        self._table.data[key] = value
+        self._unconfirmed += 1
         delivery.add_done_callback(self._sent)
 
     def _sent(self, delivery: asyncio.Future[Any]) -> None:
-        if delivery.cancelled():
+        self._unconfirmed -= 1
+        if delivery.cancelled():  # the producer stopped with the record unsent
+            self._lost = True
+            log.error("changelog record abandoned by the producer; local state will be rebuilt at next start")
             return
         error = delivery.exception()
         if error is not None:
+            self._lost = True
             log.error("changelog record not stored: %r; stopping the worker so nothing is committed past it", error)
             self._crash = asyncio.ensure_future(self._app.crash(error))
             return

@@ -60,7 +60,7 @@ def run_worker(settings: Settings) -> int:
     import faust
     import uvloop
 
-    from streams.app import app, event_topics
+    from streams.app import app, event_topics, table_writer
 
     if not event_topics:
         log.error(
@@ -94,13 +94,15 @@ def run_worker(settings: Settings) -> int:
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:
-        if exit_.code in (0, None) and app.crash_reason is None:
+        clean = exit_.code in (0, None) and app.crash_reason is None and table_writer.consistent
+        if clean and settings.state_store.startswith("rocksdb"):
             mark_clean_stop(tables)
         raise
     return 0
 
 
-#: Written by a worker that stopped cleanly (every changelog record it sent was stored), removed when one starts.
+#: Written by a RocksDB worker that stopped cleanly (exit 0, no crash, every changelog record of a stored value
+#: confirmed stored), removed when one starts.
 CLEAN_STOP_MARKER = "clean-stop"
 
 
@@ -120,7 +122,11 @@ def discard_state_after_unclean_stop(tables: Path) -> None:
             "discarding it and recovering from the changelog",
             tables,
         )
-        shutil.rmtree(tables)
+        for entry in tables.iterdir():  # the contents, not the directory: it may be a mount point
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     marker.unlink(missing_ok=True)
 
 
