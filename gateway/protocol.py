@@ -5,9 +5,11 @@ or trickles its headers or its body a byte at a time, holds its connection (and,
 GATEWAY_MAX_BODY_BYTES of memory) for as long as it likes; and httptools gathers every header value in memory
 without a limit. This subclass adds:
 
-- a deadline of GATEWAY_CLIENT_TIMEOUT seconds to receive each request completely, counted from the moment the
-  connection is made or the previous response ended. It runs only while the gateway waits for the client, never
-  while the app works on a request it has received (a publish may take up to GATEWAY_PUBLISH_TIMEOUT). On expiry
+- a deadline of GATEWAY_CLIENT_TIMEOUT seconds for a connection to start a request (from the moment it is made
+  or the previous response ended), and a new one, from the request's first byte, to receive it completely. It
+  runs only while the gateway waits for the client, never while the app works on a request it has received (a
+  publish may take up to GATEWAY_PUBLISH_TIMEOUT). Behind a proxy that keeps idle upstream connections, keep
+  the proxy's idle timeout below this one, or it may send a request on a connection being closed. On expiry
   the request being received gets ``408`` and the connection is closed; an idle keep-alive connection (nothing
   asked since the last answer) is closed without an answer, as uvicorn's keep-alive timeout does;
 - a cap of GATEWAY_MAX_HEADER_BYTES on everything in a request that is not body (request line, headers, chunked
@@ -84,6 +86,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._in_message = True
         self._headers_done = False
+        if self._deadline is not None:  # idle until now: the request gets its own full time, not the idle rest
+            self._arm()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:

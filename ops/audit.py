@@ -8,11 +8,17 @@ acknowledged event id:
 
 - applied: some changelog record names it (or an object still remembers it among its recent event ids);
   *duplicated* when two changelog records of one object name it with different counts (applied twice);
-- dead-lettered: a dead letter points at one of its records (and no replay applied it since);
-- unhandled: no handler takes its type (nothing to apply);
-- pending: one of its records lies beyond the workers' committed offset (not processed yet);
-- stale: processed, not applied, and its object has applied a newer event (Stripe's out-of-order delivery);
+- dead-lettered: a dead letter points at its last record (a replayed dead letter is judged by the replay);
+- unhandled: no handler takes its type (nothing to apply), as the audit's ``HOOKSTREAM_HANDLERS`` says: events
+  skipped before a handler for their type was added count as missing, so audit such windows with ``--since``;
+- pending: its last record lies beyond the workers' committed offset (not processed yet);
+- stale: processed, not applied, and a newer event of its object was applied before it (earlier in the
+  partition, or before the window): Stripe's out-of-order delivery;
 - missing: none of these. Something acknowledged was lost.
+
+Two changelog records naming one event with the same count are one application sent twice (a producer retry),
+not a double application; a worker applying an event after losing its partition, from the same state as the
+new owner, would look the same.
 
 The changelog is a compacted topic: where the broker has compacted old records away, only the 32 recent event
 ids each object remembers still show an application. Audit windows longer than the changelog's
@@ -81,9 +87,8 @@ class _Evidence:
     def __init__(self) -> None:
         self.applications: dict[str, set[tuple[bytes, int]]] = defaultdict(set)
         self.remembered: set[str] = set()
-        self.newest_created: dict[bytes, int] = {}
+        self.applied_created: dict[bytes, dict[str, int]] = defaultdict(dict)  # object -> applied event -> created
         self.dead_records: set[tuple[str, int, int]] = set()
-        self.dead_ids: set[str] = set()
 
     def read_changelog(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key is None or record.value is None:  # a tombstone: the object was deleted
@@ -92,10 +97,8 @@ class _Evidence:
         if state.last_event_id is not None:
             self.applications[state.last_event_id].add((record.key, state.events_applied))
         self.remembered.update(state.recent_event_ids)
-        if state.last_event_created is not None:
-            newest = self.newest_created.get(record.key)
-            if newest is None or state.last_event_created > newest:
-                self.newest_created[record.key] = state.last_event_created
+        if state.last_event_id is not None and state.last_event_created is not None:
+            self.applied_created[record.key][state.last_event_id] = state.last_event_created
 
     def read_dead_letter(self, record: ConsumerRecord[bytes, bytes]) -> None:
         headers = [(k, bytes(v)) for k, v in record.headers]
@@ -104,9 +107,6 @@ class _Evidence:
         )
         if topic and partition and offset:
             self.dead_records.add((topic.decode(), int(partition), int(offset)))
-        event_id = header(headers, "event-id")
-        if event_id:
-            self.dead_ids.add(event_id.decode())
 
 
 async def audit(
@@ -146,19 +146,18 @@ async def audit(
     applied = 0
     for event_id, seen in deliveries.items():
         applications = evidence.applications.get(event_id)
+        last = max(seen, key=lambda d: d.offset)  # a redelivery or a replay comes later in the same partition
         if applications or event_id in evidence.remembered:
             applied += 1
             if applications and len(applications) > 1:
                 verdicts["duplicated"].append(event_id)
-        elif event_id in evidence.dead_ids or any(
-            (d.topic, d.partition, d.offset) in evidence.dead_records for d in seen
-        ):
+        elif (last.topic, last.partition, last.offset) in evidence.dead_records:
             verdicts["dead_lettered"].append(event_id)
-        elif any(d.topic not in subscribed or (d.event_type and handlers.get(d.event_type) is None) for d in seen):
+        elif last.topic not in subscribed or (last.event_type and handlers.get(last.event_type) is None):
             verdicts["unhandled"].append(event_id)
-        elif any(d.offset >= committed.get((d.topic, d.partition), 0) for d in seen):
+        elif last.offset >= committed.get((last.topic, last.partition), 0):
             verdicts["pending"].append(event_id)
-        elif any(_superseded(d, evidence.newest_created) for d in seen):
+        elif _superseded(last, evidence.applied_created, deliveries):
             verdicts["stale"].append(event_id)
         else:
             verdicts["missing"].append(event_id)
@@ -240,9 +239,24 @@ class _Envelope(msgspec.Struct):
     created: int
 
 
-def _superseded(delivery: _Delivery, newest_created: dict[bytes, int]) -> bool:
-    newest = newest_created.get(delivery.key) if delivery.key is not None else None
-    return newest is not None and delivery.created is not None and delivery.created < newest
+def _superseded(
+    delivery: _Delivery, applied_created: dict[bytes, dict[str, int]], deliveries: dict[str, list[_Delivery]]
+) -> bool:
+    """Whether a newer event of the same object was applied before ``delivery`` was processed: the stale rule.
+
+    Before means at a lower offset of the same partition (workers go in partition order), or outside the window
+    altogether (applied before any record the audit read). A lost event whose newer sibling came after it is
+    not superseded: it is missing.
+    """
+    if delivery.key is None or delivery.created is None:
+        return False
+    for newer_id, created in applied_created.get(delivery.key, {}).items():
+        if created <= delivery.created:
+            continue
+        newer = deliveries.get(newer_id)
+        if newer is None or min(d.offset for d in newer) < delivery.offset:
+            return True
+    return False
 
 
 async def _scan(

@@ -72,7 +72,8 @@ app = HookstreamApp(
     # full one is sent; at Faust's default 16 KB (about ten states) the table writes waited on every few events
     # (make bench, cpu workload: 4,000 against 7,900 events/s with 1 MiB).
     producer_max_batch_size=settings.worker_producer_max_batch_size,
-    producer_max_request_size=max(settings.worker_producer_max_batch_size, 1_048_576),
+    # room for a dead letter of the largest record the gateway publishes, with its headers
+    producer_max_request_size=max(settings.worker_producer_max_batch_size, settings.gateway_max_body_bytes + 65_536),
     producer_acks=-1,
     key_serializer="raw",
     value_serializer="raw",

@@ -30,6 +30,9 @@ from streams.state import (
 
 log = logging.getLogger(__name__)
 
+#: Room for a record's framing in a produce request (aiokafka's estimate stays well within it).
+_RECORD_OVERHEAD = 512
+
 
 class Record(Protocol):
     """The parts of a consumed Kafka record the processor reads (a Faust Message has them)."""
@@ -183,7 +186,8 @@ class EventProcessor:
     ) -> None:
         dlq_headers = dead_letter_headers(headers, error, attempts, record.topic, record.partition, record.offset)
         value = record.value or b""
-        if len(value) > self._max_value_bytes:  # may be over the broker's limit: the source offset points to it
+        size = len(value) + len(record.key or b"") + sum(len(k) + len(v) for k, v in dlq_headers) + _RECORD_OVERHEAD
+        if size > self._max_value_bytes:  # would be over the producer's (and broker's) limit: the offset points to it
             dlq_headers.append((VALUE_OMITTED, b"%d" % len(value)))
             value = b""
         await self._send_durably(self._dlq_topic, record.key, value, dlq_headers)

@@ -80,10 +80,15 @@ def test_audit_accounts_for_every_event_and_reports_losses(broker: BrokerInfo) -
     lost = [charge(prefix, "ch_lost", seq, BASE + seq) for seq in range(3)]
     produce(broker.bootstrap_servers, lost)
     asyncio.run(commit_to_end(broker.bootstrap_servers, app_id, charge_topic))
-    status, report, _ = run_audit(broker, app_id, prefix)
+    # ... and a newer event of the same object applied afterwards does not make them look "stale"
+    newer = charge(prefix, "ch_lost", 3, BASE + 3)
+    produce(broker.bootstrap_servers, [newer])
+    with start_worker(broker, app_id, prefix):
+        status, report, stderr = run_audit(broker, app_id, prefix, "--wait", "90")
     assert status == 1
-    assert report["missing"] == sorted(r.event_id for r in lost)
-    assert report["pending"] == []
+    assert report["missing"] == sorted(r.event_id for r in lost), (stderr, report)
+    assert report["pending"] == [] and report["stale"] == [stale.event_id]
+    assert report["applied"] == len(applied) + 1
 
     # A double application, made for real: a changelog record applying an already applied event again.
     twice = applied[0]

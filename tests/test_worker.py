@@ -359,6 +359,7 @@ def test_records_that_bypassed_the_gateway_are_dead_lettered_and_never_stop_a_pa
         "type is a number": msgspec.json.encode({**event, "type": 7}),
         "deeply nested": b'{"a":' * 5000 + b"1" + b"}" * 5000,
         "huge (3 MiB)": msgspec.json.encode({**event, "id": "evt_huge", "padding": "x" * (3 << 20)}),
+        "just under the limit": b"x" * ((1 << 20) - 100),  # with the dead letter's headers, over it
     }
     records = []
     for seq, (name, value) in enumerate(hostile.items()):
@@ -387,3 +388,6 @@ def test_records_that_bypassed_the_gateway_are_dead_lettered_and_never_stop_a_pa
     huge = by_case["huge (3 MiB)"]  # over the gateway's limit, so over the broker's too: stored without it
     assert dict(huge.headers)["value-omitted"] == str(len(hostile["huge (3 MiB)"] or b"")).encode()
     assert huge.value == b"" and b"limit" in dict(huge.headers)["error-message"]
+    assert by_case["just under the limit"].value == b"" and "value-omitted" in dict(
+        by_case["just under the limit"].headers
+    )
