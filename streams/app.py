@@ -137,7 +137,8 @@ class _Current:
 
 
 async def _finish(message: Message) -> None:
-    """Process one record inside its actor, then ack it: Faust commits only the contiguous acked prefix."""
+    """Process one record inside its actor, then ack it: commits stop at the first unfinished record
+    (``BatchingConsumer._new_offset``)."""
     if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
         # Fetched before a rebalance: not processed and not acked (Faust seeks back to the committed offset and
         # fetches it again), but forgotten, or the rebalance would wait for its ack forever.
