@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
-from bench.http_servers import app
+from bench.http_servers import serve_uvicorn
 
 
 def main() -> None:
@@ -18,17 +16,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-    )
+    serve_uvicorn(args.port)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, SECRET, Child, child, cpu_seconds, gateway_body, wait_until_ok
-from bench.http_servers import WRK_REPORT
+from bench.http_servers import WRK_REPORT, wrk_result
 from gateway.signature import sign
 from ops.process import free_port
 
@@ -96,15 +96,7 @@ def run_wrk(url: str, script: Path, seconds: int, settings: Settings, watched: d
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     after = {name: cpu_seconds(pid) for name, pid in watched.items()}
-    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line.removeprefix("RESULT "))
-    return WrkRun(
-        requests_per_s=result["requests"] / (result["duration_us"] / 1e6),
-        p50_ms=result["p50_us"] / 1000,
-        p99_ms=result["p99_us"] / 1000,
-        errors=result["errors"] + result["non_2xx"],
-        cpu_s={name: round(after[name] - before[name], 2) for name in watched},
-    )
+    return WrkRun(**wrk_result(output), cpu_s={name: round(after[name] - before[name], 2) for name in watched})
 
 
 def check_post(proc: Child, body: bytes, timeout: float = 60.0) -> None:

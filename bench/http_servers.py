@@ -202,14 +202,19 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int
     """Drive ``url`` with wrk for ``seconds`` and return what it measured."""
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    return Run(**wrk_result(output))
+
+
+def wrk_result(output: str) -> dict[str, Any]:
+    """Requests/s, p50 and p99 (ms) and failed requests from the ``RESULT`` line WRK_REPORT makes wrk print."""
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
-    return Run(
-        requests_per_s=result["requests"] / (result["duration_us"] / 1e6),
-        p50_ms=result["p50_us"] / 1000,
-        p99_ms=result["p99_us"] / 1000,
-        errors=result["errors"] + result["non_2xx"],
-    )
+    return {
+        "requests_per_s": result["requests"] / (result["duration_us"] / 1e6),
+        "p50_ms": result["p50_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000,
+        "errors": result["errors"] + result["non_2xx"],
+    }
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, list[Run]]:

@@ -108,13 +108,14 @@ def _metadata_roundtrip(host: str, port: int) -> None:
     body = struct.pack(">hhih", 3, 0, correlation_id, len(client_id)) + client_id + struct.pack(">i", 0)
     with socket.create_connection((host, port), timeout=2.0) as sock:
         sock.sendall(struct.pack(">i", len(body)) + body)
-        header = _recv_exactly(sock, 8)
+        header = recv_exactly(sock, 8)
         size, answered_id = struct.unpack(">ii", header)
         if answered_id != correlation_id or size < 4:
             raise OSError("not a Kafka metadata response")
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``sock`` (OSError if it closes first)."""
     data = b""
     while len(data) < n:
         chunk = sock.recv(n - len(data))

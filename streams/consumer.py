@@ -41,9 +41,11 @@ class BatchingConsumer(AIOKafkaConsumer):
     #: aiokafka client options for the end-offset probe (None: trust the listed offsets)
     probe_options: dict[str, Any] | None = None
 
-    #: per partition, the next offset a commit may start from: the first record fetched since the assignment,
-    #: then each committed offset (see ``_new_offset``)
-    _commit_bases: dict[TP, int]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: per partition, the next offset a commit may start from: the first record fetched since the assignment,
+        #: then each committed offset (see ``_new_offset``)
+        self._commit_bases: dict[TP, int] = {}
 
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit: the end of the run of finished records that starts at the partition's base.
@@ -55,7 +57,7 @@ class BatchingConsumer(AIOKafkaConsumer):
         rebalance. Here nothing is committed until the record at the base itself is finished; offsets the broker
         skipped (Faust's gaps) count as finished, and a partition without a known base is not committed.
         """
-        base = self._bases().get(tp)
+        base = self._commit_bases.get(tp)
         acked = self._acked[tp]
         if base is None or not acked:
             return None
@@ -69,22 +71,15 @@ class BatchingConsumer(AIOKafkaConsumer):
         acked[:] = [offset for offset in acked if offset >= end]
         finished.difference_update(range(base, end))
         gaps.chop(0, end)
-        self._bases()[tp] = end
+        self._commit_bases[tp] = end
         return end
-
-    def _bases(self) -> dict[TP, int]:
-        try:
-            return self._commit_bases
-        except AttributeError:
-            self._commit_bases = {}
-            return self._commit_bases
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # Faust forgets the revoked partitions' committed offsets first, then waits for in-flight records and
         # commits what they finish; without a base, nothing of a revoked partition is committed (its next owner
         # starts from the last commit and skips what was applied: duplicates).
         for tp in revoked:
-            self._bases().pop(tp, None)
+            self._commit_bases.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     def forget(self, message: Message) -> None:
@@ -125,7 +120,7 @@ class BatchingConsumer(AIOKafkaConsumer):
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
         unacked_add = self._unacked_messages.add
-        bases = self._bases()
+        bases = self._commit_bases
         batch_topics = self.batch_topics
         sink = self.batch_sink
         try:

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
-from gateway.envelope import Record
+from gateway.envelope import Record, to_record
 from ops.audit import parse_since
 from ops.fixtures import build_event, encode
 from streams.state import ObjectState, encode_state
@@ -29,6 +29,12 @@ BASE = 1_790_000_000
 
 def run_audit(broker: BrokerInfo, app_id: str, prefix: str, *args: str) -> tuple[int, dict[str, Any], str]:
     """``hookstream audit --json ...`` as an operator would run it; (exit status, report, stderr)."""
+    done = audit_command(broker, app_id, prefix, "--json", *args)
+    report = msgspec.json.decode(done.stdout) if done.stdout.strip() else {}
+    return done.returncode, report, done.stderr
+
+
+def audit_command(broker: BrokerInfo, app_id: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         **broker.env(),
@@ -37,16 +43,14 @@ def run_audit(broker: BrokerInfo, app_id: str, prefix: str, *args: str) -> tuple
         "TOPIC_PREFIX": prefix,
         "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "audit", "--json", *args],
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", "audit", *args],
         env=env,
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=180,
     )
-    report = msgspec.json.decode(done.stdout) if done.stdout.strip() else {}
-    return done.returncode, report, done.stderr
 
 
 def test_audit_accounts_for_every_event_and_reports_losses(broker: BrokerInfo) -> None:
@@ -100,21 +104,7 @@ def test_audit_accounts_for_every_event_and_reports_losses(broker: BrokerInfo) -
     assert status == 1 and report["duplicated"] == [twice.event_id]
 
     # The text report names what is wrong.
-    done = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "audit"],
-        env={
-            **os.environ,
-            **broker.env(),
-            "PYTHONPATH": REPO,
-            "HOOKSTREAM_APP_ID": app_id,
-            "TOPIC_PREFIX": prefix,
-            "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
-        },
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = audit_command(broker, app_id, prefix)
     assert done.returncode == 1
     missing_line = next(line for line in done.stdout.splitlines() if line.startswith("missing"))
     assert all(r.event_id in missing_line for r in lost), done.stdout
@@ -150,8 +140,6 @@ def test_since_accepts_times_and_durations() -> None:
 
 
 def to_record_of(event: dict[str, Any], prefix: str) -> Record:
-    from gateway.envelope import to_record
-
     return to_record(encode(event), prefix, int(time.time() * 1000))
 
 

@@ -16,9 +16,11 @@ TP0 = TP("stripe.charge", 0)
 
 
 def consumer(base: int | None) -> Any:
-    bases = {} if base is None else {TP0: base}
     return SimpleNamespace(
-        _acked=defaultdict(list), _acked_index=defaultdict(set), _gap=defaultdict(IntervalTree), _bases=lambda: bases
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        _gap=defaultdict(IntervalTree),
+        _commit_bases={} if base is None else {TP0: base},
     )
 
 

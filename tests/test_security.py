@@ -31,6 +31,7 @@ import pytest
 from gateway.envelope import Record, to_record
 from gateway.signature import sign
 from ops import cli
+from ops.broker import recv_exactly
 from ops.fixtures import build_event, encode
 from ops.process import free_port, stop_process
 from ops.settings import Settings
@@ -294,8 +295,8 @@ class FakeSaslBroker:
         from aiokafka.protocol.admin import ApiVersionResponse_v0, SaslAuthenticateResponse_v0, SaslHandShakeResponse_v1
 
         while True:
-            size = struct.unpack(">i", _read(conn, 4))[0]
-            request = _read(conn, size)
+            size = struct.unpack(">i", recv_exactly(conn, 4))[0]
+            request = recv_exactly(conn, size)
             api_key, _version, correlation_id, client_len = struct.unpack(">hhih", request[:10])
             payload = request[10 + max(client_len, 0) :]
             if api_key == 18:  # ApiVersions: handshake v1 and SaslAuthenticate, so the login is a Kafka request
@@ -310,16 +311,6 @@ class FakeSaslBroker:
             else:
                 return
             conn.sendall(struct.pack(">ii", len(body) + 4, correlation_id) + body)
-
-
-def _read(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise OSError("closed")
-        data += chunk
-    return data
 
 
 @pytest.mark.integration
