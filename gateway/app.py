@@ -151,7 +151,7 @@ class Gateway:
         content_type: bytes = _JSON,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        self.metrics.requests_for(str(status)).inc()
+        self.metrics.requests.labels(str(status)).inc()
         await _send_response(send, status, body, content_type, headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

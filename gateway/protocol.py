@@ -160,7 +160,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _count(self, status: int) -> None:
         if self.metrics is not None:
-            self.metrics.requests_for(str(status)).inc()
+            self.metrics.requests.labels(str(status)).inc()
 
 
 def guarded_protocol(settings: Settings, metrics: GatewayMetrics) -> type[GuardedHttpToolsProtocol]:

@@ -85,8 +85,8 @@ class Publisher:
             self._known_topics.clear()  # a restarted (memory) broker may have lost them
             raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}: {exc}") from exc
         self._healthy = True
-        self._metrics.publish_seconds_for(record.topic).observe(time.perf_counter() - started)
-        self._metrics.published_for(record.topic, record.event_type).inc()
+        self._metrics.publish_seconds.labels(record.topic).observe(time.perf_counter() - started)
+        self._metrics.published.labels(record.topic, record.event_type).inc()
 
     async def _ensure_topic(self, topic: str) -> None:
         async with self._topic_lock:

@@ -27,7 +27,7 @@ from streams.lag import LagReporter
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, RetryPolicy
 from streams.registry import registry
-from streams.table import TableWriter
+from streams.table import FlushingProducer, TableWriter
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,20 @@ settings = Settings.from_env()
 registry.discover(settings.handler_modules)
 metrics = WorkerMetrics()
 _web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.worker_web_host else {}
+#: the worker producer's request limit: room for a dead letter of the largest record the gateway publishes, with its
+#: headers, and for a full changelog batch
+_MAX_REQUEST_BYTES = max(settings.worker_producer_max_batch_size, settings.gateway_max_body_bytes + 65_536)
 _data_dir: dict[str, Any] = {"datadir": settings.worker_data_dir} if settings.worker_data_dir else {}
 
 
 class HookstreamApp(faust.App):
-    """A Faust app whose consumer hands event-topic records to the actors a fetch at a time."""
+    """A Faust app whose consumer hands event-topic records to the actors a fetch at a time, and whose producer
+    flushes the table writer's changelog batches before itself."""
+
+    def _new_producer(self) -> FlushingProducer:
+        producer = FlushingProducer(self.transport, loop=self.loop, beacon=self.beacon)
+        producer.before_flush = table_writer.flush
+        return producer
 
     def _new_consumer(self) -> BatchingConsumer:
         transport = self.transport
@@ -72,8 +81,7 @@ app = HookstreamApp(
     # full one is sent; at Faust's default 16 KB (about ten states) the table writes waited on every few events
     # (make bench, cpu workload: 4,000 against 7,900 events/s with 1 MiB).
     producer_max_batch_size=settings.worker_producer_max_batch_size,
-    # room for a dead letter of the largest record the gateway publishes, with its headers
-    producer_max_request_size=max(settings.worker_producer_max_batch_size, settings.gateway_max_body_bytes + 65_536),
+    producer_max_request_size=_MAX_REQUEST_BYTES,
     producer_acks=-1,
     key_serializer="raw",
     value_serializer="raw",
@@ -110,7 +118,7 @@ async def _send(topic: str, key: bytes | None, value: bytes, headers: list[tuple
     await app.producer.send_and_wait(topic, key, value, None, None, headers)
 
 
-table_writer = TableWriter(app, objects)
+table_writer = TableWriter(app, objects, max_record_bytes=_MAX_REQUEST_BYTES - 4096)
 processor = EventProcessor(
     registry,
     table_writer,
@@ -162,9 +170,9 @@ async def process_events(stream: faust.Stream[Any]) -> None:
 
     async def submit(batch: list[Message]) -> None:
         for message in batch:
-            # waits while the in-flight bound is reached, or (through TableWriter.put) while the producer's
-            # batch for the changelog partition is full: memory stays bounded, state never runs far ahead of
-            # its changelog
+            # waits while the in-flight bound is reached, or (through TableWriter.put) while the changelog
+            # partition's batch is full and the one before it is not yet with the producer: memory stays
+            # bounded, state never runs far ahead of its changelog
             await pool.submit(message.key, message)
 
     consumer = app.consumer

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
-from ops.metrics import Children
+from ops.metrics import LoopCounter, LoopHistogram
 from streams.state import Outcome
 
 _HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -17,25 +17,26 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        self.processed = Counter(
+        # the per-event metrics are the loop's own (ops/metrics.py): no lock per increment
+        self.processed = LoopCounter(
             "hookstream_events_processed",
             "Events finished by the workers, by outcome (ok, duplicate, stale, unhandled, retried, dead_lettered).",
             ["topic", "event_type", "outcome"],
-            registry=self.registry,
+            self.registry,
         )
-        self.handler_seconds = Histogram(
+        self.handler_seconds = LoopHistogram(
             "hookstream_handler_seconds",
             "Time spent in a handler, per attempt.",
             ["event_type"],
-            buckets=_HANDLER_BUCKETS,
-            registry=self.registry,
+            _HANDLER_BUCKETS,
+            self.registry,
         )
-        self.end_to_end_seconds = Histogram(
+        self.end_to_end_seconds = LoopHistogram(
             "hookstream_end_to_end_seconds",
             "Time from the gateway receiving an event (received-at) until a worker finished it.",
             ["topic"],
-            buckets=_E2E_BUCKETS,
-            registry=self.registry,
+            _E2E_BUCKETS,
+            self.registry,
         )
         self.consumer_lag = Gauge(
             "hookstream_consumer_lag",
@@ -47,8 +48,6 @@ class WorkerMetrics:
             "hookstream_inflight_events", "Events taken from Kafka and not yet finished.", registry=self.registry
         )
         self._processed_children: dict[tuple[str, str], dict[Outcome, Any]] = {}
-        self.handler_seconds_for = Children(self.handler_seconds)
-        self.end_to_end_seconds_for = Children(self.end_to_end_seconds)
         self.active_actors = Gauge(
             "hookstream_active_actors", "Objects with events queued or running.", registry=self.registry
         )

@@ -108,7 +108,7 @@ class EventProcessor:
         received_at = header(headers, "received-at")
         if received_at:
             latency = time.time() - int(received_at) / 1000
-            self._metrics.end_to_end_seconds_for(record.topic).observe(max(latency, 0.0))
+            self._metrics.end_to_end_seconds.labels(record.topic).observe(max(latency, 0.0))
         return outcome
 
     async def _process(self, record: Record, headers: list[tuple[str, bytes]], event_type: str) -> tuple[Outcome, str]:
@@ -159,7 +159,7 @@ class EventProcessor:
                         await rest
             except Exception as exc:
                 failure = exc
-            self._metrics.handler_seconds_for(event.type).observe(time.perf_counter() - started)
+            self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)
             if failure is not None:
                 if attempt == retry.max_attempts:
                     log.warning(

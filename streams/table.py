@@ -1,35 +1,50 @@
 """The objects table, written without Faust's per-write machinery.
 
 A Faust table write (``table[key] = value``) stores the value, then queues a changelog record in Faust's
-producer buffer, which sends one record at a time (a ``FutureMessage``, a publish, an aiokafka send each) and
-throttles the stream while it is full: measured, the limit of a worker. ``TableWriter`` keeps the same
-guarantees with less: it stores the value in the table's store, then hands the changelog record straight to the
-producer's aiokafka client, into the partition of the record being processed (co-partitioning). Faust flushes
-that producer before it commits offsets, so a committed offset never passes a state change whose changelog
-record is not stored; a changelog record the broker refuses crashes the worker (which then redelivers from
-the last commit), as Faust does.
+producer buffer, which sends one record at a time (a ``FutureMessage``, a publish, an aiokafka send with its own
+future each) and throttles the stream while it is full: measured, the limit of a worker. ``TableWriter`` keeps
+the same guarantees with less: it appends the changelog record to a batch of its own for the partition of the
+record being processed (co-partitioning), stores the value, and hands each partition's batch to the producer's
+aiokafka client in one piece once the event loop is free again (after the fetch being processed), or as soon as
+the batch is full. One future per batch instead of one per record.
+
+The producer flushes these batches before it flushes itself (``FlushingProducer``), and Faust flushes the
+producer before it commits offsets, so a committed offset never passes a state change whose changelog record is
+not stored; a changelog batch the broker refuses crashes the worker (which then redelivers from the last
+commit), as Faust does. Batches of one partition go to the producer one at a time, in order: a compacted
+changelog must never see an older state of a key after a newer one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP
 
 log = logging.getLogger(__name__)
 
 
+class RecordTooLarge(ValueError):
+    """A state too large for one produce request: it is not stored (the event is dead-lettered instead)."""
+
+
 class TableWriter:
     """Reads and writes the raw bytes of a Faust table (``key_type=bytes, value_type=bytes``)."""
 
-    def __init__(self, app: Any, table: Any) -> None:
+    def __init__(self, app: Any, table: Any, max_record_bytes: int) -> None:
         self._app = app
         self._table = table
+        self._max_record_bytes = max_record_bytes
         self._topic: str | None = None
+        self._open: dict[int, Any] = {}  # partition -> aiokafka BatchBuilder being filled
+        self._senders: dict[int, asyncio.Task[None]] = {}  # partition -> the task handing its batches over
+        self._flush_scheduled = False
         self._crash: asyncio.Future[Any] | None = None
-        self._unconfirmed = 0  # changelog records sent and not yet confirmed stored
+        self._unconfirmed = 0  # changelog records written and not yet confirmed stored
         self._lost = False  # a changelog record was refused or abandoned: the store may be ahead of the changelog
 
     @property
@@ -43,31 +58,104 @@ class TableWriter:
         return value
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        """Send ``value``'s changelog record, then store it; returns once the producer has taken the record (it
-        waits while the partition's batch is full: back-pressure).
+        """Append ``value``'s changelog record to the partition's batch, then store it. Waits only when that
+        batch is full and the one before it is not yet with the producer (back-pressure).
 
-        The store is written only once the record is queued: a send that raises (a record too large, a producer
-        closing, a cancelled wait) leaves the store as it was, never ahead of the changelog.
+        The store is written only once the record is in a batch: a put that raises (a record too large, a
+        cancelled wait) leaves the store as it was, never ahead of the changelog.
         """
-        if self._topic is None:
-            self._topic = self._table.changelog_topic.get_topic_name()
-        delivery = await self._app.producer.send(self._topic, key, value, partition, None, None)
+        if len(key) + len(value) > self._max_record_bytes:
+            raise RecordTooLarge(f"state of {len(value)} bytes is over the producer's {self._max_record_bytes}")
+        while True:
+            batch = self._open.get(partition)
+            if batch is None:
+                batch = self._new_batch(partition)
+            if batch.append(timestamp=None, key=key, value=value) is not None:
+                break
+            if batch.record_count() == 0:
+                raise RecordTooLarge(f"state of {len(value)} bytes does not fit in a batch")
+            # full: hand it over, then wait until the sender has taken it and whatever followed it
+            self._start_sending(partition)
+            while partition in self._senders:
+                await asyncio.shield(self._senders[partition])
         self._table.data[key] = value
         self._unconfirmed += 1
-        delivery.add_done_callback(self._sent)
 
-    def _sent(self, delivery: asyncio.Future[Any]) -> None:
-        self._unconfirmed -= 1
-        if delivery.cancelled():  # the producer stopped with the record unsent
+    async def flush(self) -> None:
+        """Hand every open batch to the producer and wait until it has taken them (not until they are stored:
+        the producer's own flush waits for that)."""
+        for partition in list(self._open):
+            self._start_sending(partition)
+        while self._senders:
+            await asyncio.gather(*(asyncio.shield(task) for task in list(self._senders.values())))
+
+    def _new_batch(self, partition: int) -> Any:
+        batch = self._open[partition] = self._app.producer._ensure_producer().create_batch()
+        if not self._flush_scheduled:  # hand the batches over once the current fetch (or loop turn) is done
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        return batch
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        for partition in list(self._open):
+            self._start_sending(partition)
+
+    def _start_sending(self, partition: int) -> None:
+        if partition not in self._senders:
+            self._senders[partition] = asyncio.get_running_loop().create_task(self._send(partition))
+
+    async def _send(self, partition: int) -> None:
+        """Hand the partition's batches to the producer, one at a time, until none is open."""
+        if self._topic is None:
+            self._topic = self._table.changelog_topic.get_topic_name()
+        try:
+            while (batch := self._open.pop(partition, None)) is not None:
+                count = batch.record_count()
+                try:
+                    producer = self._app.producer._ensure_producer()
+                    delivery = await producer.send_batch(batch, self._topic, partition=partition)
+                except asyncio.CancelledError:
+                    self._unconfirmed -= count
+                    self._lost = True
+                    log.error("changelog records abandoned unsent; local state will be rebuilt at next start")
+                    raise
+                except Exception as exc:
+                    self._unconfirmed -= count
+                    self._refused(exc)
+                    raise
+                delivery.add_done_callback(lambda done, count=count: self._sent(done, count))
+        finally:
+            del self._senders[partition]
+
+    def _sent(self, delivery: asyncio.Future[Any], count: int) -> None:
+        self._unconfirmed -= count
+        if delivery.cancelled():  # the producer stopped with the batch unsent
             self._lost = True
-            log.error("changelog record abandoned by the producer; local state will be rebuilt at next start")
+            log.error("changelog records abandoned by the producer; local state will be rebuilt at next start")
             return
         error = delivery.exception()
         if error is not None:
-            self._lost = True
-            log.error("changelog record not stored: %r; stopping the worker so nothing is committed past it", error)
-            self._crash = asyncio.ensure_future(self._app.crash(error))
+            self._refused(error)
             return
-        metadata = delivery.result()
+        metadata = delivery.result()  # the batch's first offset
         # what the RocksDB store remembers so that a restart only recovers what it lacks
-        self._table.data.set_persisted_offset(TP(metadata.topic, metadata.partition), metadata.offset)
+        self._table.data.set_persisted_offset(TP(metadata.topic, metadata.partition), metadata.offset + count - 1)
+
+    def _refused(self, error: BaseException) -> None:
+        self._lost = True
+        log.error("changelog records not stored: %r; stopping the worker so nothing is committed past them", error)
+        if self._crash is None:
+            self._crash = asyncio.ensure_future(self._app.crash(error))
+
+
+class FlushingProducer(Producer):
+    """Faust's aiokafka producer, flushing the table writer's batches before itself (commits, rebalances,
+    shutdown all flush the producer first)."""
+
+    before_flush: Callable[[], Awaitable[None]] | None = None
+
+    async def flush(self) -> None:
+        if self.before_flush is not None:
+            await self.before_flush()
+        await super().flush()
