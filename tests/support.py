@@ -261,8 +261,10 @@ class WorkerProcess:
 def start_worker(
     broker: BrokerInfo, app_id: str, prefix: str, wait_ready: bool = True, **env: str
 ) -> Iterator[WorkerProcess]:
-    """Run ``hookstream worker`` with the recording test handlers on a free web port; stop it by PID."""
+    """Run ``hookstream worker`` with the recording test handlers on a free web port, its data directory a
+    temporary one unless ``WORKER_DATA_DIR`` is given; stop it by PID."""
     port = free_port()
+    data_dir = tempfile.TemporaryDirectory(prefix=f"{app_id}-")
     environ = {
         **os.environ,
         **broker.env(),
@@ -274,6 +276,7 @@ def start_worker(
         "WORKER_WEB_HOST": "127.0.0.1",
         "WORKER_LAG_INTERVAL": "0.5",
         "LOG_LEVEL": "WARNING",
+        "WORKER_DATA_DIR": data_dir.name,
         **env,
     }
     log = tempfile.TemporaryFile()
@@ -288,6 +291,7 @@ def start_worker(
     finally:
         stop_process(process, timeout=30)
         log.close()
+        data_dir.cleanup()
 
 
 def produce(

@@ -30,6 +30,8 @@ except ImportError as exc:  # pragma: no cover - a clear message instead of a ba
         f"tests/test_chart.py needs {exc.name}: install the test extras or run ops/setup/chart-tools.sh"
     ) from exc
 
+from ops.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "hookstream"
 VALUES_DIR = Path(__file__).resolve().parent / "chart"
@@ -313,6 +315,20 @@ def test_partitions_reach_gateway_and_workers_alike() -> None:
         refs = [e["configMapRef"]["name"] for e in container(workload)["envFrom"]]
         assert refs == [FULLNAME], component
         assert "TOPIC_PARTITIONS" not in env_of(workload), component
+
+
+def test_gateway_limits_are_set_from_values_and_default_to_the_gateways_own() -> None:
+    defaults = Settings.from_env({})
+    config = configmap_env(render("default"))
+    chart_defaults = Settings.from_env(config)
+    for field in ("gateway_max_body_bytes", "gateway_publish_timeout", "gateway_client_timeout"):
+        assert getattr(chart_defaults, field) > 0, field
+    assert chart_defaults.gateway_client_timeout == defaults.gateway_client_timeout
+    assert chart_defaults.gateway_max_header_bytes == defaults.gateway_max_header_bytes
+    chosen_values = ("--set", "gateway.clientTimeout=4", "--set", "gateway.maxHeaderBytes=16384")
+    config = configmap_env(render("default", *chosen_values))
+    chosen = Settings.from_env(config)
+    assert (chosen.gateway_client_timeout, chosen.gateway_max_header_bytes) == (4.0, 16384)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -329,6 +329,7 @@ def test_kafka_password_from_a_file_reaches_the_broker_but_not_the_debug_log(tmp
             "KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "password"),
             "HOOKSTREAM_HANDLERS": HANDLERS,
             "WORKER_WEB_PORT": str(free_port()),
+            "WORKER_DATA_DIR": str(tmp_path / "data"),
         }
         log = tmp_path / "worker.log"
         with log.open("wb") as out:
