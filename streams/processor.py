@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from streams import eager
 from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header
-from streams.events import BadRecord, StripeEvent, decode_event
+from streams.events import BadRecord, StripeEvent, decode_event, object_field
 from streams.metrics import WorkerMetrics
 from streams.registry import Context, HandlerRegistry, Registration
 from streams.state import (
@@ -112,15 +112,22 @@ class EventProcessor:
         return outcome
 
     async def _process(self, record: Record, headers: list[tuple[str, bytes]], event_type: str) -> tuple[Outcome, str]:
+        # the record's event-type header (the gateway's) picks the handler, and so what the object is decoded
+        # into, before decoding; the event's own type decides if the two differ
+        registration = self._registry.get(event_type)
+        model = registration.model if registration is not None else None
         try:
-            event = decode_event(record.value, self._max_value_bytes)
+            event = decode_event(record.value, self._max_value_bytes, model)
+            if event.type != event_type:
+                registration = self._registry.get(event.type)
+                if registration is not None and registration.model is not model:
+                    event = decode_event(record.value, self._max_value_bytes, registration.model)
         except BadRecord as exc:
             await self._dead_letter(record, headers, exc, 0)
             return Outcome.DEAD_LETTERED, event_type
-        registration = self._registry.get(event.type)
         if registration is None:
             return Outcome.UNHANDLED, event.type
-        object_id = record.key or str(event.object.get("id") or event.id).encode()
+        object_id = record.key or str(object_field(event.object, "id") or event.id).encode()
         stored = self._store.get(object_id)
         state = decode_state(stored) if stored is not None else None
         verdict = judge(state, event) if state is not None else None
@@ -147,7 +154,7 @@ class EventProcessor:
             elif stored is not None:
                 state = decode_state(stored)
             else:
-                state = new_state(object_id.decode(errors="replace"), event)
+                state = new_state(object_id.decode(errors="replace"), event, registration.object_type)
             context = Context(state, attempt)
             start_applying(state, event)
             started = time.perf_counter()

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from streams.events import StripeEvent
+from streams.events import StripeEvent, object_field
 
 #: How many applied event ids an object remembers for duplicate detection. Stripe redelivers the same event
 #: (same id) on retries; a redelivery that comes after this many newer events is caught by the stale rule.
@@ -55,8 +55,9 @@ def decode_state(raw: bytes) -> ObjectState:
     return _decoder.decode(raw)
 
 
-def new_state(object_id: str, event: StripeEvent) -> ObjectState:
-    return ObjectState(object_id=object_id, object_type=str(event.object.get("object", "")))
+def new_state(object_id: str, event: StripeEvent, object_type: str = "") -> ObjectState:
+    """A first state; the object's type from the event, else ``object_type`` (a handler's model may omit it)."""
+    return ObjectState(object_id=object_id, object_type=str(object_field(event.object, "object") or object_type))
 
 
 def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
@@ -74,7 +75,7 @@ def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
 
 def start_applying(state: ObjectState, event: StripeEvent) -> None:
     """Take what every event says about its object (its status) before the handler runs; handlers may override."""
-    status = event.object.get("status")
+    status = object_field(event.object, "status")
     if isinstance(status, str):
         state.status = status
 

@@ -360,3 +360,22 @@ def unique(name: str) -> tuple[str, str]:
     """A fresh app id (consumer group, changelog) and topic prefix per test."""
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
     return f"hs-{tag}", f"t{tag}."
+
+
+@dataclass
+class ConsumedRecord:
+    """A consumed record as the processor reads it (``streams.processor.Record``), for tests without a broker."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+class DictStore(dict[bytes, bytes]):
+    """Object states in a dict, with the table writer's ``put``."""
+
+    async def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self[key] = value

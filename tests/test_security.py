@@ -38,7 +38,17 @@ from ops.settings import Settings
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, RetryPolicy
 from streams.registry import HandlerRegistry
-from tests.support import REPO, BrokerInfo, consume, produce, start_gateway, start_worker, wait_for
+from tests.support import (
+    REPO,
+    BrokerInfo,
+    ConsumedRecord,
+    DictStore,
+    consume,
+    produce,
+    start_gateway,
+    start_worker,
+    wait_for,
+)
 
 HANDLERS = "tests.handlers.recording,tests.handlers.leaky"
 
@@ -185,23 +195,8 @@ def test_no_secret_signature_or_body_in_any_output(broker: BrokerInfo, tmp_path:
             )
 
 
-@dataclass
-class _Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Any
-
-
-class _Store(dict[bytes, bytes]):
-    async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self[key] = value
-
-
 def _dead_letter_once(
-    handlers: HandlerRegistry, store: _Store, marker: str, caplog: pytest.LogCaptureFixture
+    handlers: HandlerRegistry, store: DictStore, marker: str, caplog: pytest.LogCaptureFixture
 ) -> tuple[bytes, list[tuple[str, bytes]]]:
     """Process one event carrying ``marker`` that must end as a dead letter; return the letter's value, headers."""
     sent: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
@@ -212,7 +207,7 @@ def _dead_letter_once(
     retry = RetryPolicy(2, 0.001, 0.001, 1.0)
     processor = EventProcessor(handlers, store, send, "stripe.dlq", retry, WorkerMetrics(), max_value_bytes=1 << 20)
     record = to_record(_charge("stripe.", "ch_1", 0, marker), "stripe.", 0)
-    message = _Message("stripe.charge", 0, 7, record.key, record.value, record.headers)
+    message = ConsumedRecord("stripe.charge", 0, 7, record.key, record.value, record.headers)
     with caplog.at_level(logging.DEBUG):
         assert asyncio.run(processor.process(message)) == "dead_lettered"
     assert all(marker not in r.getMessage() and not r.exc_info for r in caplog.records)
@@ -231,7 +226,7 @@ def test_a_handlers_exception_message_stays_out_of_the_log(caplog: pytest.LogCap
     async def broken(event: Any, ctx: Any) -> None:
         raise KeyError(f"no such thing in {event.object!r}")
 
-    _, headers = _dead_letter_once(handlers, _Store(), marker, caplog)
+    _, headers = _dead_letter_once(handlers, DictStore(), marker, caplog)
     (line,) = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
     assert "KeyError at test_security.py" in line and "in broken" in line
     assert marker in dict(headers)["error-message"].decode()  # the message is kept where it belongs
@@ -245,7 +240,7 @@ def test_an_error_of_our_own_is_logged_with_its_stack_not_its_message(caplog: py
     async def fine(event: Any, ctx: Any) -> None:
         pass
 
-    class CorruptStore(_Store):
+    class CorruptStore(DictStore):
         def get(self, key: bytes, default: Any = None) -> bytes | None:
             raise RuntimeError(f"cannot read the state next to {marker}")
 

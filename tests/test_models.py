@@ -1,0 +1,130 @@
+"""Handlers with a ``model``: ``data.object`` decoded into a msgspec Struct, through the real processor (no broker:
+a dict store and a recording send)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.envelope import to_record
+from ops.fixtures import build_event, encode
+from streams.events import BadRecord, StripeEvent, decode_event
+from streams.metrics import WorkerMetrics
+from streams.processor import EventProcessor, RetryPolicy
+from streams.registry import Context, HandlerRegistry
+from streams.state import decode_state
+from tests.support import ConsumedRecord, DictStore
+
+
+class Charge(msgspec.Struct):
+    amount: int
+    currency: str
+    status: str | None = None
+
+
+def _charge_body(event_id: str, created: int, **fields: Any) -> bytes:
+    raw = build_event("charge.succeeded", object_id="ch_1", created=created, object_fields=fields)
+    raw["id"] = event_id
+    return encode(raw)
+
+
+def _run(
+    handlers: HandlerRegistry, bodies: list[bytes], headers: dict[str, bytes] | None = None
+) -> tuple[list[str], DictStore, list[list[tuple[str, bytes]]]]:
+    store = DictStore()
+    letters: list[list[tuple[str, bytes]]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, record_headers: list[tuple[str, bytes]]) -> None:
+        letters.append(record_headers)
+
+    processor = EventProcessor(
+        handlers, store, send, "stripe.dlq", RetryPolicy(1, 0.001, 0.001, 1.0), WorkerMetrics(), max_value_bytes=1 << 20
+    )
+    outcomes = []
+    for offset, body in enumerate(bodies):
+        record = to_record(body, "stripe.", 0)
+        record_headers = [(k, (headers or {}).get(k, v)) for k, v in record.headers]
+        message = ConsumedRecord(record.topic, 0, offset, record.key, record.value, record_headers)
+        outcomes.append(str(asyncio.run(processor.process(message))))
+    return outcomes, store, letters
+
+
+def test_decode_event_builds_the_model_and_names_a_mismatch() -> None:
+    event = decode_event(_charge_body("evt_1", 1, amount=250, currency="eur"), model=Charge)
+    assert event.object == Charge(amount=250, currency="eur", status="succeeded")
+    with pytest.raises(
+        BadRecord, match=r"object does not match Charge: Expected `int`, got `str` - at `\$.data.object.amount`"
+    ):
+        decode_event(_charge_body("evt_2", 1, amount="lots"), model=Charge)
+    with pytest.raises(BadRecord, match="not a Stripe event"):  # the envelope's own errors stay envelope errors
+        decode_event(
+            b'{"id": "evt_3", "type": "charge.succeeded", "data": {"object": {"amount": 1, "currency": "usd"}}}',
+            model=Charge,
+        )
+
+
+def test_a_model_must_be_a_struct() -> None:
+    with pytest.raises(TypeError, match=r"msgspec\.Struct"):
+        HandlerRegistry().on("charge.succeeded", model=dict)
+
+
+def test_a_handler_with_a_model_gets_it_and_the_state_is_kept_as_with_a_dict() -> None:
+    seen: list[Any] = []
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded", model=Charge)
+    async def keep(event: StripeEvent[Charge], ctx: Context) -> None:
+        seen.append(event.object)
+        ctx.fields["amount"] = event.object.amount
+
+    outcomes, store, letters = _run(
+        handlers, [_charge_body("evt_1", 1, amount=100), _charge_body("evt_2", 2, amount=300)]
+    )
+    assert outcomes == ["ok", "ok"] and not letters
+    assert [type(obj) for obj in seen] == [Charge, Charge]
+    state = decode_state(store[b"ch_1"])
+    # the model has no `object` field: the state's type comes from the registration; status from the model
+    assert (state.object_type, state.status, state.fields, state.events_applied) == (
+        "charge",
+        "succeeded",
+        {"amount": 300},
+        2,
+    )
+
+
+def test_an_object_that_does_not_match_the_model_is_dead_lettered_with_the_reason() -> None:
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded", model=Charge)
+    async def keep(event: StripeEvent[Charge], ctx: Context) -> None:
+        ctx.fields["amount"] = event.object.amount
+
+    outcomes, store, letters = _run(
+        handlers, [_charge_body("evt_1", 1, amount=None), _charge_body("evt_2", 2, amount=7)]
+    )
+    assert outcomes == ["dead_lettered", "ok"]
+    (letter,) = letters
+    assert dict(letter)["error-type"] == b"BadRecord"
+    assert b"object does not match Charge" in dict(letter)["error-message"]
+    assert decode_state(store[b"ch_1"]).fields == {"amount": 7}
+
+
+def test_the_events_own_type_decides_when_the_header_says_otherwise() -> None:
+    """A record whose event-type header names another (typed) handler is decoded for its real type."""
+    handlers = HandlerRegistry()
+    got: list[Any] = []
+
+    @handlers.on("charge.succeeded")
+    async def as_dict(event: StripeEvent, ctx: Context) -> None:
+        got.append(event.object)
+
+    @handlers.on("charge.updated", model=Charge)
+    async def as_model(event: StripeEvent[Charge], ctx: Context) -> None:
+        raise AssertionError("the header's handler must not run")
+
+    outcomes, _, letters = _run(handlers, [_charge_body("evt_1", 1)], headers={"event-type": b"charge.updated"})
+    assert outcomes == ["ok"] and not letters
+    assert isinstance(got[0], dict) and got[0]["id"] == "ch_1"
