@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP
@@ -40,6 +40,7 @@ class TableWriter:
         self._table = table
         self._max_record_bytes = max_record_bytes
         self._topic: str | None = None
+        self._lookup: Callable[[bytes], bytes | None] | None = None
         self._open: dict[int, Any] = {}  # partition -> aiokafka BatchBuilder being filled
         self._senders: dict[int, asyncio.Task[None]] = {}  # partition -> the task handing its batches over
         self._flush_scheduled = False
@@ -54,8 +55,9 @@ class TableWriter:
 
     def get(self, key: bytes) -> bytes | None:
         """The stored value (the current record's partition is the one looked in, for RocksDB)."""
-        value: bytes | None = self._table.data.get(key)
-        return value
+        if self._lookup is None:
+            self._lookup = _lookup_of(self._table.data)
+        return self._lookup(key)
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
         """Append ``value``'s changelog record to the partition's batch, then store it. Waits only when that
@@ -147,6 +149,15 @@ class TableWriter:
         log.error("changelog records not stored: %r; stopping the worker so nothing is committed past them", error)
         if self._crash is None:
             self._crash = asyncio.ensure_future(self._app.crash(error))
+
+
+def _lookup_of(store: Any) -> Callable[[bytes], bytes | None]:
+    """A read that answers None for a missing key. A Faust store's own ``get`` raises and catches a KeyError
+    for each: half the reads of a workload of new objects (measured ~3% of a worker's samples)."""
+    plain = getattr(store, "data", None)
+    if isinstance(plain, dict):  # the memory store keeps its values in a plain dict
+        return plain.get
+    return cast(Callable[[bytes], "bytes | None"], store._get)  # RocksDB: None when absent, no KeyError
 
 
 class FlushingProducer(Producer):
