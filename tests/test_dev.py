@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,11 +22,12 @@ from tests.support import http_request
 pytestmark = pytest.mark.integration
 
 
-def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c() -> None:
+def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     gateway_port, broker_port, worker_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "STRIPE_WEBHOOK_SECRETS")}
     env["GATEWAY_PORT"] = str(gateway_port)
     env["WORKER_WEB_PORT"] = str(worker_port)
+    env["WORKER_DATA_DIR"] = str(tmp_path / "worker-data")
     process = subprocess.Popen(
         [sys.executable, "-m", "ops.cli", "dev", "--broker-port", str(broker_port)],
         stdout=subprocess.PIPE,
