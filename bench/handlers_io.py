@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+import msgspec
+
 from streams.events import StripeEvent
 from streams.registry import Context, on
 
@@ -19,11 +21,19 @@ _delay = float(os.environ.get("BENCH_IO_MS", "5")) / 1000
 _in_handler: set[str] = set()
 
 
-@on("charge.succeeded", "charge.updated")
-async def io_bound(event: StripeEvent, ctx: Context) -> None:
+class Charge(msgspec.Struct):
+    """The fields of a charge this handler reads (declared, as for the CPU-bound handler)."""
+
+    id: str
+    status: str | None = None
+    metadata: dict[str, str] = {}
+
+
+@on("charge.succeeded", "charge.updated", model=Charge)
+async def io_bound(event: StripeEvent[Charge], ctx: Context) -> None:
     """Await the simulated I/O, then check and keep the object's seq."""
     obj = event.object
-    object_id = obj["id"]
+    object_id = obj.id
     overlapped = object_id in _in_handler
     _in_handler.add(object_id)
     try:
@@ -31,7 +41,7 @@ async def io_bound(event: StripeEvent, ctx: Context) -> None:
     finally:
         if not overlapped:
             _in_handler.discard(object_id)
-    seq = int(obj["metadata"]["seq"])
+    seq = int(obj.metadata["seq"])
     if seq != ctx.fields.get("last_seq", -1) + 1:
         ctx.fields["violations"] = ctx.fields.get("violations", 0) + 1
     if overlapped:
