@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import logging
 import shutil
 from pathlib import Path
+from typing import IO
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -101,7 +103,13 @@ def run_worker(settings: Settings) -> int:
     # aiokafka and Faust debug call would then build a log record, on every event (measured: ~5% of the time).
     worker.spinner = None
     tables = Path(app.conf.tabledir)
+    lock = None
     if settings.state_store.startswith("rocksdb"):
+        try:
+            lock = hold_data_dir(Path(app.conf.datadir))
+        except DataDirInUse as exc:
+            log.error("%s", exc)
+            return 2
         discard_state_after_unclean_stop(tables)
     try:
         worker.execute_from_commandline()
@@ -110,7 +118,31 @@ def run_worker(settings: Settings) -> int:
         if clean and settings.state_store.startswith("rocksdb"):
             mark_clean_stop(tables)
         raise
+    finally:
+        if lock is not None:
+            lock.close()  # releases the lock
     return 0
+
+
+class DataDirInUse(Exception):
+    """Another worker holds the data directory."""
+
+
+def hold_data_dir(datadir: Path) -> IO[str]:
+    """Lock ``datadir`` for this process's life (released when the process ends, however it ends).
+
+    Two RocksDB workers on one directory would not share it: the second would take the first's live state for
+    the leftovers of an unclean stop and delete it (``discard_state_after_unclean_stop``). So the second one
+    refuses to start instead, saying why.
+    """
+    datadir.mkdir(parents=True, exist_ok=True)
+    handle = (datadir / "worker.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataDirInUse(f"another worker is using {datadir}: give each worker its own WORKER_DATA_DIR") from None
+    return handle
 
 
 #: Written by a RocksDB worker that stopped cleanly (exit 0, no crash, every changelog record of a stored value

@@ -280,6 +280,23 @@ def test_restarted_worker_serves_the_same_state(broker: BrokerInfo, tmp_path: Pa
             assert "did not stop cleanly" in worker.output()
 
 
+def test_a_second_rocksdb_worker_on_the_same_data_dir_refuses_to_start(broker: BrokerInfo, tmp_path: Path) -> None:
+    """It would take the first worker's live state for the leftovers of an unclean stop and delete it."""
+    app_id, prefix = unique("datadir")
+    produce(broker.bootstrap_servers, [charge(prefix, "ch_0", 0, BASE)])
+    env = {"STATE_STORE": "rocksdb://", "WORKER_DATA_DIR": str(tmp_path / "state")}
+    with start_worker(broker, app_id, prefix, **env) as first:
+        wait_for(lambda: first.metric_sum("hookstream_events_processed_total", outcome="ok") >= 1, 60, "applied")
+        with start_worker(broker, app_id, prefix, wait_ready=False, **env) as second:
+            assert second.process.wait(timeout=60) == 2
+            assert "another worker is using" in second.output() and "WORKER_DATA_DIR" in second.output()
+        produce(broker.bootstrap_servers, [charge(prefix, "ch_0", 1, BASE + 1)])
+        wait_for(lambda: first.metric_sum("hookstream_events_processed_total", outcome="ok") >= 2, 60, "still applying")
+        state = first.state("ch_0")
+        assert state is not None and state["events_applied"] == 2
+    assert any((tmp_path / "state").rglob("clean-stop")), "the first worker stopped cleanly, its state intact"
+
+
 def test_lag_rises_with_a_backlog_and_returns_to_zero(broker: BrokerInfo, tmp_path: Path) -> None:
     app_id, prefix = unique("lag")
     with start_worker(broker, app_id, prefix, HOOKSTREAM_TEST_MAX_DELAY="0.02") as worker:
