@@ -1,8 +1,9 @@
 """The Faust app: one agent over every event topic that has handlers, an actor per object id inside it, the
 ``objects`` table, and the worker's web endpoints (``/objects/<id>``, ``/healthz``, ``/metrics``).
 
-Run it with ``hookstream worker`` (or ``faust -A streams.app worker``). Importing this module builds the app
-(Faust apps are module-level by design); nothing connects until a worker starts.
+Run it with ``hookstream worker`` (streams/worker.py), not Faust's own CLI, which would skip what the command
+adds around the app: topic checks, the data-directory lock and clean-stop marker, GC settings. Importing this
+module builds the app (Faust apps are module-level by design); nothing connects until a worker starts.
 """
 
 from __future__ import annotations
