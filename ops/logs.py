@@ -11,7 +11,9 @@ uvicorn needs no floor: even its TRACE logging replaces bodies and headers with 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 
 #: Library loggers never enabled below these levels.
 LIBRARY_FLOORS: dict[str, int] = {
@@ -43,3 +45,19 @@ def apply_library_floors(level: int) -> str:
         if level < floor:
             raised.append(f"{name} at {logging.getLevelName(floor)}")
     return ", ".join(raised)
+
+
+def described(error: BaseException) -> str:
+    """An error's type and the line that raised it, never its message: a message may quote the event (a handler's
+    ``ValueError(f"bad {obj}")``), and no body goes into a log line. The worker keeps the message in the dead
+    letter's ``error-message`` header, where the event itself is."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return type(error).__name__
+    where = frames[-1]
+    return f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno} in {where.name}"
+
+
+def stack(error: BaseException) -> str:
+    """Where ``error`` went through (files, lines, code), without its message: for bugs of our own."""
+    return "".join(traceback.format_tb(error.__traceback__)).rstrip()

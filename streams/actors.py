@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
+from ops.logs import described, stack
 from streams import eager
 
 T = TypeVar("T")
@@ -56,8 +57,8 @@ class ActorPool(Generic[T]):
         rest: eager.Resume[None] | None
         try:
             done, rest = eager.start(self._process(item))
-        except Exception:  # process() handles its own failures; this is a last line of defence
-            log.exception("unexpected error processing an item of %r", key)
+        except Exception as exc:  # process() handles its own failures; this is a last line of defence
+            _unexpected(key, exc)
             done, rest = True, None
         if done:
             self._slots.release()
@@ -94,7 +95,12 @@ class ActorPool(Generic[T]):
     async def _finish(self, key: Hashable, work: Awaitable[None]) -> None:
         try:
             await work
-        except Exception:  # process() handles its own failures; this is a last line of defence
-            log.exception("unexpected error processing an item of %r", key)
+        except Exception as exc:  # process() handles its own failures; this is a last line of defence
+            _unexpected(key, exc)
         finally:
             self._slots.release()
+
+
+def _unexpected(key: Hashable, error: Exception) -> None:
+    # type, place and stack, not the message (it may quote an event body): ops/logs.py
+    log.error("unexpected error processing an item of %r: %s\n%s", key, described(error), stack(error))

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ops.logs import described, stack
 from streams import eager
 from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header
 from streams.events import BadRecord, StripeEvent, decode_event, object_field
@@ -99,8 +98,8 @@ class EventProcessor:
                 record.topic,
                 record.partition,
                 record.offset,
-                _described(exc),
-                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+                described(exc),
+                stack(exc),
             )
             await self._dead_letter(record, headers, exc, 0)
             outcome = Outcome.DEAD_LETTERED
@@ -174,7 +173,7 @@ class EventProcessor:
                         event.id,
                         event.type,
                         attempt,
-                        _described(failure),
+                        described(failure),
                     )
                     await self._dead_letter(record, headers, failure, attempt)
                     return Outcome.DEAD_LETTERED
@@ -212,17 +211,6 @@ class EventProcessor:
                 log.warning("cannot write to %s (%r); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-
-
-def _described(error: BaseException) -> str:
-    """An error's type and the line that raised it, never its message: a message may quote the event (a handler's
-    ``ValueError(f"bad {obj}")``), and no body goes into a log line. The message is kept in the dead letter's
-    ``error-message`` header, where the event itself is."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return type(error).__name__
-    where = frames[-1]
-    return f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno} in {where.name}"
 
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import uuid
 
 import pytest
 
@@ -65,22 +67,33 @@ def test_submit_waits_when_the_bound_is_reached() -> None:
     assert blocked and empty
 
 
-def test_an_exception_does_not_stop_the_key() -> None:
+def test_an_exception_does_not_stop_the_key_and_its_message_stays_out_of_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    marker = f"BODY-MARKER-{uuid.uuid4().hex}"  # made at run time: the stack shows source lines, not messages
+
     async def run() -> list[int]:
         seen: list[int] = []
 
         async def process(item: int) -> None:
             seen.append(item)
-            if item == 1:
-                raise RuntimeError("boom")
+            if item == 1:  # fails at once (eagerly, in submit)
+                raise RuntimeError(f"boom: {marker}")
+            await asyncio.sleep(0)
+            if item == 2:  # fails after waiting (in the actor's task)
+                raise RuntimeError(f"boom: {marker}")
 
         pool: ActorPool[int] = ActorPool(process, max_inflight=4)
-        for i in range(3):
+        for i in range(4):
             await pool.submit("k", i)
         await pool.drain()
         return seen
 
-    assert asyncio.run(run()) == [0, 1, 2]
+    with caplog.at_level(logging.DEBUG):
+        assert asyncio.run(run()) == [0, 1, 2, 3]
+    lines = [r.getMessage() for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert len(lines) == 2 and all("RuntimeError at test_actors.py" in line for line in lines)
+    assert all(marker not in r.getMessage() and not r.exc_info for r in caplog.records)
 
 
 def test_bound_must_be_positive() -> None:
