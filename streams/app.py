@@ -48,7 +48,7 @@ class HookstreamApp(faust.App):
 
     def _new_producer(self) -> FlushingProducer:
         producer = FlushingProducer(self.transport, loop=self.loop, beacon=self.beacon)
-        producer.before_flush = table_writer.flush
+        producer.table_writer = table_writer
         return producer
 
     def _new_consumer(self) -> BatchingConsumer:
@@ -172,8 +172,8 @@ async def process_events(stream: faust.Stream[Any]) -> None:
     async def submit(batch: list[Message]) -> None:
         for message in batch:
             # waits while the in-flight bound is reached, or (through TableWriter.put) while the changelog
-            # partition's batch is full and the one before it is not yet with the producer: memory stays
-            # bounded, state never runs far ahead of its changelog
+            # partition's batch is full, until the producer has taken it: memory stays bounded, state never runs
+            # far ahead of its changelog
             await pool.submit(message.key, message)
 
     consumer = app.consumer

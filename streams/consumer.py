@@ -131,8 +131,11 @@ class BatchingConsumer(AIOKafkaConsumer):
                     except Exception as exc:
                         log.warning("exception performing seek when flow not active: %r", exc)
                     continue
+                generation = self.app.consumer_generation_id
                 batch: list[Message] = []
                 for tp, tp_records in records.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        break  # a rebalance began meanwhile (as getmany, stop): the rest is fetched again after it
                     if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
@@ -159,12 +162,15 @@ class BatchingConsumer(AIOKafkaConsumer):
         to_message = self._to_message
         unacked_add = self._unacked_messages.add
         read_offset = self._read_offset[tp]
+        generation = self.app.consumer_generation_id
         for record in records:
             offset = record.offset
             if read_offset is not None and offset < read_offset:
                 continue  # already seen (Faust drops these too)
             message = to_message(tp, record)
-            await self._follow(tp, message, read_offset)
+            await self._follow(tp, message, read_offset)  # may yield (Faust's gap bookkeeping)
+            if self.app.consumer_generation_id != generation:
+                return  # a rebalance began meanwhile: its seek decides where reading resumes, not this fetch
             message.tracked = True
             unacked_add(message)  # pending ack: graceful shutdown and rebalances wait for it
             batch.append(message)

@@ -111,16 +111,8 @@ class EventProcessor:
         return outcome
 
     async def _process(self, record: Record, headers: list[tuple[str, bytes]], event_type: str) -> tuple[Outcome, str]:
-        # the record's event-type header (the gateway's) picks the handler, and so what the object is decoded
-        # into, before decoding; the event's own type decides if the two differ
-        registration = self._registry.get(event_type)
-        model = registration.model if registration is not None else None
         try:
-            event = decode_event(record.value, self._max_value_bytes, model)
-            if event.type != event_type:
-                registration = self._registry.get(event.type)
-                if registration is not None and registration.model is not model:
-                    event = decode_event(record.value, self._max_value_bytes, registration.model)
+            event, registration = self._decode(record.value, event_type)
         except BadRecord as exc:
             await self._dead_letter(record, headers, exc, 0)
             return Outcome.DEAD_LETTERED, event_type
@@ -133,6 +125,28 @@ class EventProcessor:
         if verdict is not None:
             return verdict, event.type
         return await self._apply(record, headers, event, registration, object_id, stored, state), event.type
+
+    def _decode(self, value: bytes | None, header_type: str) -> tuple[StripeEvent[Any], Registration | None]:
+        """The event and its handler. The record's event-type header (the gateway's) picks the handler, and so
+        what the object is decoded into, before decoding; the event's own type decides if the two differ (a
+        record that did not come through the gateway). BadRecord if it is not an event, or its object does not
+        fit its own handler's model."""
+        registration = self._registry.get(header_type)
+        model = registration.model if registration is not None else None
+        try:
+            event = decode_event(value, self._max_value_bytes, model)
+        except BadRecord:
+            if model is None:
+                raise
+            event = decode_event(value, self._max_value_bytes)  # to learn its own type
+            if event.type == header_type:
+                raise  # its own handler's model does not fit it
+        if event.type != header_type:
+            registration = self._registry.get(event.type)
+            wanted = registration.model if registration is not None else None
+            if wanted is not None or model is not None:
+                event = decode_event(value, self._max_value_bytes, wanted)
+        return event, registration
 
     async def _apply(
         self,

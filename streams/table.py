@@ -10,16 +10,16 @@ the batch is full. One future per batch instead of one per record.
 
 The producer flushes these batches before it flushes itself (``FlushingProducer``), and Faust flushes the
 producer before it commits offsets, so a committed offset never passes a state change whose changelog record is
-not stored; a changelog batch the broker refuses crashes the worker (which then redelivers from the last
-commit), as Faust does. Batches of one partition go to the producer one at a time, in order: a compacted
-changelog must never see an older state of a key after a newer one.
+not stored; a changelog batch the broker refuses fails that flush (no commit) and crashes the worker (which
+then redelivers from the last commit), as Faust does. Batches of one partition go to the producer one at a
+time, in order: a compacted changelog must never see an older state of a key after a newer one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 from faust.transport.drivers.aiokafka import Producer
@@ -32,6 +32,20 @@ class RecordTooLarge(ValueError):
     """A state too large for one produce request: it is not stored (the event is dead-lettered instead)."""
 
 
+class ChangelogLost(RuntimeError):
+    """Changelog records of stored states were refused or abandoned: committing now could pass them."""
+
+
+class _Batch:
+    """An aiokafka batch being filled for one changelog partition, and the moment it is with the producer."""
+
+    __slots__ = ("builder", "handed")
+
+    def __init__(self, builder: Any, handed: asyncio.Future[None]) -> None:
+        self.builder = builder
+        self.handed = handed
+
+
 class TableWriter:
     """Reads and writes the raw bytes of a Faust table (``key_type=bytes, value_type=bytes``)."""
 
@@ -41,7 +55,8 @@ class TableWriter:
         self._max_record_bytes = max_record_bytes
         self._topic: str | None = None
         self._lookup: Callable[[bytes], bytes | None] | None = None
-        self._open: dict[int, Any] = {}  # partition -> aiokafka BatchBuilder being filled
+        self._open: dict[int, _Batch] = {}  # partition -> the batch being filled
+        self._handing: dict[int, _Batch] = {}  # partition -> the batch its sender is handing over
         self._senders: dict[int, asyncio.Task[None]] = {}  # partition -> the task handing its batches over
         self._flush_scheduled = False
         self._crash: asyncio.Future[Any] | None = None
@@ -61,10 +76,10 @@ class TableWriter:
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
         """Append ``value``'s changelog record to the partition's batch, then store it. Waits only when that
-        batch is full and the one before it is not yet with the producer (back-pressure).
+        batch is full, until the producer has taken it (back-pressure).
 
         The store is written only once the record is in a batch: a put that raises (a record too large, a
-        cancelled wait) leaves the store as it was, never ahead of the changelog.
+        cancelled wait, a refused batch) leaves the store as it was, never ahead of the changelog.
         """
         if len(key) + len(value) > self._max_record_bytes:
             raise RecordTooLarge(f"state of {len(value)} bytes is over the producer's {self._max_record_bytes}")
@@ -72,27 +87,34 @@ class TableWriter:
             batch = self._open.get(partition)
             if batch is None:
                 batch = self._new_batch(partition)
-            if batch.append(timestamp=None, key=key, value=value) is not None:
+            if batch.builder.append(timestamp=None, key=key, value=value) is not None:
                 break
-            if batch.record_count() == 0:
+            if batch.builder.record_count() == 0:
                 raise RecordTooLarge(f"state of {len(value)} bytes does not fit in a batch")
-            # full: hand it over, then wait until the sender has taken it and whatever followed it
-            self._start_sending(partition)
-            while partition in self._senders:
-                await asyncio.shield(self._senders[partition])
-        self._table.data[key] = value
+            self._start_sending(partition)  # full: hand it over, then append to the next one
+            await asyncio.shield(batch.handed)
         self._unconfirmed += 1
+        self._table.data[key] = value
 
     async def flush(self) -> None:
-        """Hand every open batch to the producer and wait until it has taken them (not until they are stored:
-        the producer's own flush waits for that)."""
+        """Hand the batches open now to the producer and wait until it has taken them (not until they are
+        stored: the producer's own flush waits for that). Batches opened meanwhile are not waited for: under
+        steady traffic there always is one, and a commit must not wait for a lull."""
+        pending = [batch.handed for batch in (*self._handing.values(), *self._open.values())]
         for partition in list(self._open):
             self._start_sending(partition)
-        while self._senders:
-            await asyncio.gather(*(asyncio.shield(task) for task in list(self._senders.values())))
+        if pending:
+            await asyncio.gather(*(asyncio.shield(handed) for handed in pending))
 
-    def _new_batch(self, partition: int) -> Any:
-        batch = self._open[partition] = self._app.producer._ensure_producer().create_batch()
+    def raise_if_lost(self) -> None:
+        """Raise ChangelogLost if a changelog batch was refused or abandoned (checked after the producer's flush,
+        which does not raise: nothing may be committed past such a batch)."""
+        if self._lost:
+            raise ChangelogLost("changelog records of stored states were not stored: not committing")
+
+    def _new_batch(self, partition: int) -> _Batch:
+        builder = self._app.producer._ensure_producer().create_batch()
+        batch = self._open[partition] = _Batch(builder, asyncio.get_running_loop().create_future())
         if not self._flush_scheduled:  # hand the batches over once the current fetch (or loop turn) is done
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
@@ -104,31 +126,54 @@ class TableWriter:
             self._start_sending(partition)
 
     def _start_sending(self, partition: int) -> None:
-        if partition not in self._senders:
-            self._senders[partition] = asyncio.get_running_loop().create_task(self._send(partition))
+        sender = self._senders.get(partition)
+        if sender is None or sender.done():  # a finished sender takes nothing more (it found no open batch)
+            task = self._senders[partition] = asyncio.get_running_loop().create_task(self._send(partition))
+            task.add_done_callback(self._forget_sender)
+
+    def _forget_sender(self, task: asyncio.Task[None]) -> None:
+        for partition, sender in list(self._senders.items()):
+            if sender is task:
+                del self._senders[partition]
 
     async def _send(self, partition: int) -> None:
-        """Hand the partition's batches to the producer, one at a time, until none is open."""
-        if self._topic is None:
-            self._topic = self._table.changelog_topic.get_topic_name()
-        try:
-            while (batch := self._open.pop(partition, None)) is not None:
-                count = batch.record_count()
-                try:
-                    producer = self._app.producer._ensure_producer()
-                    delivery = await producer.send_batch(batch, self._topic, partition=partition)
-                except asyncio.CancelledError:
-                    self._unconfirmed -= count
-                    self._lost = True
-                    log.error("changelog records abandoned unsent; local state will be rebuilt at next start")
+        """Hand the partition's batches to the producer, one at a time and in order, until none is open."""
+        while (batch := self._open.pop(partition, None)) is not None:
+            self._handing[partition] = batch
+            count = batch.builder.record_count()
+            batch.builder.close()  # nothing else may join it once its count is taken
+            try:
+                if self._topic is None:
+                    self._topic = self._table.changelog_topic.get_topic_name()
+                producer = self._app.producer._ensure_producer()
+                delivery = await producer.send_batch(batch.builder, self._topic, partition=partition)
+            except BaseException as exc:
+                self._unconfirmed -= count
+                self._abandon(partition, batch, exc)
+                if isinstance(exc, asyncio.CancelledError):
                     raise
-                except Exception as exc:
-                    self._unconfirmed -= count
-                    self._refused(exc)
-                    raise
-                delivery.add_done_callback(lambda done, count=count: self._sent(done, count))
-        finally:
-            del self._senders[partition]
+                return
+            finally:
+                del self._handing[partition]
+            batch.handed.set_result(None)
+            delivery.add_done_callback(lambda done, count=count: self._sent(done, count))
+
+    def _abandon(self, partition: int, batch: _Batch, error: BaseException) -> None:
+        """A batch could not be handed over: its states (and those of the partition's next batch, which can no
+        longer follow it in order) are lost to the changelog; the worker stops."""
+        failed = [batch]
+        following = self._open.pop(partition, None)
+        if following is not None:
+            self._unconfirmed -= following.builder.record_count()
+            failed.append(following)
+        for lost in failed:
+            lost.handed.set_exception(ChangelogLost(f"changelog batch not handed to the producer: {error!r}"))
+            lost.handed.exception()  # retrieved: waiters (if any) still get it
+        if isinstance(error, asyncio.CancelledError):
+            self._lost = True
+            log.error("changelog records abandoned unsent; local state will be rebuilt at next start")
+        else:
+            self._refused(error)
 
     def _sent(self, delivery: asyncio.Future[Any], count: int) -> None:
         self._unconfirmed -= count
@@ -162,11 +207,15 @@ def _lookup_of(store: Any) -> Callable[[bytes], bytes | None]:
 
 class FlushingProducer(Producer):
     """Faust's aiokafka producer, flushing the table writer's batches before itself (commits, rebalances,
-    shutdown all flush the producer first)."""
+    shutdown all flush the producer first) and raising after itself if one was not stored: aiokafka's flush
+    does not raise, and Faust commits offsets right after it."""
 
-    before_flush: Callable[[], Awaitable[None]] | None = None
+    table_writer: TableWriter | None = None
 
     async def flush(self) -> None:
-        if self.before_flush is not None:
-            await self.before_flush()
+        writer = self.table_writer
+        if writer is not None:
+            await writer.flush()
         await super().flush()
+        if writer is not None:
+            writer.raise_if_lost()

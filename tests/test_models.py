@@ -128,3 +128,25 @@ def test_the_events_own_type_decides_when_the_header_says_otherwise() -> None:
     outcomes, _, letters = _run(handlers, [_charge_body("evt_1", 1)], headers={"event-type": b"charge.updated"})
     assert outcomes == ["ok"] and not letters
     assert isinstance(got[0], dict) and got[0]["id"] == "ch_1"
+
+
+@pytest.mark.parametrize("handled", [True, False])
+def test_an_event_that_does_not_fit_the_headers_model_is_judged_by_its_own_type(handled: bool) -> None:
+    """The header names a typed handler whose model the object does not fit; the event's own type decides."""
+    handlers = HandlerRegistry()
+    got: list[Any] = []
+
+    @handlers.on("charge.succeeded", model=Charge)
+    async def as_model(event: StripeEvent[Charge], ctx: Context) -> None:
+        raise AssertionError("the header's handler must not run")
+
+    if handled:
+
+        @handlers.on("customer.created")
+        async def as_dict(event: StripeEvent, ctx: Context) -> None:
+            got.append(event.object)
+
+    customer = encode(build_event("customer.created", object_id="cus_1", created=5))
+    outcomes, _, letters = _run(handlers, [customer], headers={"event-type": b"charge.succeeded"})
+    assert outcomes == (["ok"] if handled else ["unhandled"]) and not letters
+    assert [obj["id"] for obj in got] == (["cus_1"] if handled else [])

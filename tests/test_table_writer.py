@@ -1,0 +1,176 @@
+"""The table writer's changelog batches, against a stand-in for aiokafka's producer (the worker tests and the
+soak run it against a real broker): order per partition, flushes that do not wait for a lull, back-pressure,
+and a refused batch that stops commits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata
+
+from streams.table import ChangelogLost, TableWriter
+
+
+class _Producer:
+    """aiokafka's producer as the writer uses it: ``create_batch`` and ``send_batch``, one batch with the
+    producer per partition at a time (``send_batch`` waits while the previous one is undelivered)."""
+
+    def __init__(self, batch_size: int = 1 << 20, delay: float = 0.002, refuse: int | None = None) -> None:
+        self.batch_size, self.delay, self.refuse = batch_size, delay, refuse
+        self.sent: list[tuple[int, list[bytes]]] = []  # (partition, values) in the order handed over
+        self._previous: dict[int, asyncio.Future[Any]] = {}
+
+    def _ensure_producer(self) -> _Producer:
+        return self
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_size, 0)
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        previous = self._previous.get(partition)
+        if previous is not None:
+            await asyncio.shield(previous)  # as add_batch: wait for the partition's pending batch
+        values = [record.value for record in _records(batch)]
+        self.sent.append((partition, values))
+        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        number = len(self.sent)
+
+        def deliver() -> None:
+            if self.refuse == number:
+                delivery.set_exception(RuntimeError("broker refused the batch"))
+            else:
+                delivery.set_result(RecordMetadata(topic, partition, None, 100, -1, 0, 0))
+
+        asyncio.get_running_loop().call_later(self.delay, deliver)
+        self._previous[partition] = delivery
+        return delivery
+
+
+def _records(batch: BatchBuilder) -> list[Any]:
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    return list(DefaultRecordBatch(bytes(batch._build())))
+
+
+class _Store(dict[bytes, bytes]):
+    persisted: dict[Any, int]
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.persisted = {**getattr(self, "persisted", {}), tp: offset}
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.data = _Store()
+        self.changelog_topic = type("Topic", (), {"get_topic_name": lambda self: "objects-changelog"})()
+
+
+class _App:
+    def __init__(self, producer: _Producer) -> None:
+        self.producer = producer
+        self.crashed: list[BaseException] = []
+
+    async def crash(self, error: BaseException) -> None:
+        self.crashed.append(error)
+
+
+def _writer(producer: _Producer) -> tuple[TableWriter, _App, _Table]:
+    app, table = _App(producer), _Table()
+    return TableWriter(app, table, max_record_bytes=1 << 20), app, table
+
+
+def test_batches_of_a_partition_reach_the_producer_in_order_and_are_confirmed() -> None:
+    producer = _Producer(batch_size=2_000)  # a few records per batch: many batches per partition
+
+    async def run() -> TableWriter:
+        writer, _, table = _writer(producer)
+        for i in range(300):
+            await writer.put(b"k%d" % (i % 7), b"v%05d" % i + b"." * 200, i % 3)
+            if i % 50 == 0:
+                await asyncio.sleep(0)  # a fetch ends: open batches are handed over
+        await writer.flush()
+        await asyncio.sleep(0.05)  # deliveries
+        assert table.data[b"k6"].startswith(b"v%05d" % max(i for i in range(300) if i % 7 == 6))
+        return writer
+
+    writer = asyncio.run(run())
+    for partition in range(3):
+        values = [v for p, batch in producer.sent if p == partition for v in batch]
+        assert values == [b"v%05d" % i + b"." * 200 for i in range(300) if i % 3 == partition]
+    assert len(producer.sent) > 30 and writer.consistent
+
+
+def test_flush_does_not_wait_for_batches_opened_after_it() -> None:
+    """Under steady traffic a partition always has an open batch; a commit's flush must still return."""
+    producer = _Producer(delay=0.005)
+
+    async def run() -> int:
+        writer, _, _ = _writer(producer)
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            i = 0
+            while not stop.is_set():
+                await writer.put(b"k%d" % i, b"v", i % 2)
+                i += 1
+                if i % 20 == 0:
+                    await asyncio.sleep(0.001)
+
+        feeding = asyncio.create_task(traffic())
+        await asyncio.sleep(0.05)
+        handed_before = len(producer.sent)
+        await asyncio.wait_for(writer.flush(), timeout=10)  # hangs (and fails) if it waits for a lull
+        stop.set()
+        await feeding
+        await writer.flush()
+        return handed_before
+
+    assert asyncio.run(run()) >= 1
+
+
+def test_a_full_batch_makes_put_wait_until_the_producer_takes_it() -> None:
+    producer = _Producer(batch_size=1_000, delay=0.01)
+
+    async def run() -> list[int]:
+        writer, _, _ = _writer(producer)
+        handed = []
+        for i in range(40):  # ~5 records per batch, one partition: each full batch waits for the previous
+            await writer.put(b"k", b"%03d" % i + b"." * 180, 0)
+            handed.append(len(producer.sent))
+        await writer.flush()
+        return handed
+
+    handed = asyncio.run(run())
+    assert handed[-1] >= 6  # batches were handed over while putting, not all at the end
+    assert handed == sorted(handed)
+
+
+def test_a_refused_batch_stops_commits_and_the_worker() -> None:
+    producer = _Producer(refuse=1)
+
+    async def run() -> tuple[TableWriter, _App]:
+        writer, app, _ = _writer(producer)
+        await writer.put(b"k", b"v1", 0)
+        await writer.flush()
+        await asyncio.sleep(0.05)  # the refusal arrives
+        with pytest.raises(ChangelogLost):
+            writer.raise_if_lost()  # what FlushingProducer.flush does after the producer's flush
+        return writer, app
+
+    writer, app = asyncio.run(run())
+    assert not writer.consistent
+    assert [str(e) for e in app.crashed] == ["broker refused the batch"]
+
+
+def test_a_state_over_the_limit_is_refused_before_anything_is_stored() -> None:
+    async def run() -> tuple[TableWriter, _Table]:
+        writer, _, table = _writer(_Producer())
+        with pytest.raises(ValueError, match="over the producer's"):
+            await writer.put(b"k", b"x" * (2 << 20), 0)
+        return writer, table
+
+    writer, table = asyncio.run(run())
+    assert b"k" not in table.data and writer.consistent
