@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -106,9 +107,6 @@ class LoopHistogram(_LoopMetric):
     def collect(self) -> Iterator[Metric]:
         family = self._family()
         for labels, series in list(self._series.items()):
-            cumulative, buckets = 0, []
-            for bucket, count in zip(self._bucket_names, list(series.counts), strict=True):
-                cumulative += count
-                buckets.append((bucket, float(cumulative)))
-            family.add_metric(list(labels), buckets, series.sum)
+            cumulative = map(float, accumulate(series.counts))
+            family.add_metric(list(labels), list(zip(self._bucket_names, cumulative, strict=True)), series.sum)
         yield family

@@ -57,7 +57,7 @@ class TableWriter:
         self._lookup: Callable[[bytes], bytes | None] | None = None
         self._open: dict[int, _Batch] = {}  # partition -> the batch being filled
         self._handing: dict[int, _Batch] = {}  # partition -> the batch its sender is handing over
-        self._senders: dict[int, asyncio.Task[None]] = {}  # partition -> the task handing its batches over
+        self._senders: dict[int, asyncio.Task[None]] = {}  # partition -> the task handing its batches over (last one)
         self._flush_scheduled = False
         self._crash: asyncio.Future[Any] | None = None
         self._unconfirmed = 0  # changelog records written and not yet confirmed stored
@@ -101,8 +101,7 @@ class TableWriter:
         stored: the producer's own flush waits for that). Batches opened meanwhile are not waited for: under
         steady traffic there always is one, and a commit must not wait for a lull."""
         pending = [batch.handed for batch in (*self._handing.values(), *self._open.values())]
-        for partition in list(self._open):
-            self._start_sending(partition)
+        self._hand_over_open()
         if pending:
             await asyncio.gather(*(asyncio.shield(handed) for handed in pending))
 
@@ -122,19 +121,16 @@ class TableWriter:
 
     def _flush_soon(self) -> None:
         self._flush_scheduled = False
+        self._hand_over_open()
+
+    def _hand_over_open(self) -> None:
         for partition in list(self._open):
             self._start_sending(partition)
 
     def _start_sending(self, partition: int) -> None:
         sender = self._senders.get(partition)
         if sender is None or sender.done():  # a finished sender takes nothing more (it found no open batch)
-            task = self._senders[partition] = asyncio.get_running_loop().create_task(self._send(partition))
-            task.add_done_callback(self._forget_sender)
-
-    def _forget_sender(self, task: asyncio.Task[None]) -> None:
-        for partition, sender in list(self._senders.items()):
-            if sender is task:
-                del self._senders[partition]
+            self._senders[partition] = asyncio.get_running_loop().create_task(self._send(partition))
 
     async def _send(self, partition: int) -> None:
         """Hand the partition's batches to the producer, one at a time and in order, until none is open."""

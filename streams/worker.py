@@ -103,8 +103,9 @@ def run_worker(settings: Settings) -> int:
     # aiokafka and Faust debug call would then build a log record, on every event (measured: ~5% of the time).
     worker.spinner = None
     tables = Path(app.conf.tabledir)
+    local_state = settings.state_store.startswith("rocksdb")  # the memory store keeps nothing on disk
     lock = None
-    if settings.state_store.startswith("rocksdb"):
+    if local_state:
         try:
             lock = hold_data_dir(Path(app.conf.datadir))
         except DataDirInUse as exc:
@@ -115,7 +116,7 @@ def run_worker(settings: Settings) -> int:
         worker.execute_from_commandline()
     except SystemExit as exit_:
         clean = exit_.code in (0, None) and app.crash_reason is None and table_writer.consistent
-        if clean and settings.state_store.startswith("rocksdb"):
+        if clean and local_state:
             mark_clean_stop(tables)
         raise
     finally:
@@ -153,11 +154,12 @@ CLEAN_STOP_MARKER = "clean-stop"
 def discard_state_after_unclean_stop(tables: Path) -> None:
     """Rebuild the local (RocksDB) state from the changelog unless the last run here stopped cleanly.
 
-    A worker writes an object's state to its store, then sends the changelog record. Killed in between, it
-    leaves a store ahead of the changelog: restarted, it would take the event as a duplicate and never write
-    its changelog record, and the state would differ from the changelog (and from what any other worker would
-    recover). Found by the soak: 3 of 103,900 events after 4 SIGKILLs. The changelog is the truth, so after an
-    unclean stop the local copy goes and recovery reads the changelog, as a new worker would.
+    A worker writes an object's state to its store before its changelog record reaches the broker (the record
+    waits in a batch, streams/table.py). Killed in between, it leaves a store ahead of the changelog: restarted,
+    it would take the event as a duplicate and never write its changelog record, and the state would differ
+    from the changelog (and from what any other worker would recover). Found by the soak: 3 of 103,900 events
+    after 4 SIGKILLs. The changelog is the truth, so after an unclean stop the local copy goes and recovery
+    reads the changelog, as a new worker would.
     """
     marker = tables / CLEAN_STOP_MARKER
     if not marker.exists() and tables.is_dir() and any(p.name != CLEAN_STOP_MARKER for p in tables.iterdir()):
