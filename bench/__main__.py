@@ -87,6 +87,7 @@ def summarise(raw: dict[str, Any], mode: Mode) -> tuple[dict[str, Any], list[Row
     gateway = raw.get("gateway")
     if isinstance(gateway, dict) and "error" not in gateway:
         hs, ceiling, naive = (gateway[k]["requests_per_s"] for k in ("hookstream", "ceiling", "naive"))
+        bound = gateway["produce_bound"]["records_per_s"]
         p99 = gateway["half_rate"]["p99_ms"]
         keys |= {
             "gateway_vs_ceiling": ratio(hs, ceiling),
@@ -95,6 +96,8 @@ def summarise(raw: dict[str, Any], mode: Mode) -> tuple[dict[str, Any], list[Row
             "gateway_requests_per_s": hs,
             "ceiling_requests_per_s": ceiling,
             "naive_gateway_requests_per_s": naive,
+            "produce_bound_records_per_s": bound,
+            "gateway_vs_produce_bound": ratio(hs, bound),
             "gateway_p99_ms_at_max": gateway["hookstream"]["p99_ms"],
             "naive_gateway_p99_ms_at_max": gateway["naive"]["p99_ms"],
             "gateway_half_rate_achieved_requests_per_s": gateway["half_rate"]["requests_per_s"],
@@ -115,6 +118,23 @@ def summarise(raw: dict[str, Any], mode: Mode) -> tuple[dict[str, Any], list[Row
                 f"{ratio(hs, naive):.1f}x",
                 ">= 10x",
                 ratio(hs, naive) >= 10,
+            ),
+            # Not a target: how far below the ceiling durability alone caps any gateway on these connections.
+            Row(
+                f"durable bound: producer alone, {gateway['settings']['connections']} in flight, vs ceiling",
+                f"{bound:,.0f}",
+                f"{ceiling:,.0f}",
+                f"{ratio(bound, ceiling):.2f}",
+                "",
+                None,
+            ),
+            Row(
+                "gateway req/s vs durable bound",
+                f"{hs:,.0f}",
+                f"{bound:,.0f}",
+                f"{ratio(hs, bound):.2f}",
+                "",
+                None,
             ),
             Row(
                 f"gateway p99 ms at half rate ({gateway['half_rate']['requests_per_s']:,.0f}/s)",

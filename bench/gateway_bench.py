@@ -3,8 +3,9 @@
 Each server is its own process on the same embedded broker. One signed ~3 KB event is the body of every request
 (re-signed before each measured run, so its timestamp stays well within the tolerance); 64 connections; after
 a warm-up, the servers are measured round after round so that noise on a shared machine spreads over all of
-them; medians are reported, with each process's CPU seconds per run. Then hookstream's gateway is paced at half
-its measured maximum rate (wrk's per-request ``delay()``) and its p99 is reported.
+them; medians are reported, with each process's CPU seconds per run. Each round ends with the durable bound
+(bench/produce_bound.py): the gateway's producer alone with one record in flight per connection. Then hookstream's
+gateway is paced at half its measured maximum rate (wrk's per-request ``delay()``) and its p99 is reported.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, SECRET, Child, child, cpu_seconds, gateway_body, wait_until_ok
+from bench.common import PYTHON, SECRET, Child, child, cpu_seconds, gateway_body, run_json_child, wait_until_ok
 from bench.http_servers import WRK_REPORT, wrk_result
 from gateway.signature import sign
 from ops.process import free_port
@@ -135,8 +136,21 @@ def summarise(runs: list[WrkRun]) -> dict[str, Any]:
     }
 
 
+def produce_bound(bootstrap: str, broker_pid: int, settings: Settings, topic_prefix: str) -> dict[str, Any]:
+    """One run of bench/produce_bound.py: the gateway's producer alone, one record in flight per connection."""
+    command = [
+        *(PYTHON, "-m", "bench.produce_bound", "--bootstrap", bootstrap, "--topic-prefix", topic_prefix),
+        *("--in-flight", str(settings.connections), "--seconds", str(settings.duration), "--warmup", "2"),
+    ]
+    broker_before = cpu_seconds(broker_pid)
+    result = run_json_child("produce-bound", command, {}, timeout=settings.duration + 120)
+    result["broker_cpu_s"] = round(cpu_seconds(broker_pid) - broker_before, 2)
+    return result
+
+
 def run(bootstrap: str, broker_pid: int, settings: Settings, prefix: str) -> dict[str, Any]:
-    """Start the three servers, measure them in turn, then hookstream's gateway at half its maximum rate."""
+    """Start the three servers, measure them and the durable bound in turn, then hookstream's gateway at half
+    its maximum rate."""
     body = gateway_body()
     ports = {name: free_port() for name in ("hookstream", "ceiling", "naive")}
     gateway_env = {
@@ -158,7 +172,7 @@ def run(bootstrap: str, broker_pid: int, settings: Settings, prefix: str) -> dic
     }
     from bench.common import create_topics
 
-    create_topics(bootstrap, [prefix + "hs.payment_intent", prefix + "naive.payment_intent"])
+    create_topics(bootstrap, [prefix + name + ".payment_intent" for name in ("hs", "naive", "bound")])
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         procs = {
             name: stack.enter_context(child(name, command, gateway_env if name == "hookstream" else {}, ports[name]))
@@ -173,6 +187,7 @@ def run(bootstrap: str, broker_pid: int, settings: Settings, prefix: str) -> dic
         for url in urls.values():
             run_wrk(url, write_script(Path(tmp), body, None), settings.warmup, settings, watched)
         runs: dict[str, list[WrkRun]] = {name: [] for name in urls}
+        bounds: list[dict[str, Any]] = []
         for repetition in range(settings.repetitions):
             for name, url in urls.items():
                 one = run_wrk(url, write_script(Path(tmp), body, None), settings.duration, settings, watched)
@@ -182,7 +197,18 @@ def run(bootstrap: str, broker_pid: int, settings: Settings, prefix: str) -> dic
                     f"p99 {one.p99_ms:>8.1f} ms  errors {one.errors}",
                     flush=True,
                 )
+            bounds.append(produce_bound(bootstrap, broker_pid, settings, prefix + "bound."))
+            print(
+                f"  gateway round {repetition + 1}: {'bound':<10} {bounds[-1]['records_per_s']:>8.0f} rec/s  "
+                f"p99 {bounds[-1]['p99_ms']:>8.1f} ms  errors {bounds[-1]['errors']}",
+                flush=True,
+            )
         results: dict[str, Any] = {name: summarise(name_runs) for name, name_runs in runs.items()}
+        results["produce_bound"] = {
+            "records_per_s": statistics.median(b["records_per_s"] for b in bounds),
+            "p50_ms": statistics.median(b["p50_ms"] for b in bounds),
+            "runs": bounds,
+        }
         target = results["hookstream"]["requests_per_s"] / 2
         # wrk's delay() runs after each answer, so a connection's period is delay + latency: calibrate once,
         # taking off the per-request time the first paced run showed, then measure.

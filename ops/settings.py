@@ -45,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_retry_after: int = 5
     producer_linger_ms: int = 2
     producer_max_batch_size: int = 1_048_576
+    producer_batch_records: int = 16
     topic_prefix: str = "stripe."
     topic_partitions: int = 8
     topic_replication_factor: int = 1
@@ -93,7 +94,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         log_level = env.text("LOG_LEVEL", "INFO").upper()
         if log_level not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
-        return cls(
+        settings = cls(
             kafka_bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             kafka_security_protocol=env.text("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
             kafka_sasl_mechanism=env.optional("KAFKA_SASL_MECHANISM"),
@@ -113,6 +114,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gateway_retry_after=env.integer("GATEWAY_RETRY_AFTER", 5, minimum=0),
             producer_linger_ms=env.integer("PRODUCER_LINGER_MS", 2, minimum=0),
             producer_max_batch_size=env.integer("PRODUCER_MAX_BATCH_SIZE", 1_048_576, minimum=1),
+            producer_batch_records=env.integer("PRODUCER_BATCH_RECORDS", 16, minimum=1),
             topic_prefix=prefix,
             topic_partitions=env.integer("TOPIC_PARTITIONS", 8, minimum=1),
             topic_replication_factor=env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1),
@@ -136,6 +138,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             worker_data_dir=env.optional("WORKER_DATA_DIR"),
             log_level=log_level,
         )
+        if settings.producer_linger_ms >= settings.gateway_publish_timeout * 1000:
+            # librdkafka refuses to start otherwise: a record would time out before its batch was sent
+            raise ConfigError(
+                f"PRODUCER_LINGER_MS: must be below GATEWAY_PUBLISH_TIMEOUT "
+                f"({settings.gateway_publish_timeout * 1000:g} ms), got {settings.producer_linger_ms}"
+            )
+        return settings
 
 
 class _Env:

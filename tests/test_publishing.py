@@ -124,3 +124,28 @@ def test_concurrent_publishes_share_produce_requests(broker: BrokerInfo) -> None
     requests, published = asyncio.run(run())
     print(f"{requests} produce requests for {published} concurrent publishes")
     assert 0 < requests <= published // 10, f"{requests} produce requests for {published} records"
+
+
+def test_a_full_batch_does_not_wait_out_the_linger(broker: BrokerInfo) -> None:
+    """With a linger of four minutes, records still go as soon as PRODUCER_BATCH_RECORDS of them share a batch."""
+    settings = Settings.from_env(
+        broker.env()
+        | {
+            "TOPIC_PREFIX": "full.",
+            "GATEWAY_PUBLISH_TIMEOUT": "300",
+            "PRODUCER_LINGER_MS": "240000",
+            "PRODUCER_BATCH_RECORDS": "4",
+        }
+    )
+    records = [to_record(encode(build_event("charge.succeeded", object_id="ch_full")), "full.", 0) for _ in range(8)]
+
+    async def run() -> None:
+        producer = AsyncProducer(librdkafka_config(settings), asyncio.get_running_loop())
+        try:
+            sends = (producer.send(r.topic, r.value, r.key, r.headers) for r in records)
+            # Two full batches of one partition: delivered long before the linger ends, or this times out.
+            await asyncio.wait_for(asyncio.gather(*sends), timeout=30)
+        finally:
+            await producer.close()
+
+    asyncio.run(run())

@@ -18,6 +18,7 @@ def test_defaults_match_the_design() -> None:
     assert (s.gateway_max_header_bytes, s.gateway_client_timeout) == (65_536, 10.0)
     assert (s.worker_web_port, s.state_store, s.kafka_enable_idempotence) == (6066, "memory://", True)
     assert (s.worker_web_bind, s.worker_web_host, s.log_level) == ("0.0.0.0", None, "INFO")
+    assert (s.producer_linger_ms, s.producer_max_batch_size, s.producer_batch_records) == (2, 1_048_576, 16)
     assert s.using_dev_secret
 
 
@@ -48,6 +49,8 @@ def test_secret_from_a_mounted_file(tmp_path: Path) -> None:
         ({"GATEWAY_MAX_HEADER_BYTES": "512"}, "GATEWAY_MAX_HEADER_BYTES"),
         ({"TOPIC_PREFIX": "bad prefix/"}, "TOPIC_PREFIX"),
         ({"LOG_LEVEL": "TRACE"}, "LOG_LEVEL"),
+        ({"PRODUCER_BATCH_RECORDS": "0"}, "PRODUCER_BATCH_RECORDS"),
+        ({"PRODUCER_LINGER_MS": "10000"}, "PRODUCER_LINGER_MS"),  # not below GATEWAY_PUBLISH_TIMEOUT (10 s)
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
