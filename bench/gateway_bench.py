@@ -1,4 +1,4 @@
-"""Gateway workload: hookstream's gateway, the HTTP ceiling and the naive gateway under wrk, in turn.
+"""Gateway workload: hookstream's gateway, the HTTP ceiling, the naive gateway and stock uvicorn under wrk, in turn.
 
 Each server is its own process on the same embedded broker. One signed ~3 KB event is the body of every request
 (re-signed before each measured run, so its timestamp stays well within the tolerance); 64 connections; after
@@ -149,10 +149,10 @@ def produce_bound(bootstrap: str, broker_pid: int, settings: Settings, topic_pre
 
 
 def run(bootstrap: str, broker_pid: int, settings: Settings, prefix: str) -> dict[str, Any]:
-    """Start the three servers, measure them and the durable bound in turn, then hookstream's gateway at half
+    """Start the four servers, measure them and the durable bound in turn, then hookstream's gateway at half
     its maximum rate."""
     body = gateway_body()
-    ports = {name: free_port() for name in ("hookstream", "ceiling", "naive")}
+    ports = {name: free_port() for name in ("hookstream", "ceiling", "naive", "stock")}
     gateway_env = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_ENABLE_IDEMPOTENCE": "false",
@@ -165,6 +165,7 @@ def run(bootstrap: str, broker_pid: int, settings: Settings, prefix: str) -> dic
     commands = {
         "hookstream": [PYTHON, "-m", "ops.cli", "gateway"],
         "ceiling": [PYTHON, "-m", "bench.ceiling", "--port", str(ports["ceiling"])],
+        "stock": [PYTHON, "-m", "bench.ceiling", "--port", str(ports["stock"]), "--stock"],
         "naive": [
             *(PYTHON, "-m", "bench.naive_gateway", "--port", str(ports["naive"]), "--bootstrap", bootstrap),
             *("--secret", SECRET, "--prefix", prefix + "naive."),

@@ -1,0 +1,98 @@
+"""The gateway's HTTP protocol sends each response in one write (gateway/protocol.py), driven in process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from bench.http_servers import app as no_work_app
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import CoalescingTransport, guarded_protocol
+from ops.settings import Settings
+
+REQUEST = b"POST /webhooks/stripe HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\n{}"
+
+
+class RecordingTransport(asyncio.Transport):
+    """A connection that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "written after close"
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _serve(requests: bytes, rounds: int = 20) -> RecordingTransport:
+    settings = Settings.from_env({})
+    protocol_class = guarded_protocol(settings, GatewayMetrics())
+    config = Config(app=no_work_app, lifespan="off", log_config=None, access_log=False)
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(requests)
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    return transport
+
+
+def test_a_response_goes_out_in_one_write() -> None:
+    transport = asyncio.run(_serve(REQUEST))
+    assert len(transport.writes) == 1, transport.writes
+    head, _, body = transport.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b'{"ok":true}'
+
+
+def test_pipelined_responses_keep_their_order() -> None:
+    transport = asyncio.run(_serve(REQUEST * 3))
+    sent = b"".join(transport.writes)
+    assert sent.count(b"HTTP/1.1 200 OK") == 3
+    assert sent.endswith(b'{"ok":true}')
+
+
+def test_close_sends_what_is_held_and_abort_drops_it() -> None:
+    async def run() -> tuple[RecordingTransport, RecordingTransport]:
+        loop = asyncio.get_running_loop()
+        closed, aborted = RecordingTransport(), RecordingTransport()
+        for transport in (closed, aborted):
+            coalescing = CoalescingTransport(transport, loop)
+            coalescing.write(b"head ")
+            coalescing.write(b"body")
+            assert transport.writes == []  # held until the loop's step is over
+            assert coalescing.get_write_buffer_size() == len(b"head body")
+            coalescing.close() if transport is closed else coalescing.abort()
+        await asyncio.sleep(0)  # the scheduled flush finds nothing left to send
+        return closed, aborted
+
+    closed, aborted = asyncio.run(run())
+    assert closed.writes == [b"head body"] and closed.closed
+    assert aborted.writes == [] and aborted.aborted
