@@ -68,7 +68,7 @@ class SignatureVerifier:
         # Every candidate is compared against every secret: no early exit reveals which secret or value matched.
         matched = False
         for key in self._keys:
-            expected = hmac.new(key, signed, hashlib.sha256).hexdigest().encode("ascii")
+            expected = hmac.digest(key, signed, "sha256").hex().encode("ascii")  # one-shot: OpenSSL's HMAC
             for candidate in signatures:
                 matched |= hmac.compare_digest(expected, candidate)
         if not matched:
