@@ -1,6 +1,7 @@
-"""Reference: the durable bound. The gateway's producer (librdkafka with the gateway's settings, the same record
-and key) with as many records in flight as wrk has connections, each re-sent as soon as the broker acknowledges
-it, and no HTTP at all.
+"""Reference: the durable bound. The gateway's producer (librdkafka with the settings the benchmark gives the
+gateway: its defaults, idempotence off as the embedded broker needs; the same record and key, so one partition,
+as wrk's requests) with as many records in flight as wrk has connections, each re-sent as soon as the broker
+acknowledges it, and no HTTP at all.
 
 A gateway that answers only after the broker's acknowledgement has at most one record in flight per connection,
 so on these connections no such gateway can carry more requests per second than this loop acknowledges records.

@@ -25,6 +25,7 @@ calls and two TCP segments, which were a third of the gateway's CPU per request 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, ClassVar, cast
 
 import msgspec
@@ -40,25 +41,39 @@ class CoalescingTransport:
     """A connection's transport whose writes within one step of the event loop go out as one write, just after it.
 
     uvicorn's response cycle writes the head and the body of a response in the same step; everything else (flow
-    control, addresses) is the transport's own. ``close`` sends what is held first.
+    control, addresses) is the transport's own. ``close`` sends what is held first, and so does ``flush`` (the
+    protocol calls it when the client half-closes, before the transport closes itself); a step that writes more
+    than ``MAX_HELD`` bytes sends them at once, so the transport's write back-pressure still applies.
     """
 
-    __slots__ = ("_held", "_loop", "_transport")
+    MAX_HELD = 65_536
+
+    __slots__ = ("_held", "_held_bytes", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
+        self._held_bytes = 0
 
     def write(self, data: bytes) -> None:
         if not self._held:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > self.MAX_HELD:
+            self.flush()
 
-    def _flush(self) -> None:
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Send what is held now."""
         held = self._held
         if held:
             self._held = []
+            self._held_bytes = 0
             if not self._transport.is_closing():
                 self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
@@ -66,21 +81,24 @@ class CoalescingTransport:
         return self._transport.is_closing()
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def abort(self) -> None:
         self._held = []
+        self._held_bytes = 0
         self._transport.abort()
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+        return self._transport.get_write_buffer_size() + self._held_bytes
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # our own slots, unset: not the transport's
+            raise AttributeError(name)
         return getattr(self._transport, name)
 
 
@@ -100,6 +118,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._deadline: asyncio.TimerHandle | None = None
+        self._coalescing: CoalescingTransport | None = None
         self._budget = self.max_header_bytes  # non-body bytes the current request may still send
         self._in_message = False  # between the first byte of a request and its last
         self._headers_done = False  # the current request has its cycle: the app runs it (or will, if pipelined)
@@ -107,8 +126,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
+        self._coalescing = CoalescingTransport(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, self._coalescing))
         self._arm()
+
+    def eof_received(self) -> None:
+        # The client half-closed: the transport closes itself when this returns, past the held bytes.
+        if self._coalescing is not None:
+            self._coalescing.flush()
+        super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

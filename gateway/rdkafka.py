@@ -11,11 +11,14 @@ bench/README.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 import confluent_kafka
 
 from ops.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Room for headers and framing on top of the largest body the gateway accepts.
 _RECORD_OVERHEAD = 64 * 1024
@@ -40,10 +43,11 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         "batch.size": settings.producer_max_batch_size,
         # A batch goes out once it holds this many records, without waiting out linger.ms: under load the batches
         # fill at once and the wait only added latency, which on a fixed number of connections caps throughput
-        # (bench/README.md: +40-50% requests/s at 64 connections). Bytes never fill a 1 MiB batch first.
+        # (bench/README.md: +40-50% requests/s at 64 connections). 16 Stripe events of usual size are far from
+        # filling a 1 MiB batch by bytes.
         "batch.num.messages": settings.producer_batch_records,
         "message.max.bytes": max(settings.producer_max_batch_size, settings.gateway_max_body_bytes + _RECORD_OVERHEAD),
-        "message.timeout.ms": int(settings.gateway_publish_timeout * 1000),
+        "message.timeout.ms": settings.gateway_publish_timeout_ms,
         "partitioner": "murmur2_random",  # Kafka's default partitioner: every client routes an id alike
         "socket.keepalive.enable": True,
         "log_level": 4,  # warnings and worse
@@ -87,9 +91,13 @@ class AsyncProducer:
 
     def _poll(self) -> None:
         """Serve the callbacks that are due (without blocking), resolve their futures, and poll again."""
-        self._producer.poll(0)
-        self._hand_over()
-        self._timer = self._loop.call_later(_BUSY_POLL if self._awaiting else _IDLE_POLL, self._poll)
+        try:
+            self._producer.poll(0)
+            self._hand_over()
+        except Exception:  # never stop polling: every later publish would wait for a report forever
+            log.exception("serving librdkafka's callbacks failed")
+        finally:
+            self._timer = self._loop.call_later(_BUSY_POLL if self._awaiting else _IDLE_POLL, self._poll)
 
     def _hand_over(self) -> None:
         if self._reports:

@@ -18,6 +18,7 @@ DEV_WEBHOOK_SECRET = "whsec_hookstream_local_development_secret"
 
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MAX_BATCH_RECORDS = 1_000_000  # librdkafka's batch.num.messages maximum
 
 
 class ConfigError(ValueError):
@@ -138,13 +139,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             worker_data_dir=env.optional("WORKER_DATA_DIR"),
             log_level=log_level,
         )
-        if settings.producer_linger_ms >= settings.gateway_publish_timeout * 1000:
+        if settings.gateway_publish_timeout_ms < 1:  # librdkafka reads 0 as "never time out"
+            timeout = settings.gateway_publish_timeout
+            raise ConfigError(f"GATEWAY_PUBLISH_TIMEOUT: must be at least 0.001, got {timeout}")
+        if settings.producer_linger_ms >= settings.gateway_publish_timeout_ms:
             # librdkafka refuses to start otherwise: a record would time out before its batch was sent
             raise ConfigError(
                 f"PRODUCER_LINGER_MS: must be below GATEWAY_PUBLISH_TIMEOUT "
-                f"({settings.gateway_publish_timeout * 1000:g} ms), got {settings.producer_linger_ms}"
+                f"({settings.gateway_publish_timeout_ms} ms), got {settings.producer_linger_ms}"
             )
+        if settings.producer_batch_records > _MAX_BATCH_RECORDS:
+            raise ConfigError(f"PRODUCER_BATCH_RECORDS: must be at most {_MAX_BATCH_RECORDS} (librdkafka's limit)")
         return settings
+
+    @property
+    def gateway_publish_timeout_ms(self) -> int:
+        """GATEWAY_PUBLISH_TIMEOUT as librdkafka's ``message.timeout.ms``."""
+        return int(self.gateway_publish_timeout * 1000)
 
 
 class _Env:

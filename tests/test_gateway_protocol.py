@@ -73,10 +73,42 @@ def test_a_response_goes_out_in_one_write() -> None:
 
 
 def test_pipelined_responses_keep_their_order() -> None:
-    transport = asyncio.run(_serve(REQUEST * 3))
-    sent = b"".join(transport.writes)
-    assert sent.count(b"HTTP/1.1 200 OK") == 3
-    assert sent.endswith(b'{"ok":true}')
+    (one,) = asyncio.run(_serve(REQUEST)).writes
+    assert b"".join(asyncio.run(_serve(REQUEST * 3)).writes) == one * 3  # each head followed by its body
+
+
+def test_held_bytes_go_out_when_the_client_half_closes() -> None:
+    """The transport closes itself after eof_received: what the protocol holds must be sent before that."""
+
+    async def run() -> RecordingTransport:
+        settings = Settings.from_env({})
+        config = Config(app=no_work_app, lifespan="off", log_config=None, access_log=False)
+        protocol = guarded_protocol(settings, GatewayMetrics())(
+            config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+        )
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        protocol.transport.write(b"an answer")
+        protocol.eof_received()
+        transport.close()  # what the event loop does when eof_received returns None
+        await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        return transport
+
+    assert asyncio.run(run()).writes == [b"an answer"]
+
+
+def test_a_large_write_is_not_held() -> None:
+    async def run() -> RecordingTransport:
+        transport = RecordingTransport()
+        coalescing = CoalescingTransport(transport, asyncio.get_running_loop())
+        coalescing.write(b"head")
+        coalescing.write(b"x" * (CoalescingTransport.MAX_HELD + 1))
+        assert transport.writes == [b"head" + b"x" * (CoalescingTransport.MAX_HELD + 1)]  # at once: back-pressure
+        await asyncio.sleep(0)
+        return transport
+
+    assert len(asyncio.run(run()).writes) == 1
 
 
 def test_close_sends_what_is_held_and_abort_drops_it() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 from typing import Any
 
@@ -149,3 +150,30 @@ def test_a_full_batch_does_not_wait_out_the_linger(broker: BrokerInfo) -> None:
             await producer.close()
 
     asyncio.run(run())
+
+
+def test_delivery_reports_keep_coming_after_a_callback_fails(
+    broker: BrokerInfo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that raises inside librdkafka's poll must not stop the polling: later publishes still complete."""
+    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "poll."})
+    failed = threading.Event()
+
+    def statistics_once(_raw: str) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("a broken callback")
+
+    config = librdkafka_config(settings) | {"statistics.interval.ms": 50, "stats_cb": statistics_once}
+    record = to_record(encode(build_event("charge.succeeded", object_id="ch_poll")), "poll.", 0)
+
+    async def run() -> None:
+        producer = AsyncProducer(config, asyncio.get_running_loop())
+        try:
+            assert await asyncio.to_thread(failed.wait, 30)  # the failing callback has run inside a poll
+            await asyncio.wait_for(producer.send(record.topic, record.value, record.key, record.headers), timeout=30)
+        finally:
+            await producer.close()
+
+    asyncio.run(run())
+    assert "serving librdkafka's callbacks failed" in caplog.text

@@ -51,6 +51,8 @@ def test_secret_from_a_mounted_file(tmp_path: Path) -> None:
         ({"LOG_LEVEL": "TRACE"}, "LOG_LEVEL"),
         ({"PRODUCER_BATCH_RECORDS": "0"}, "PRODUCER_BATCH_RECORDS"),
         ({"PRODUCER_LINGER_MS": "10000"}, "PRODUCER_LINGER_MS"),  # not below GATEWAY_PUBLISH_TIMEOUT (10 s)
+        ({"PRODUCER_BATCH_RECORDS": "1000001"}, "PRODUCER_BATCH_RECORDS"),
+        ({"GATEWAY_PUBLISH_TIMEOUT": "0.0005", "PRODUCER_LINGER_MS": "0"}, "GATEWAY_PUBLISH_TIMEOUT"),  # 0 ms: never
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
