@@ -55,7 +55,8 @@ async def app(
 
 
 def serve_uvicorn(port: int) -> None:
-    """Serve the raw ASGI app on uvicorn with httptools and uvloop, as gateway/server.py does."""
+    """Serve the raw ASGI app on stock uvicorn with httptools and uvloop (the gateway's server adds
+    gateway/protocol.py and its settings: ``gateway.server.server_config``)."""
     import uvicorn
 
     uvicorn.run(

@@ -1,9 +1,10 @@
 """Baseline: the naive gateway, as written from the Stripe and aiokafka tutorials.
 
-Same HTTP stack as hookstream's gateway (uvicorn + httptools + uvloop, raw ASGI), ``stripe.Webhook.construct_event``
-to verify and parse, then one ``await producer.send_and_wait(...)`` per request on one shared aiokafka producer
-(acks=all, the gateway's linger and batch size; no idempotence, which the embedded broker lacks). Topic and key
-as hookstream routes them: ``<prefix><data.object.object>``, key ``data.object.id``.
+Stock uvicorn + httptools + uvloop (the gateway's stack without its protocol subclass), raw ASGI,
+``stripe.Webhook.construct_event`` to verify and parse, then one ``await producer.send_and_wait(...)`` per
+request on one shared aiokafka producer (acks=all, the gateway's linger and batch size; no idempotence, which the
+embedded broker lacks). Topic and key as hookstream routes them: ``<prefix><data.object.object>``, key
+``data.object.id``.
 
     python -m bench.naive_gateway --port N --bootstrap HOST:PORT --secret whsec_... --prefix bench.naive.
 """

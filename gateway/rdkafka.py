@@ -43,7 +43,7 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         "batch.size": settings.producer_max_batch_size,
         # A batch goes out once it holds this many records, without waiting out linger.ms: under load the batches
         # fill at once and the wait only added latency, which on a fixed number of connections caps throughput
-        # (bench/README.md: +40-50% requests/s at 64 connections). 16 Stripe events of usual size are far from
+        # (bench/README.md, "Gateway, second round"). 16 Stripe events of usual size are far from
         # filling a 1 MiB batch by bytes.
         "batch.num.messages": settings.producer_batch_records,
         "message.max.bytes": max(settings.producer_max_batch_size, settings.gateway_max_body_bytes + _RECORD_OVERHEAD),
