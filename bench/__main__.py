@@ -59,6 +59,7 @@ FULL = Mode(
         io_objects=1_000,
         memory_objects=1_000_000,
         idle_seconds=30,
+        rounds=3,
     ),
 )
 
@@ -78,6 +79,11 @@ class Row:
 def ratio(a: float, b: float) -> float:
     """a / b, or 0 when b is 0."""
     return a / b if b else 0.0
+
+
+def _of_rounds(workload: dict[str, Any]) -> str:
+    rounds = len(workload["hookstream"]["runs"])
+    return f", median of {rounds}" if rounds > 1 else ""
 
 
 def summarise(raw: dict[str, Any], mode: Mode) -> tuple[dict[str, Any], list[Row]]:
@@ -171,7 +177,7 @@ def summarise(raw: dict[str, Any], mode: Mode) -> tuple[dict[str, Any], list[Row
         }
         rows += [
             Row(
-                f"stream cpu ev/s vs naive Faust ({cpu['events']:,} ev)",
+                f"stream cpu ev/s vs naive Faust ({cpu['events']:,} ev{_of_rounds(cpu)})",
                 f"{hs:,.0f}",
                 f"{faust:,.0f}",
                 f"{ratio(hs, faust):.1f}x",
@@ -204,7 +210,7 @@ def summarise(raw: dict[str, Any], mode: Mode) -> tuple[dict[str, Any], list[Row
         }
         rows += [
             Row(
-                f"stream io (5 ms) ev/s vs sequential ({io['events']:,} ev)",
+                f"stream io (5 ms) ev/s vs sequential ({io['events']:,} ev{_of_rounds(io)})",
                 f"{hs:,.0f}",
                 f"{seq:,.0f}",
                 f"{ratio(hs, seq):.1f}x",

@@ -9,6 +9,7 @@ moment its own metrics say every event is finished (``hookstream_events_processe
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 import time
 import uuid
@@ -46,6 +47,7 @@ class Sizes:
     io_objects: int
     memory_objects: int
     idle_seconds: float
+    rounds: int = 1  # of the CPU- and I/O-bound workloads, each round every contender in turn; medians reported
 
 
 @contextlib.contextmanager
@@ -141,8 +143,14 @@ def faust_count(proc: Child) -> float:
     return float(msgspec.json.decode(body)["applied"]) if status == 200 else 0.0
 
 
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median rate over rounds, with every round's numbers."""
+    return {"events_per_s": statistics.median(run["events_per_s"] for run in runs), "runs": runs}
+
+
 def cpu_bound(bootstrap: str, prefix: str, sizes: Sizes) -> dict[str, Any]:
-    """CPU-bound: hookstream worker vs naive Faust vs raw consume over the same charge events."""
+    """CPU-bound: hookstream worker vs naive Faust vs raw consume over the same charge events, round after round
+    (each worker a fresh consumer group reading from the beginning)."""
     prefix = prefix + "cpu."
     topic = prefix + "charge"
     n, objects = sizes.cpu_events, sizes.cpu_objects
@@ -150,26 +158,29 @@ def cpu_bound(bootstrap: str, prefix: str, sizes: Sizes) -> dict[str, Any]:
     publish(bootstrap, charge_records(prefix, n, objects, id_tag="chcpu"))
     print(f"  stream cpu: published {n} events over {objects} ids in {time.monotonic() - start:.1f}s", flush=True)
     timeout = max(120.0, n / 200)
-    results: dict[str, Any] = {"events": n, "objects": objects}
-    with hookstream_worker(bootstrap, prefix, "bench.handlers_cpu") as worker:
-        results["hookstream"] = time_until(worker, hookstream_count, n, timeout)
-        outcomes = processed(worker)
-        results["hookstream"]["outcomes"] = outcomes
-        results["hookstream"]["state_check"] = check_cpu_state(worker, objects, n)
-    print(f"  stream cpu: hookstream  {results['hookstream']['events_per_s']:>9.0f} events/s", flush=True)
-    with naive_faust_worker(bootstrap, topic) as faust_proc:
-        results["naive_faust"] = time_until(faust_proc, faust_count, n, max(300.0, n / 200))
-        results["naive_faust"]["count_page"] = msgspec.json.decode(faust_proc.get("/bench/count")[1])
-    print(f"  stream cpu: naive faust {results['naive_faust']['events_per_s']:>9.0f} events/s", flush=True)
-    raw = run_json_child(
-        "raw consume",
-        [PYTHON, "-m", "bench.raw_consume", "--bootstrap", bootstrap, "--topic", topic, "--expected", str(n)],
-        {},
-        timeout=timeout,
-    )
-    raw["events_per_s"] = raw["count"] / raw["elapsed_s"]
-    results["raw_consume"] = raw
-    print(f"  stream cpu: raw consume {raw['events_per_s']:>9.0f} records/s", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {"hookstream": [], "naive_faust": [], "raw_consume": []}
+    for round_ in range(1, sizes.rounds + 1):
+        with hookstream_worker(bootstrap, prefix, "bench.handlers_cpu") as worker:
+            run = time_until(worker, hookstream_count, n, timeout)
+            run["outcomes"] = processed(worker)
+            run["state_check"] = check_cpu_state(worker, objects, n)
+            runs["hookstream"].append(run)
+        with naive_faust_worker(bootstrap, topic) as faust_proc:
+            run = time_until(faust_proc, faust_count, n, max(300.0, n / 200))
+            run["count_page"] = msgspec.json.decode(faust_proc.get("/bench/count")[1])
+            runs["naive_faust"].append(run)
+        command = [PYTHON, "-m", "bench.raw_consume", "--bootstrap", bootstrap, "--topic", topic, "--expected", str(n)]
+        raw = run_json_child("raw consume", command, {}, timeout=timeout)
+        raw["events_per_s"] = raw["count"] / raw["elapsed_s"]
+        runs["raw_consume"].append(raw)
+        print(
+            f"  stream cpu round {round_}: hookstream {runs['hookstream'][-1]['events_per_s']:>7.0f} events/s, "
+            f"naive faust {runs['naive_faust'][-1]['events_per_s']:>6.0f}, raw consume {raw['events_per_s']:>7.0f}",
+            flush=True,
+        )
+    results: dict[str, Any] = {"events": n, "objects": objects, **{name: medians(r) for name, r in runs.items()}}
+    checks = [run["state_check"] for run in runs["hookstream"]]
+    results["hookstream"]["state_check"] = {"ok": all(check["ok"] for check in checks), "runs": checks}
     return results
 
 
@@ -194,25 +205,30 @@ def io_bound(bootstrap: str, prefix: str, sizes: Sizes) -> dict[str, Any]:
     n, objects = sizes.io_events, sizes.io_objects
     publish(bootstrap, charge_records(prefix, n, objects, id_tag="chio"))
     print(f"  stream io: published {n} events over {objects} ids", flush=True)
+    hookstream_runs: list[dict[str, Any]] = []
+    sequential_runs: list[dict[str, Any]] = []
+    for round_ in range(1, sizes.rounds + 1):
+        with hookstream_worker(bootstrap, prefix, "bench.handlers_io", BENCH_IO_MS="5") as worker:
+            run = time_until(worker, hookstream_count, n, max(120.0, n / 100))
+            run["outcomes"] = processed(worker)
+            run.update(check_io_state(worker, objects, n))
+            hookstream_runs.append(run)
+        command = [PYTHON, "-m", "bench.sequential", "--bootstrap", bootstrap, "--topic", topic, "--expected", str(n)]
+        sequential = run_json_child("sequential", command, {}, timeout=max(120.0, n / 50))
+        sequential["events_per_s"] = sequential["count"] / sequential["elapsed_s"]
+        sequential_runs.append(sequential)
+        print(
+            f"  stream io round {round_}: hookstream {run['events_per_s']:>7.0f} events/s (order violations "
+            f"{run['order_violations']}), sequential {sequential['events_per_s']:>6.0f} (order violations "
+            f"{sequential['order_violations']})",
+            flush=True,
+        )
     results: dict[str, Any] = {"events": n, "objects": objects, "io_ms": 5}
-    with hookstream_worker(bootstrap, prefix, "bench.handlers_io", BENCH_IO_MS="5") as worker:
-        results["hookstream"] = time_until(worker, hookstream_count, n, max(120.0, n / 100))
-        results["hookstream"]["outcomes"] = processed(worker)
-        results["hookstream"].update(check_io_state(worker, objects, n))
-    print(
-        f"  stream io: hookstream {results['hookstream']['events_per_s']:>9.0f} events/s, "
-        f"order violations {results['hookstream']['order_violations']}",
-        flush=True,
-    )
-    command = [PYTHON, "-m", "bench.sequential", "--bootstrap", bootstrap, "--topic", topic, "--expected", str(n)]
-    sequential = run_json_child("sequential", command, {}, timeout=max(120.0, n / 50))
-    sequential["events_per_s"] = sequential["count"] / sequential["elapsed_s"]
-    results["sequential"] = sequential
-    print(
-        f"  stream io: sequential {sequential['events_per_s']:>9.0f} events/s, "
-        f"order violations {sequential['order_violations']}",
-        flush=True,
-    )
+    results["hookstream"] = medians(hookstream_runs)
+    for key in ("order_violations", "overlaps", "incomplete_objects"):  # over every round: any one counts
+        results["hookstream"][key] = sum(run[key] for run in hookstream_runs)
+    results["sequential"] = medians(sequential_runs)
+    results["sequential"]["order_violations"] = sum(run["order_violations"] for run in sequential_runs)
     return results
 
 
