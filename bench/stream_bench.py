@@ -34,7 +34,8 @@ from bench.common import (
 from ops.dev import EMBEDDED_BROKER_ENV
 from ops.process import free_port
 
-POLL = 0.1
+#: Seconds between polls of a worker's count: each scrape costs the worker CPU; an end between polls is interpolated.
+POLL = 0.2
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 An actor is a deque and a task that exist only while an item of the key is waiting (on I/O, a retry), so idle
 keys cost nothing and memory stays bounded however many distinct keys pass; an item that never waits runs
-without either. A semaphore bounds the items in flight across all keys:
-``submit`` waits when it is exhausted, and so the caller (the stream) stops pulling from Kafka.
+without either. A count bounds the items in flight across all keys: ``submit`` waits while it is at the bound,
+and so the caller (the stream) stops pulling from Kafka. (A plain count, not an ``asyncio.Semaphore``: its
+``acquire`` cost a coroutine and a scan of its waiters per event, ~3% of a worker's time.)
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class ActorPool(Generic[T]):
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self._process = process
-        self._slots = asyncio.Semaphore(max_inflight)
+        self._inflight = 0
         self._max_inflight = max_inflight
+        self._room: list[asyncio.Future[None]] = []  # submitters waiting for an item to finish
         self._actors: dict[Hashable, deque[T]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -37,7 +39,7 @@ class ActorPool(Generic[T]):
     @property
     def inflight(self) -> int:
         """Items submitted and not yet finished."""
-        return self._max_inflight - self._slots._value
+        return self._inflight
 
     @property
     def active_actors(self) -> int:
@@ -49,7 +51,15 @@ class ActorPool(Generic[T]):
         An item whose key is idle starts at once (eagerly, in the caller): if it finishes without waiting, no
         actor is created at all. Only an item that waits gets a task, and later items of its key queue behind it.
         """
-        await self._slots.acquire()
+        while self._inflight >= self._max_inflight:
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._room.append(room)
+            try:
+                await room
+            finally:
+                if room in self._room:  # cancelled while waiting
+                    self._room.remove(room)
+        self._inflight += 1
         queue = self._actors.get(key)
         if queue is not None:
             queue.append(item)
@@ -61,7 +71,7 @@ class ActorPool(Generic[T]):
             _unexpected(key, exc)
             done, rest = True, None
         if done:
-            self._slots.release()
+            self._release()
             return
         assert isinstance(rest, eager.Resume)
         queue = self._actors[key] = deque()
@@ -98,7 +108,15 @@ class ActorPool(Generic[T]):
         except Exception as exc:  # process() handles its own failures; this is a last line of defence
             _unexpected(key, exc)
         finally:
-            self._slots.release()
+            self._release()
+
+    def _release(self) -> None:
+        self._inflight -= 1
+        if self._room:  # every waiting submitter checks again (there are one or two: the stream's loops)
+            room, self._room = self._room, []
+            for waiter in room:
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 def _unexpected(key: Hashable, error: Exception) -> None:

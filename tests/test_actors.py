@@ -67,6 +67,29 @@ def test_submit_waits_when_the_bound_is_reached() -> None:
     assert blocked and empty
 
 
+def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
+    async def run() -> tuple[int, int]:
+        release = asyncio.Event()
+
+        async def process(item: int) -> None:
+            await release.wait()
+
+        pool: ActorPool[int] = ActorPool(process, max_inflight=1)
+        await pool.submit("a", 1)
+        waiting = asyncio.create_task(pool.submit("b", 2))
+        await asyncio.sleep(0.01)
+        waiting.cancel()  # e.g. a rebalance stops the stream
+        await asyncio.gather(waiting, return_exceptions=True)
+        during = pool.inflight
+        release.set()
+        await pool.drain()
+        await asyncio.wait_for(pool.submit("c", 3), 1)  # the slot came back
+        await pool.drain()
+        return during, pool.inflight
+
+    assert asyncio.run(run()) == (1, 0)
+
+
 def test_an_exception_does_not_stop_the_key_and_its_message_stays_out_of_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
