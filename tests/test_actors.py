@@ -45,14 +45,19 @@ def test_order_per_key_concurrency_across_keys_and_bound() -> None:
     assert active == 0  # idle actors are gone
 
 
+def _held_pool(max_inflight: int) -> tuple[ActorPool[int], asyncio.Event]:
+    """A pool whose items all wait until the event is set."""
+    release = asyncio.Event()
+
+    async def process(item: int) -> None:
+        await release.wait()
+
+    return ActorPool(process, max_inflight=max_inflight), release
+
+
 def test_submit_waits_when_the_bound_is_reached() -> None:
     async def run() -> tuple[bool, bool]:
-        release = asyncio.Event()
-
-        async def process(item: int) -> None:
-            await release.wait()
-
-        pool: ActorPool[int] = ActorPool(process, max_inflight=2)
+        pool, release = _held_pool(max_inflight=2)
         await pool.submit("a", 1)
         await pool.submit("b", 2)
         third = asyncio.create_task(pool.submit("c", 3))
@@ -69,12 +74,7 @@ def test_submit_waits_when_the_bound_is_reached() -> None:
 
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
     async def run() -> tuple[int, int]:
-        release = asyncio.Event()
-
-        async def process(item: int) -> None:
-            await release.wait()
-
-        pool: ActorPool[int] = ActorPool(process, max_inflight=1)
+        pool, release = _held_pool(max_inflight=1)
         await pool.submit("a", 1)
         waiting = asyncio.create_task(pool.submit("b", 2))
         await asyncio.sleep(0.01)
