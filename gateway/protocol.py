@@ -118,7 +118,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._deadline: asyncio.TimerHandle | None = None
-        self._coalescing: CoalescingTransport | None = None
         self._budget = self.max_header_bytes  # non-body bytes the current request may still send
         self._in_message = False  # between the first byte of a request and its last
         self._headers_done = False  # the current request has its cycle: the app runs it (or will, if pipelined)
@@ -126,14 +125,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._coalescing = CoalescingTransport(transport, self.loop)
-        super().connection_made(cast(asyncio.Transport, self._coalescing))
+        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
         self._arm()
 
     def eof_received(self) -> None:
         # The client half-closed: the transport closes itself when this returns, past the held bytes.
-        if self._coalescing is not None:
-            self._coalescing.flush()
+        cast(CoalescingTransport, self.transport).flush()
         super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -18,7 +18,6 @@ DEV_WEBHOOK_SECRET = "whsec_hookstream_local_development_secret"
 
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_MAX_BATCH_RECORDS = 1_000_000  # librdkafka's batch.num.messages maximum
 
 
 class ConfigError(ValueError):
@@ -115,7 +114,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gateway_retry_after=env.integer("GATEWAY_RETRY_AFTER", 5, minimum=0),
             producer_linger_ms=env.integer("PRODUCER_LINGER_MS", 2, minimum=0),
             producer_max_batch_size=env.integer("PRODUCER_MAX_BATCH_SIZE", 1_048_576, minimum=1),
-            producer_batch_records=env.integer("PRODUCER_BATCH_RECORDS", 16, minimum=1),
+            producer_batch_records=env.integer("PRODUCER_BATCH_RECORDS", 16, minimum=1, maximum=1_000_000),
             topic_prefix=prefix,
             topic_partitions=env.integer("TOPIC_PARTITIONS", 8, minimum=1),
             topic_replication_factor=env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1),
@@ -148,8 +147,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"PRODUCER_LINGER_MS: must be below GATEWAY_PUBLISH_TIMEOUT "
                 f"({settings.gateway_publish_timeout_ms} ms), got {settings.producer_linger_ms}"
             )
-        if settings.producer_batch_records > _MAX_BATCH_RECORDS:
-            raise ConfigError(f"PRODUCER_BATCH_RECORDS: must be at most {_MAX_BATCH_RECORDS} (librdkafka's limit)")
         return settings
 
     @property
@@ -179,7 +176,7 @@ class _Env:
         value = self.optional(name)
         return default if value is None else value
 
-    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
         raw = self.optional(name)
         if raw is None:
             return default
@@ -189,6 +186,8 @@ class _Env:
             raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
         if minimum is not None and value < minimum:
             raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name}: must be at most {maximum}, got {value}")
         return value
 
     def seconds(self, name: str, default: float) -> float:

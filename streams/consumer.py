@@ -167,9 +167,11 @@ class BatchingConsumer(AIOKafkaConsumer):
             if read_offset is not None and offset < read_offset:
                 continue  # already seen (Faust drops these too)
             message = to_message(tp, record)
-            await self._follow(tp, message, read_offset)  # may yield (Faust's gap bookkeeping)
-            if message.generation_id != self.app.consumer_generation_id:
-                return  # a rebalance began meanwhile: its seek decides where reading resumes, not this fetch
+            gap = self._follow(tp, offset, read_offset)
+            if gap is not None:
+                await self._add_gap(tp, gap, offset - 1)  # may yield: the only point a rebalance can begin
+                if message.generation_id != self.app.consumer_generation_id:
+                    return  # a rebalance began meanwhile: its seek decides where reading resumes, not this fetch
             message.tracked = True
             unacked_add(message)  # pending ack: graceful shutdown and rebalances wait for it
             batch.append(message)
@@ -183,21 +185,21 @@ class BatchingConsumer(AIOKafkaConsumer):
             if read_offset is not None and record.offset < read_offset:
                 continue
             message = self._to_message(tp, record)
-            await self._follow(tp, message, read_offset)
+            gap = self._follow(tp, message.offset, read_offset)
+            if gap is not None:
+                await self._add_gap(tp, gap, message.offset - 1)
             await self.wait_first(self.callback(message), self.suspend_flow.wait())
             self._read_offset[tp] = message.offset
 
-    async def _follow(self, tp: TP, message: Message, read_offset: int | None) -> None:
-        """Keep the commit rule's bookkeeping for a record read after ``read_offset``: the partition's commit
-        base, or Faust's gap when the broker skipped offsets."""
-        offset = message.offset
+    def _follow(self, tp: TP, offset: int, read_offset: int | None) -> int | None:
+        """Keep the commit rule's bookkeeping for a record at ``offset`` read after ``read_offset``: the first record
+        of the current assignment is the partition's commit base. Returns the first offset the broker skipped
+        before this one, if any (Faust's gap, for the caller to add), else None."""
         if tp not in self._commit_bases:
-            # the first record fetched for the current assignment: commits start here (a record fetched before
-            # the last rebalance is dropped unprocessed and says nothing)
-            if message.generation_id == self.app.consumer_generation_id:
-                self._commit_bases[tp] = offset
+            self._commit_bases[tp] = offset
         elif read_offset is not None and offset - read_offset > 1 and self.app.topics.acks_enabled_for(tp.topic):
-            await self._add_gap(tp, read_offset + 1, offset - 1)  # the offsets between, not this one
+            return read_offset + 1
+        return None
 
 
 async def fetched_high_watermarks(

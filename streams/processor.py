@@ -132,19 +132,19 @@ class EventProcessor:
         record that did not come through the gateway). BadRecord if it is not an event, or its object does not
         fit its own handler's model."""
         registration = self._registry.get(header_type)
-        model = registration.model if registration is not None else None
+        model = decoded_as = registration.model if registration is not None else None
         try:
             event = decode_event(value, self._max_value_bytes, model)
         except BadRecord:
             if model is None:
                 raise
-            event = decode_event(value, self._max_value_bytes)  # to learn its own type
+            event, decoded_as = decode_event(value, self._max_value_bytes), None  # to learn its own type
             if event.type == header_type:
                 raise  # its own handler's model does not fit it
         if event.type != header_type:
             registration = self._registry.get(event.type)
             wanted = registration.model if registration is not None else None
-            if wanted is not None or model is not None:
+            if wanted is not decoded_as:  # decoded into something else than its own handler reads
                 event = decode_event(value, self._max_value_bytes, wanted)
         return event, registration
 

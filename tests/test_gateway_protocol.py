@@ -10,7 +10,7 @@ from uvicorn.server import ServerState
 
 from bench.http_servers import app as no_work_app
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import CoalescingTransport, guarded_protocol
+from gateway.protocol import CoalescingTransport, GuardedHttpToolsProtocol, guarded_protocol
 from ops.settings import Settings
 
 REQUEST = b"POST /webhooks/stripe HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\n{}"
@@ -51,13 +51,19 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
-async def _serve(requests: bytes, rounds: int = 20) -> RecordingTransport:
-    settings = Settings.from_env({})
-    protocol_class = guarded_protocol(settings, GatewayMetrics())
+def _connected(transport: RecordingTransport) -> GuardedHttpToolsProtocol:
+    """The gateway's protocol, serving the no-work app, connected to ``transport`` (call in a running loop)."""
     config = Config(app=no_work_app, lifespan="off", log_config=None, access_log=False)
-    protocol = protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
-    transport = RecordingTransport()
+    protocol = guarded_protocol(Settings.from_env({}), GatewayMetrics())(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
     protocol.connection_made(transport)
+    return protocol
+
+
+async def _serve(requests: bytes, rounds: int = 20) -> RecordingTransport:
+    transport = RecordingTransport()
+    protocol = _connected(transport)
     protocol.data_received(requests)
     for _ in range(rounds):
         await asyncio.sleep(0)
@@ -81,13 +87,8 @@ def test_held_bytes_go_out_when_the_client_half_closes() -> None:
     """The transport closes itself after eof_received: what the protocol holds must be sent before that."""
 
     async def run() -> RecordingTransport:
-        settings = Settings.from_env({})
-        config = Config(app=no_work_app, lifespan="off", log_config=None, access_log=False)
-        protocol = guarded_protocol(settings, GatewayMetrics())(
-            config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
-        )
         transport = RecordingTransport()
-        protocol.connection_made(transport)
+        protocol = _connected(transport)
         protocol.transport.write(b"an answer")
         protocol.eof_received()
         transport.close()  # what the event loop does when eof_received returns None
