@@ -19,7 +19,7 @@ Both answers are counted in ``hookstream_gateway_requests_total``, like uvicorn'
 not HTTP.
 
 It also sends each response in one write: uvicorn writes a response's head and its body separately, two system
-calls and two TCP segments, which were a third of the gateway's CPU per request (py-spy, bench/README.md).
+calls and two TCP segments, which were about a third of the gateway's main-thread samples (py-spy, bench/README.md).
 """
 
 from __future__ import annotations
