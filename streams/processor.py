@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from ops.logs import described, stack
 from streams import eager
 from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header
+from streams.deadlines import Deadlines
 from streams.events import BadRecord, StripeEvent, decode_event, object_field
 from streams.metrics import WorkerMetrics
 from streams.registry import Context, HandlerRegistry, Registration
@@ -83,6 +84,7 @@ class EventProcessor:
         self._retry = retry
         self._metrics = metrics
         self._max_value_bytes = max_value_bytes
+        self._deadlines = Deadlines(retry.timeout)
 
     async def process(self, record: Record) -> Outcome:
         """Finish ``record`` one way or another and say how."""
@@ -175,8 +177,15 @@ class EventProcessor:
             try:
                 _, rest = eager.start(registration.handler(event, context))
                 if isinstance(rest, eager.Resume):  # the handler waits (I/O): only then does it need a deadline
-                    async with asyncio.timeout(retry.timeout):
+                    self._deadlines.watch(rest)
+                    try:
                         await rest
+                    except asyncio.CancelledError:
+                        if self._deadlines.forget(rest) and not _cancelled_from_outside():
+                            raise TimeoutError(f"the handler took longer than {retry.timeout:g}s") from None
+                        raise
+                    finally:
+                        self._deadlines.forget(rest)
             except Exception as exc:
                 failure = exc
             self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)
@@ -225,6 +234,12 @@ class EventProcessor:
                 log.warning("cannot write to %s (%r); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+def _cancelled_from_outside() -> bool:
+    """True if the current task is being cancelled (shutdown, rebalance): that cancellation must go on."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:

@@ -344,8 +344,9 @@ def charge(
     event_id: str | None = None,
     fail: bool = False,
     event_type: str = "charge.updated",
+    hang: bool = False,
 ) -> Record:
-    metadata = {"seq": str(seq)} | ({"fail": "true"} if fail else {})
+    metadata = {"seq": str(seq)} | ({"fail": "true"} if fail else {}) | ({"hang": "true"} if hang else {})
     event = build_event(
         event_type,
         object_id=object_id,

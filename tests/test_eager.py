@@ -88,3 +88,32 @@ def test_a_timeout_reaches_the_waiting_coroutine() -> None:
         return seen
 
     assert asyncio.run(run()) == ["cancelled inside"]
+
+
+def test_cancel_interrupts_the_coroutine_where_it_waits_in_the_task_that_awaits_it() -> None:
+    async def run() -> list[str]:
+        seen: list[str] = []
+
+        async def waits(name: str, bare: bool) -> None:
+            try:
+                while True:
+                    await (asyncio.sleep(0) if bare else asyncio.sleep(3600))
+            except asyncio.CancelledError:
+                seen.append(f"{name} cancelled inside")
+                raise
+
+        for name, bare in (("on a future", False), ("on bare yields", True)):
+            _, rest = eager.start(waits(name, bare))
+            assert isinstance(rest, eager.Resume)
+            task = asyncio.create_task(_await_none(rest))  # continues in another task than the one that started it
+            await asyncio.sleep(0.01)
+            rest.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return seen
+
+    assert asyncio.run(run()) == ["on a future cancelled inside", "on bare yields cancelled inside"]
+
+
+async def _await_none(rest: eager.Resume[None]) -> None:
+    await rest

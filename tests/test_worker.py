@@ -205,6 +205,39 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
         assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed once
 
 
+def test_a_handler_that_hangs_is_timed_out_dead_lettered_and_the_worker_consumes_on(
+    broker: BrokerInfo, tmp_path: Path
+) -> None:
+    """A handler waiting forever fails each attempt after HANDLER_TIMEOUT and is dead-lettered; the worker goes on
+    consuming (the deadline once cancelled the consumer's fetch loop instead of the handler)."""
+    app_id, prefix = unique("hang")
+    hanging = charge(prefix, "ch_hangs", 0, BASE, hang=True)
+    first = [hanging] + [charge(prefix, f"ch_{i}", 0, BASE) for i in range(10)]
+    produce(broker.bootstrap_servers, first)
+    env = {"HANDLER_TIMEOUT": "0.5", "HANDLER_MAX_ATTEMPTS": "2", "HANDLER_RETRY_BACKOFF": "0.05"}
+    with start_worker(broker, app_id, prefix, HOOKSTREAM_TEST_LOG=str(tmp_path / "handlers.log"), **env) as worker:
+        wait_for(
+            lambda: worker.metric_sum("hookstream_events_processed_total", outcome="dead_lettered") == 1,
+            60,
+            "the hanging event dead-lettered",
+        )
+        (letter,) = consume(broker.bootstrap_servers, [prefix + "dlq"], 1)
+        headers = {k: v.decode() for k, v in letter.headers}
+        assert headers["error-type"] == "TimeoutError" and headers["attempts"] == "2"
+        assert letter.value == hanging.value
+        assert (tmp_path / "handlers.log").read_text().count("hang ") == 2  # each attempt reached the handler
+
+        produce(broker.bootstrap_servers, [charge(prefix, f"ch_{i}", 1, BASE + 1) for i in range(10)])
+        wait_for(
+            lambda: worker.metric_sum("hookstream_events_processed_total", outcome="ok") == 20,
+            60,
+            "events published after the timeout applied",
+        )
+        for i in range(10):
+            state = worker.state(f"ch_{i}")
+            assert state is not None and state["fields"]["seqs"] == [0, 1]
+
+
 def test_worker_killed_mid_stream_loses_nothing(broker: BrokerInfo, tmp_path: Path) -> None:
     app_id, prefix = unique("crash")
     objects, per_object = 100, 30

@@ -4,7 +4,8 @@ Loaded by workers through HOOKSTREAM_HANDLERS=tests.handlers.recording (instead 
 They write one line per handler start and end to the file named by HOOKSTREAM_TEST_LOG (appends of short
 lines are atomic), so a test can check order per object and overlap across objects from the handlers' own
 record, not from timing.
-Events whose object has ``metadata.fail == "true"`` fail until the file named by HOOKSTREAM_TEST_FIXED exists.
+Events whose object has ``metadata.fail == "true"`` fail until the file named by HOOKSTREAM_TEST_FIXED exists;
+those with ``metadata.hang == "true"`` wait an hour (for HANDLER_TIMEOUT).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ async def record_charge(event: StripeEvent, ctx: Context) -> None:
     if obj.get("metadata", {}).get("fail") == "true" and not _fixed():
         _write(f"fail {_pid} {obj['id']} {seq} {event.id}")
         raise RuntimeError(f"poison event {event.id}")
+    if obj.get("metadata", {}).get("hang") == "true":
+        _write(f"hang {_pid} {obj['id']} {seq} {event.id}")
+        await asyncio.sleep(3600)
     await asyncio.sleep(random.random() * _max_delay)
     ctx.fields["seqs"] = [*ctx.fields.get("seqs", []), seq]
     ctx.fields["amount"] = obj.get("amount")
