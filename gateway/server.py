@@ -41,6 +41,8 @@ def server_config(app: Callable[..., Any], settings: Settings, metrics: GatewayM
         # No WebSocket upgrades: the gateway has no WebSocket route, and an installed websockets package would
         # otherwise hand such connections to a protocol without these limits.
         ws="none",
+        # The gateway reads no client address, so uvicorn's X-Forwarded-For middleware would only cost time.
+        proxy_headers=False,
         lifespan="on",
         access_log=False,
         log_config=None,
