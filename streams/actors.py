@@ -66,7 +66,7 @@ class ActorPool(Generic[T]):
             return
         rest: eager.Resume[None] | None
         try:
-            done, rest = eager.start(self._process(item))
+            done, rest = eager.start(self._process(item), eager.EagerTask(key))
         except Exception as exc:  # process() handles its own failures; this is a last line of defence
             _unexpected(key, exc)
             done, rest = True, None

@@ -155,10 +155,8 @@ async def _finish(message: Message) -> None:
         return
     current = _Current(message)
     _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
-    try:
-        await processor.process(message)
-    finally:
-        app.consumer.ack(message)
+    await processor.process(message)  # never raises, but is cancelled when the worker stops (ActorPool.cancel):
+    app.consumer.ack(message)  # then it stays unacknowledged, so uncommitted, and is processed again on restart
 
 
 @app.agent(source)  # type: ignore[arg-type]  # Faust types agents over StreamT, which lacks noack()

@@ -25,12 +25,14 @@ class Deadlines:
         self._waiting: dict[Resume[Any], float] = {}  # in order of deadline: all have the same timeout
         self._expired: set[Resume[Any]] = set()  # cancelled by the check, not forgotten yet
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, waiting: Resume[Any]) -> None:
         """``waiting`` must finish within the timeout from now, or be cancelled."""
         loop = asyncio.get_running_loop()
         self._waiting[waiting] = loop.time() + self.timeout
-        if self._timer is None:
+        if self._timer is None or self._loop is not loop:  # not running, or left behind by a closed loop
+            self._loop = loop
             self._timer = loop.call_later(self._resolution, self._check)
 
     def forget(self, waiting: Resume[Any]) -> bool:
@@ -44,14 +46,16 @@ class Deadlines:
 
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        expired = []
-        for waiting, deadline in self._waiting.items():
-            if deadline > now:
-                break
-            expired.append(waiting)
-        for waiting in expired:
-            del self._waiting[waiting]
-            self._expired.add(waiting)
-            waiting.cancel()
-        self._timer = loop.call_later(self._resolution, self._check) if self._waiting else None
+        try:
+            now = loop.time()
+            expired = []
+            for waiting, deadline in self._waiting.items():
+                if deadline > now:
+                    break
+                expired.append(waiting)
+            for waiting in expired:
+                del self._waiting[waiting]
+                self._expired.add(waiting)
+                waiting.cancel()
+        finally:  # whatever happened, later deadlines are still kept
+            self._timer = loop.call_later(self._resolution, self._check) if self._waiting else None

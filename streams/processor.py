@@ -56,6 +56,10 @@ class StateStore(Protocol):
     async def put(self, key: bytes, value: bytes, partition: int) -> None: ...
 
 
+class HandlerCancelled(Exception):
+    """A handler attempt ended in CancelledError that neither its deadline nor the worker caused."""
+
+
 class RetryPolicy:
     def __init__(self, max_attempts: int, backoff: float, max_backoff: float, timeout: float) -> None:
         self.max_attempts, self.backoff, self.max_backoff, self.timeout = max_attempts, backoff, max_backoff, timeout
@@ -174,18 +178,25 @@ class EventProcessor:
             start_applying(state, event)
             started = time.perf_counter()
             failure: Exception | None = None
+            timed_out = False
             try:
                 _, rest = eager.start(registration.handler(event, context))
                 if isinstance(rest, eager.Resume):  # the handler waits (I/O): only then does it need a deadline
                     self._deadlines.watch(rest)
                     try:
                         await rest
-                    except asyncio.CancelledError:
-                        if self._deadlines.forget(rest) and not _cancelled_from_outside():
-                            raise TimeoutError(f"the handler took longer than {retry.timeout:g}s") from None
-                        raise
                     finally:
-                        self._deadlines.forget(rest)
+                        timed_out = self._deadlines.forget(rest)
+            except asyncio.CancelledError:
+                if _cancelled_from_outside():
+                    raise  # the worker stops: the event stays unacknowledged
+                # the deadline, or something the handler awaited was cancelled (a future shared with a handler
+                # that timed out): a failed attempt like any other, never an escape that would end the actor
+                failure = (
+                    TimeoutError(f"the handler took longer than {retry.timeout:g}s")
+                    if timed_out
+                    else HandlerCancelled("something the handler awaited was cancelled")
+                )
             except Exception as exc:
                 failure = exc
             self._metrics.handler_seconds.labels(event.type).observe(time.perf_counter() - started)

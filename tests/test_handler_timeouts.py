@@ -44,6 +44,28 @@ def _actors(handlers: HandlerRegistry, timeout: float) -> tuple[ActorPool[Record
     return ActorPool(process, max_inflight=10), outcomes, letters
 
 
+def _through_a_fetch_loop(
+    handlers: HandlerRegistry, timeout: float, *object_ids: str
+) -> tuple[list[str], list[dict[str, bytes]], bool]:
+    """Submit the objects' events from a task standing for the consumer's fetch loop, which then lingers 0.5 s
+    (past the deadlines); the outcomes, the dead letters' headers, and whether that task was cancelled."""
+
+    async def run() -> tuple[list[str], list[dict[str, bytes]], bool]:
+        pool, outcomes, letters = _actors(handlers, timeout)
+
+        async def submitter() -> None:
+            for record in _records(*object_ids):
+                await pool.submit(record.key, record)
+            await asyncio.sleep(0.5)
+
+        task = asyncio.create_task(submitter())
+        await asyncio.wait_for(pool.drain(), timeout=10)
+        await asyncio.wait_for(task, timeout=10)
+        return outcomes, letters, task.cancelled()
+
+    return asyncio.run(run())
+
+
 def test_a_handler_that_hangs_is_timed_out_in_its_actor_and_the_submitter_runs_on() -> None:
     handlers = HandlerRegistry()
     cancelled_inside: list[str] = []
@@ -59,20 +81,7 @@ def test_a_handler_that_hangs_is_timed_out_in_its_actor_and_the_submitter_runs_o
         await asyncio.sleep(0.001)
         ctx.fields["done"] = True
 
-    async def run() -> tuple[list[str], list[dict[str, bytes]], bool]:
-        pool, outcomes, letters = _actors(handlers, timeout=0.1)
-
-        async def submitter() -> None:  # stands for the consumer's fetch loop
-            for record in _records("ch_hangs", "ch_a", "ch_b"):
-                await pool.submit(record.key, record)
-            await asyncio.sleep(0.5)  # past the deadline of both attempts: must not be cancelled meanwhile
-
-        task = asyncio.create_task(submitter())
-        await asyncio.wait_for(pool.drain(), timeout=10)
-        await asyncio.wait_for(task, timeout=10)
-        return outcomes, letters, task.cancelled()
-
-    outcomes, letters, submitter_cancelled = asyncio.run(run())
+    outcomes, letters, submitter_cancelled = _through_a_fetch_loop(handlers, 0.1, "ch_hangs", "ch_a", "ch_b")
     assert not submitter_cancelled
     assert sorted(outcomes) == ["dead_lettered", "ok", "ok"]
     assert len(cancelled_inside) == 2  # each attempt was interrupted where it waited
@@ -118,3 +127,107 @@ def test_stopping_the_actors_cancels_a_waiting_handler_without_dead_lettering_it
 
     outcomes, letters = asyncio.run(run())
     assert outcomes == [] and letters == []
+
+
+def test_a_cancellation_the_worker_did_not_ask_for_is_a_failed_attempt_not_a_lost_event() -> None:
+    """A handler whose awaited future is cancelled by someone else (here: a future shared with a handler that timed
+    out), or that raises CancelledError itself, fails that attempt like any other: retried, then dead-lettered."""
+    handlers = HandlerRegistry()
+    shared: dict[str, asyncio.Future[None]] = {}
+
+    @handlers.on("charge.succeeded")
+    async def wait_on_shared(event: StripeEvent, ctx: Context) -> None:
+        if event.object["id"] == "ch_raises":
+            raise asyncio.CancelledError
+        future = shared.get("f")
+        if future is None or future.done():
+            future = shared["f"] = asyncio.get_running_loop().create_future()
+        await future  # never resolved: only a cancellation ends it
+
+    async def run() -> tuple[list[str], list[dict[str, bytes]], int, int]:
+        pool, outcomes, letters = _actors(handlers, timeout=0.1)
+        first, second, raises = _records("ch_first", "ch_second", "ch_raises")
+        await pool.submit(first.key, first)
+        await asyncio.sleep(0.05)  # ch_second waits on the same future, its deadline half as near
+        await pool.submit(second.key, second)
+        await pool.submit(raises.key, raises)
+        await asyncio.wait_for(pool.drain(), timeout=10)
+        return outcomes, letters, pool.inflight, pool.active_actors
+
+    outcomes, letters, inflight, actors = asyncio.run(run())
+    assert sorted(outcomes) == ["dead_lettered"] * 3
+    assert (inflight, actors) == (0, 0)
+    assert {letter["error-type"] for letter in letters} <= {b"TimeoutError", b"HandlerCancelled"}
+    assert b"HandlerCancelled" in {letter["error-type"] for letter in letters}
+
+
+def test_the_workers_own_cancellation_goes_on_even_after_a_deadline_passed() -> None:
+    """A handler that swallows its deadline's cancellation and waits again is still stopped by the worker, and that
+    stop is not mistaken for the deadline (which would retry and dead-letter an event that must stay unacked)."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def swallow_and_wait(event: StripeEvent, ctx: Context) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3600)  # "cleanup" that waits past the deadline
+
+    async def run() -> tuple[list[str], list[dict[str, bytes]]]:
+        pool, outcomes, letters = _actors(handlers, timeout=0.05)
+        (record,) = _records("ch_swallows")
+        await pool.submit(record.key, record)
+        await asyncio.sleep(0.2)  # the deadline passed and was swallowed
+        await pool.cancel()
+        await asyncio.sleep(0.1)
+        return outcomes, letters
+
+    assert asyncio.run(run()) == ([], [])
+
+
+def test_deadlines_are_kept_on_a_second_event_loop() -> None:
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def hang(event: StripeEvent, ctx: Context) -> None:
+        await asyncio.sleep(3600)
+
+    letters: list[dict[str, bytes]] = []
+    processor = _processor(handlers, letters, timeout=0.05)
+    (record,) = _records("ch_twice")
+
+    async def one() -> str:
+        return str(await asyncio.wait_for(processor.process(record), timeout=10))
+
+    assert [asyncio.run(one()), asyncio.run(one())] == ["dead_lettered", "dead_lettered"]
+
+
+def test_timeouts_and_task_groups_a_handler_enters_before_it_first_waits_stay_with_the_handler() -> None:
+    """asyncio.timeout and TaskGroup note the current task when entered; entered in the handler's first step (run
+    in the submitting task's turn), they must still cancel the handler, never the submitter (the fetch loop)."""
+    handlers = HandlerRegistry()
+    current: list[object] = []
+
+    @handlers.on("charge.succeeded")
+    async def own_timeouts(event: StripeEvent, ctx: Context) -> None:
+        if event.object["id"] == "ch_timeout":
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(3600)
+        elif event.object["id"] == "ch_group":
+
+            async def fails() -> None:
+                await asyncio.sleep(0.02)
+                raise ValueError("a child failed")
+
+            async with asyncio.TaskGroup() as group:
+                group.create_task(fails())
+                group.create_task(asyncio.sleep(3600))
+        else:
+            await asyncio.sleep(0.01)
+            current.append(asyncio.current_task())
+
+    outcomes, letters, submitter_cancelled = _through_a_fetch_loop(handlers, 30, "ch_timeout", "ch_group", "ch_plain")
+    assert not submitter_cancelled
+    assert sorted(outcomes) == ["dead_lettered", "dead_lettered", "ok"]
+    assert sorted(letter["error-type"] for letter in letters) == [b"ExceptionGroup", b"TimeoutError"]
+    assert isinstance(current[0], asyncio.Task)  # after its first wait a handler runs in its actor's task
