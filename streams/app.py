@@ -155,8 +155,14 @@ async def _finish(message: Message) -> None:
         return
     current = _Current(message)
     _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
-    await processor.process(message)  # never raises, but is cancelled when the worker stops (ActorPool.cancel):
-    app.consumer.ack(message)  # then it stays unacknowledged, so uncommitted, and is processed again on restart
+    try:
+        await processor.process(message)
+    except asyncio.CancelledError:  # the worker stops (ActorPool.cancel): unacknowledged, so uncommitted, and
+        raise  # processed again on restart
+    except BaseException:  # a bug of ours past the processor's own net: acked still, or the partition's commits
+        app.consumer.ack(message)  # would stop at this record for good (the error is logged by the actor pool)
+        raise
+    app.consumer.ack(message)
 
 
 @app.agent(source)  # type: ignore[arg-type]  # Faust types agents over StreamT, which lacks noack()

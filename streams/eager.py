@@ -132,9 +132,11 @@ def start(coro: Coroutine[Any, Any, T], task: EagerTask | None = None) -> tuple[
     except StopIteration as stop:
         return True, stop.value
     finally:
-        _leave_task(loop, task)  # type: ignore[arg-type]
-        if outer is not None:
-            _enter_task(loop, outer)
+        try:
+            _leave_task(loop, task)  # type: ignore[arg-type]
+        finally:  # whatever the step did, the task that called start is current again
+            if outer is not None:
+                _enter_task(loop, outer)
     rest = task._rest = Resume(coro, yielded)
     if task._requests:  # cancelled while it ran (by itself): as a Task, it gets CancelledError where it waits
         rest.cancel()

@@ -150,3 +150,18 @@ def test_an_event_that_does_not_fit_the_headers_model_is_judged_by_its_own_type(
     outcomes, _, letters = _run(handlers, [customer], headers={"event-type": b"charge.succeeded"})
     assert outcomes == (["ok"] if handled else ["unhandled"]) and not letters
     assert [obj["id"] for obj in got] == (["cus_1"] if handled else [])
+
+
+def test_a_record_whose_received_at_header_is_not_a_number_is_still_applied() -> None:
+    """The header only feeds the end-to-end latency metric: a producer other than the gateway may get it wrong, and
+    that once raised out of the processor after the state was stored."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def keep(event: StripeEvent, ctx: Context) -> None:
+        ctx.fields["kept"] = True
+
+    body = _charge_body("evt_1", 100, amount=5, currency="usd")
+    outcomes, store, letters = _run(handlers, [body], {"received-at": b"soon"})
+    assert outcomes == ["ok"] and letters == []
+    assert decode_state(store[b"ch_1"]).fields == {"kept": True}
