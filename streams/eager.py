@@ -17,8 +17,6 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-_DONE = object()
-
 
 class Resume(Generic[T]):
     """Awaitable continuation of a coroutine that ``start`` left suspended on what it yielded."""
