@@ -65,8 +65,9 @@ class ActorPool(Generic[T]):
             queue.append(item)
             return
         rest: eager.Resume[None] | None
+        stand_in = eager.EagerTask(key)
         try:
-            done, rest = eager.start(self._process(item), eager.EagerTask(key))
+            done, rest = eager.start(self._process(item), stand_in)
         except Exception as exc:  # process() handles its own failures; this is a last line of defence
             _unexpected(key, exc)
             done, rest = True, None
@@ -76,7 +77,7 @@ class ActorPool(Generic[T]):
         assert isinstance(rest, eager.Resume)
         queue = self._actors[key] = deque()
         self._idle.clear()
-        task = asyncio.create_task(self._run(key, queue, rest))
+        task = asyncio.create_task(self._run(key, queue, rest, stand_in))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -91,8 +92,11 @@ class ActorPool(Generic[T]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, key: Hashable, queue: deque[T], first: eager.Resume[None]) -> None:
+    async def _run(self, key: Hashable, queue: deque[T], first: eager.Resume[None], started: eager.EagerTask) -> None:
         try:
+            task = asyncio.current_task()
+            assert task is not None
+            started.bind(task)  # the first item started as ``started``: from here on that is this task
             await self._finish(key, first)
             while queue:
                 await self._finish(key, self._process(queue.popleft()))

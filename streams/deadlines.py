@@ -1,19 +1,26 @@
 """Deadlines for handlers that wait (HANDLER_TIMEOUT), kept by one periodic check for all of them.
 
-``asyncio.timeout`` binds to the task that enters it. A handler starts eagerly in the task that submits its event
-(the consumer's fetch loop, streams/actors.py) and, once it waits, continues in its actor's task: on expiry
-``asyncio.timeout`` cancelled the fetch loop and left the handler waiting (tests/test_handler_timeouts.py). Here an
-expired handler is interrupted where it waits (``eager.Resume.cancel``), in whichever task awaits it. Instead of
-a timer per waiting handler there is a dict entry, checked every second (every tenth of the timeout if that is
-shorter): an attempt fails at most that much later than its deadline.
+A handler that waits is cancelled, on expiry, in the task that runs it, as ``asyncio.timeout`` would do and with
+its accounting (``cancelling``/``uncancel``), so code that reads the count (aiohttp does) sees the cancellation as
+the task's own. ``asyncio.timeout`` itself cannot be used here: it binds to the task that enters it, and a
+handler starts eagerly in the task that submits its event (the consumer's fetch loop, streams/actors.py); the
+current task there is an ``eager.EagerTask`` standing for the actor task that will continue the handler.
+Instead of a timer per waiting handler there is a dict entry, checked every second (every tenth of the timeout
+if that is shorter): an attempt fails at most that much later than its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
-from streams.eager import Resume
+from streams.eager import EagerTask
+
+
+class _Watch(NamedTuple):
+    deadline: float
+    task: asyncio.Task[Any] | EagerTask  # what runs the handler, and so what to cancel
+    cancelling: int  # the task's cancel requests when the watch began: more at the end came from elsewhere
 
 
 class Deadlines:
@@ -22,40 +29,42 @@ class Deadlines:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._resolution = min(1.0, timeout / 10)
-        self._waiting: dict[Resume[Any], float] = {}  # in order of deadline: all have the same timeout
-        self._expired: set[Resume[Any]] = set()  # cancelled by the check, not forgotten yet
+        self._waiting: dict[object, _Watch] = {}  # in order of deadline: all have the same timeout
+        self._expired: dict[object, _Watch] = {}  # cancelled by the check, not forgotten yet
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def watch(self, waiting: Resume[Any]) -> None:
-        """``waiting`` must finish within the timeout from now, or be cancelled."""
+    def watch(self, waiting: object) -> None:
+        """The current task, waiting on ``waiting``, must be done with it within the timeout, or be cancelled."""
         loop = asyncio.get_running_loop()
-        self._waiting[waiting] = loop.time() + self.timeout
+        task: asyncio.Task[Any] | EagerTask | None = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("a deadline needs a task to cancel")
+        self._waiting[waiting] = _Watch(loop.time() + self.timeout, task, task.cancelling())
         if self._timer is None or self._loop is not loop:  # not running, or left behind by a closed loop
             self._loop = loop
             self._timer = loop.call_later(self._resolution, self._check)
 
-    def forget(self, waiting: Resume[Any]) -> bool:
-        """Stop watching ``waiting``; True if it was cancelled for being past its deadline."""
+    def forget(self, waiting: object) -> bool:
+        """Stop watching ``waiting``; True if its deadline cancelled the task and nothing else did."""
         if self._waiting.pop(waiting, None) is not None:
             return False
-        if waiting in self._expired:
-            self._expired.discard(waiting)
-            return True
-        return False
+        watch = self._expired.pop(waiting, None)
+        if watch is None:
+            return False
+        return watch.task.uncancel() <= watch.cancelling  # as asyncio.timeout: a request left over came from elsewhere
 
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             now = loop.time()
             expired = []
-            for waiting, deadline in self._waiting.items():
-                if deadline > now:
+            for waiting, watch in self._waiting.items():
+                if watch.deadline > now:
                     break
                 expired.append(waiting)
             for waiting in expired:
-                del self._waiting[waiting]
-                self._expired.add(waiting)
-                waiting.cancel()
+                watch = self._expired[waiting] = self._waiting.pop(waiting)
+                watch.task.cancel()
         finally:  # whatever happened, later deadlines are still kept
             self._timer = loop.call_later(self._resolution, self._check) if self._waiting else None

@@ -21,47 +21,29 @@ T = TypeVar("T")
 class Resume(Generic[T]):
     """Awaitable continuation of a coroutine that ``start`` left suspended on what it yielded."""
 
-    __slots__ = ("_cancelling", "_coro", "_waiting_on")
+    __slots__ = ("_coro", "_waiting_on")
 
     def __init__(self, coro: Coroutine[Any, Any, T], yielded: Any) -> None:
         self._coro = coro
-        self._waiting_on = yielded  # what the coroutine waits on now (an asyncio future, or None for a bare yield)
-        self._cancelling = False
-
-    def cancel(self) -> None:
-        """Raise CancelledError in the coroutine where it waits, in whichever task awaits this.
-
-        As ``Task.cancel`` does: the future it waits on is cancelled, which wakes the awaiting task with the error;
-        if there is none to cancel (a bare yield, or it is done already), the error is thrown in when the task
-        next resumes the coroutine. A deadline needs this: ``asyncio.timeout`` cancels the task that entered it,
-        and a coroutine started eagerly enters it in one task and continues in another (streams/deadlines.py).
-        """
-        self._cancelling = True
-        waiting_on = self._waiting_on
-        if asyncio.isfuture(waiting_on):
-            waiting_on.cancel()  # even if it is done: as Task.cancel, the coroutine gets CancelledError, not its result
+        self._waiting_on = yielded  # what the coroutine waits on (an asyncio future, or None for a bare yield)
 
     def __await__(self) -> Generator[Any, Any, T]:
         coro = self._coro
+        waiting_on = self._waiting_on
         while True:
             try:
-                sent = yield self._waiting_on  # the awaiting task waits on what the coroutine waits on
+                sent = yield waiting_on  # the awaiting task waits on what the coroutine waits on
             except GeneratorExit:
                 coro.close()
                 raise
             except BaseException as exc:  # cancellation or timeout: deliver it where the coroutine waits
-                self._cancelling = False
                 try:
-                    self._waiting_on = coro.throw(exc)
+                    waiting_on = coro.throw(exc)
                 except StopIteration as stop:
                     return stop.value
                 continue
             try:
-                if self._cancelling:
-                    self._cancelling = False
-                    self._waiting_on = coro.throw(asyncio.CancelledError())
-                else:
-                    self._waiting_on = coro.send(sent)
+                waiting_on = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
 
@@ -72,37 +54,51 @@ class Resume(Generic[T]):
 class EagerTask:
     """What ``asyncio.current_task()`` is while ``start`` steps a coroutine in another task's turn.
 
-    ``asyncio.timeout``, ``TaskGroup`` and client libraries' timeouts (aiohttp's) note the current task when they
-    are entered and cancel it when they expire. Stepped eagerly, a coroutine would give them the task that started
-    it (the consumer's fetch loop), though it continues in another once it waits. This stand-in takes their
-    requests and forwards them to the coroutine where it waits (``Resume.cancel``), in whichever task runs it, and
-    counts them (``cancelling``, ``uncancel``) as a Task does, so they tell their own expiry from a cancellation
-    that came from elsewhere.
+    ``asyncio.timeout``, ``TaskGroup``, deadlines (streams/deadlines.py) and client libraries' timeouts (aiohttp's)
+    note the current task when they are entered and cancel it when they expire; libraries also read its
+    ``cancelling()`` count to tell a cancellation meant for them from one meant for the task. Stepped eagerly, a
+    coroutine would give them the task that started it (the consumer's fetch loop), though it continues in another
+    once it waits. This stand-in is bound to that other task (``bind``) and from then on is it: cancel requests
+    and counts go to the task, so a count is the same whichever of the two was asked. Requests made before the
+    binding are counted here and applied to the task when it is bound.
     """
 
-    __slots__ = ("_name", "_requests", "_rest")
+    __slots__ = ("_name", "_requests", "_task")
 
     def __init__(self, name: object) -> None:
         self._name = name
         self._requests = 0
-        self._rest: Resume[Any] | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def bind(self, task: asyncio.Task[Any]) -> None:
+        """``task`` continues the coroutine: requests go to it from now on, those made before it started included.
+
+        Call it from inside ``task``: a task cancelled before its first step never runs its coroutine's
+        ``finally`` blocks.
+        """
+        self._task = task
+        for _ in range(self._requests):
+            task.cancel()
+        self._requests = 0
 
     def cancel(self, msg: Any = None) -> bool:
+        if self._task is not None:
+            return self._task.cancel(msg)
         self._requests += 1
-        if self._rest is not None:
-            self._rest.cancel()
         return True
 
     def cancelling(self) -> int:
-        return self._requests
+        return self._task.cancelling() if self._task is not None else self._requests
 
     def uncancel(self) -> int:
+        if self._task is not None:
+            return self._task.uncancel()
         if self._requests:
             self._requests -= 1
         return self._requests
 
     def done(self) -> bool:
-        return False
+        return self._task is not None and self._task.done()
 
     def get_name(self) -> str:
         return str(self._name)
@@ -111,8 +107,8 @@ class EagerTask:
 def start(coro: Coroutine[Any, Any, T], task: EagerTask | None = None) -> tuple[bool, T | Resume[T]]:
     """Step ``coro`` until it finishes ``(True, result)`` or suspends ``(False, Resume)``; exceptions propagate.
 
-    With ``task``, the step runs as that task: ``asyncio.current_task()`` returns it, and cancel requests made of
-    it reach the coroutine once it waits.
+    With ``task``, the step runs as that task: ``asyncio.current_task()`` returns it. Bind it to the task that
+    awaits the ``Resume``, so that what it was asked reaches the coroutine.
     """
     if task is None:
         try:
@@ -135,7 +131,4 @@ def start(coro: Coroutine[Any, Any, T], task: EagerTask | None = None) -> tuple[
         finally:  # whatever the step did, the task that called start is current again
             if outer is not None:
                 _enter_task(loop, outer)
-    rest = task._rest = Resume(coro, yielded)
-    if task._requests:  # cancelled while it ran (by itself): as a Task, it gets CancelledError where it waits
-        rest.cancel()
-    return False, rest
+    return False, Resume(coro, yielded)

@@ -178,7 +178,7 @@ class EventProcessor:
             start_applying(state, event)
             started = time.perf_counter()
             failure: Exception | None = None
-            timed_out = False
+            timed_out = False  # the deadline cancelled the attempt, and nothing else did
             try:
                 _, rest = eager.start(registration.handler(event, context))
                 if isinstance(rest, eager.Resume):  # the handler waits (I/O): only then does it need a deadline
@@ -188,7 +188,7 @@ class EventProcessor:
                     finally:
                         timed_out = self._deadlines.forget(rest)
             except asyncio.CancelledError:
-                if _cancelled_from_outside():
+                if not timed_out and _cancelled_from_outside():
                     raise  # the worker stops: the event stays unacknowledged
                 # the deadline, or something the handler awaited was cancelled (a future shared with a handler
                 # that timed out): a failed attempt like any other, never an escape that would end the actor

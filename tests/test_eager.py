@@ -90,30 +90,60 @@ def test_a_timeout_reaches_the_waiting_coroutine() -> None:
     assert asyncio.run(run()) == ["cancelled inside"]
 
 
-def test_cancel_interrupts_the_coroutine_where_it_waits_in_the_task_that_awaits_it() -> None:
-    async def run() -> list[str]:
-        seen: list[str] = []
+def test_the_stand_in_is_the_task_it_is_bound_to_for_cancel_requests_made_before_and_after() -> None:
+    """A coroutine stepped as an EagerTask continues in another task: cancel requests made of the stand-in, before
+    that task started or after, reach the coroutine where it waits (on a future or on bare yields), and the
+    stand-in's count is that task's, whichever of the two was asked."""
+
+    async def run() -> list[tuple[str, int]]:
+        seen: list[tuple[str, int]] = []
 
         async def waits(name: str, bare: bool) -> None:
             try:
                 while True:
                     await (asyncio.sleep(0) if bare else asyncio.sleep(3600))
             except asyncio.CancelledError:
-                seen.append(f"{name} cancelled inside")
+                task = asyncio.current_task()
+                assert task is not None
+                seen.append((name, task.cancelling()))
                 raise
 
-        for name, bare in (("on a future", False), ("on bare yields", True)):
-            _, rest = eager.start(waits(name, bare))
+        for name, bare, early in (("future", False, False), ("bare yields", True, False), ("asked early", False, True)):
+            stand_in = eager.EagerTask(name)
+            _, rest = eager.start(waits(name, bare), stand_in)
             assert isinstance(rest, eager.Resume)
-            task = asyncio.create_task(_await_none(rest))  # continues in another task than the one that started it
+
+            async def continues(stand_in: eager.EagerTask = stand_in, rest: eager.Resume[None] = rest) -> None:
+                task = asyncio.current_task()
+                assert task is not None
+                stand_in.bind(task)
+                await rest
+
+            if early:
+                stand_in.cancel()  # before the task that continues it exists
+            task = asyncio.create_task(continues())
             await asyncio.sleep(0.01)
-            rest.cancel()
+            if not early:
+                stand_in.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            assert stand_in.cancelling() == task.cancelling() == 1
+            assert stand_in.uncancel() == task.cancelling() == 0
         return seen
 
-    assert asyncio.run(run()) == ["on a future cancelled inside", "on bare yields cancelled inside"]
+    assert asyncio.run(run()) == [("future", 1), ("bare yields", 1), ("asked early", 1)]
 
 
-async def _await_none(rest: eager.Resume[None]) -> None:
-    await rest
+def test_while_it_is_stepped_the_stand_in_is_the_current_task_and_the_caller_is_current_again_after() -> None:
+    async def run() -> tuple[object, object, object]:
+        async def where() -> object:
+            return asyncio.current_task()
+
+        caller = asyncio.current_task()
+        stand_in = eager.EagerTask("k")
+        _, inside = eager.start(where(), stand_in)
+        return inside, stand_in, asyncio.current_task() is caller
+
+    inside, stand_in, caller_again = asyncio.run(run())
+    assert inside is stand_in
+    assert caller_again is True

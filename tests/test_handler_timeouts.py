@@ -233,3 +233,56 @@ def test_timeouts_and_task_groups_a_handler_enters_before_it_first_waits_stay_wi
     assert sorted(outcomes) == ["dead_lettered", "dead_lettered", "ok"]
     assert sorted(letter["error-type"] for letter in letters) == [b"ExceptionGroup", b"TimeoutError"]
     assert isinstance(current[0], asyncio.Task)  # after its first wait a handler runs in its actor's task
+
+
+def test_a_handler_that_lets_through_only_its_tasks_own_cancellation_is_still_timed_out() -> None:
+    """aiohttp's client re-raises a CancelledError only when ``current_task().cancelling()`` says the task is being
+    cancelled, and otherwise takes it for its own. The deadline must count as the task's: on the first attempt
+    (begun eagerly, its deadline set on the stand-in) and on the retry (begun in the actor task)."""
+    handlers = HandlerRegistry()
+    swallowed: list[str] = []
+
+    @handlers.on("charge.succeeded")
+    async def polite(event: StripeEvent, ctx: Context) -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                swallowed.append(event.id)  # not meant for this task, as far as it can tell
+
+    outcomes, letters, submitter_cancelled = _through_a_fetch_loop(handlers, 0.1, "ch_polite")
+    assert not submitter_cancelled
+    assert outcomes == ["dead_lettered"]
+    assert [letter["error-type"] for letter in letters] == [b"TimeoutError"]
+    assert [letter["attempts"] for letter in letters] == [b"2"]
+    assert swallowed == []
+
+
+def test_the_workers_stop_during_a_handlers_own_timeout_clean_up_is_not_taken_for_that_timeout() -> None:
+    """A handler's own asyncio.timeout, entered eagerly, expires; its clean-up waits; the worker stops meanwhile. The
+    timeout must let the worker's cancellation through (two requests, one its own), not turn it into TimeoutError:
+    that would retry and dead-letter an event that has to stay unacknowledged."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def cleans_up(event: StripeEvent, ctx: Context) -> None:
+        async with asyncio.timeout(0.05):
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.sleep(3600)  # clean-up that waits (closing a connection, say)
+                raise
+
+    async def run() -> tuple[list[str], list[dict[str, bytes]]]:
+        pool, outcomes, letters = _actors(handlers, timeout=30)
+        (record,) = _records("ch_cleans_up")
+        await pool.submit(record.key, record)
+        await asyncio.sleep(0.2)  # its timeout expired; the clean-up waits
+        await asyncio.wait_for(pool.cancel(), timeout=5)
+        await asyncio.sleep(0.1)
+        return outcomes, letters
+
+    assert asyncio.run(run()) == ([], [])
