@@ -91,6 +91,8 @@ class ActorPool(Generic[T]):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._actors.clear()  # a task cancelled before its first step never ran _run's finally
+        self._idle.set()
 
     async def _run(self, key: Hashable, queue: deque[T], first: eager.Resume[None], started: eager.EagerTask) -> None:
         try:

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import faust
 from faust.streams import _current_event  # the table's changelog partition comes from the current event
-from faust.types import Message
+from faust.types import ConsumerT, Message
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -63,6 +63,30 @@ class HookstreamApp(faust.App):
         )
         consumer.probe_options = client_options(settings)
         return consumer
+
+    async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
+        """Wait for the records that started processing to be finished and acked, as Faust does, but at stop for
+        ``HANDLER_TIMEOUT`` at most; then stop the actors, leaving the rest unacknowledged to be processed again
+        after a restart. Faust waits without a bound, and a record between retries (backoff up to
+        ``HANDLER_RETRY_MAX_BACKOFF``, many attempts) outlasted a pod's grace period: the worker was killed, and
+        its RocksDB state rebuilt from the changelog. At a rebalance the wait stays unbounded: no record may still
+        run once its partition is another worker's. (Faust's wait swallows a cancellation: it is ended by
+        forgetting what it waits for.)"""
+        if not self.should_stop:
+            await super()._consumer_wait_empty(consumer, logger)
+            return
+        waiting = asyncio.ensure_future(super()._consumer_wait_empty(consumer, logger))
+        done, _ = await asyncio.wait({waiting}, timeout=settings.handler_timeout)
+        if not done:
+            logger.warning(
+                "%d events unfinished %gs after the stop began; stopping them unacknowledged (they are processed "
+                "again after a restart)",
+                actors.inflight,
+                settings.handler_timeout,
+            )
+            await actors.cancel()
+            cast(BatchingConsumer, consumer).forget_unfinished()
+        await waiting  # it commits what finished
 
 
 app = HookstreamApp(
@@ -165,20 +189,23 @@ async def _finish(message: Message) -> None:
     app.consumer.ack(message)
 
 
+#: An actor per object id: the agent submits to it, the app stops it (``HookstreamApp._consumer_wait_empty``).
+actors: ActorPool[Message] = ActorPool(_finish, settings.worker_max_inflight)
+
+
 @app.agent(source)  # type: ignore[arg-type]  # Faust types agents over StreamT, which lacks noack()
 async def process_events(stream: faust.Stream[Any]) -> None:
     """Run the actors. The agent also declares the event topics to Faust (subscription, assignment,
     co-partitioning with the table); their records reach the actors through the batching consumer."""
-    pool: ActorPool[Message] = ActorPool(_finish, settings.worker_max_inflight)
-    metrics.inflight.set_function(lambda: pool.inflight)
-    metrics.active_actors.set_function(lambda: pool.active_actors)
+    metrics.inflight.set_function(lambda: actors.inflight)
+    metrics.active_actors.set_function(lambda: actors.active_actors)
 
     async def submit(batch: list[Message]) -> None:
         for message in batch:
             # waits while the in-flight bound is reached, or (through TableWriter.put) while the changelog
             # partition's batch is full, until the producer has taken it: memory stays bounded, state never runs
             # far ahead of its changelog
-            await pool.submit(message.key, message)
+            await actors.submit(message.key, message)
 
     consumer = app.consumer
     assert isinstance(consumer, BatchingConsumer)
@@ -186,12 +213,12 @@ async def process_events(stream: faust.Stream[Any]) -> None:
     consumer.batch_sink = submit
     try:
         async for event in stream.noack().events():  # only records that did not take the batch path
-            await pool.submit(event.message.key, event.message)
+            await actors.submit(event.message.key, event.message)
     finally:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(settings.handler_timeout):
-                await asyncio.shield(pool.drain())
-        await pool.cancel()
+                await asyncio.shield(actors.drain())
+        await actors.cancel()
 
 
 lag = LagReporter(app, metrics, set(event_topics))

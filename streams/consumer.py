@@ -91,6 +91,10 @@ class BatchingConsumer(AIOKafkaConsumer):
         """
         self._unacked_messages.discard(message)
 
+    def forget_unfinished(self) -> None:
+        """Stop waiting for any record's ack: the actors were stopped, none will come (``HookstreamApp``)."""
+        self._unacked_messages.clear()
+
     async def listed_end_offsets(self, *partitions: TP) -> Mapping[TP, int]:
         """End offsets as the broker lists them (ListOffsets): cheap, and what lag reporting combines with the
         fetched high watermark."""

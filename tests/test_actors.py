@@ -72,6 +72,20 @@ def test_submit_waits_when_the_bound_is_reached() -> None:
     assert blocked and empty
 
 
+def test_cancelled_at_once_the_pool_is_idle_even_if_its_actors_never_started() -> None:
+    """Stopping right after an item began waiting (its actor task created, not yet run): a task cancelled before its
+    first step never runs its finally blocks, and a drain after the cancel must not wait for it."""
+
+    async def run() -> tuple[int, int]:
+        pool, _ = _held_pool(max_inflight=4)
+        await pool.submit("k", 1)  # waits: an actor task is created, and not started before the cancel
+        await pool.cancel()
+        await asyncio.wait_for(pool.drain(), timeout=5)
+        return pool.active_actors, len(pool._tasks)
+
+    assert asyncio.run(run()) == (0, 0)
+
+
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
     async def run() -> tuple[int, int]:
         pool, release = _held_pool(max_inflight=1)
