@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.envelope import EnvelopeError, to_record
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import BrokerUnavailable, Publisher
+from gateway.rdkafka import RecordTooLarge
 from gateway.signature import SignatureError, SignatureVerifier
 from ops.settings import Settings
 
@@ -121,6 +122,17 @@ class Gateway:
                 "event not stored: broker unavailable, retry later",
                 [(b"retry-after", self._retry_after)],
             )
+            return
+        except RecordTooLarge as exc:
+            size = len(record.value) + len(record.key) + sum(len(k) + len(v) for k, v in record.headers)
+            log.error(
+                "event %s not stored: its record (%d bytes) is over Kafka's size limit (%s); raise the topic's "
+                "max.message.bytes and KAFKA_MAX_MESSAGE_BYTES together",
+                record.event_id,
+                size,
+                exc,
+            )
+            await self._error(send, 413, "event too large for the broker's record size limit (KAFKA_MAX_MESSAGE_BYTES)")
             return
         await self._respond(send, 200, msgspec.json.encode({"received": True, "id": record.event_id}))
 

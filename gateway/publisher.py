@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 from gateway.envelope import Record
 from gateway.metrics import GatewayMetrics
-from gateway.rdkafka import AsyncProducer, DeliveryFailed, librdkafka_config
+from gateway.rdkafka import AsyncProducer, DeliveryFailed, RecordTooLarge, librdkafka_config
 from ops.kafka import TopicCreationError, client_options, create_topics
 from ops.settings import Settings
 
@@ -68,7 +68,8 @@ class Publisher:
         await self._close_admin()
 
     async def publish(self, record: Record) -> None:
-        """Send ``record`` and wait for the broker's acknowledgement, or raise BrokerUnavailable."""
+        """Send ``record`` and wait for the broker's acknowledgement, or raise BrokerUnavailable (or RecordTooLarge:
+        over ``KAFKA_MAX_MESSAGE_BYTES`` or the broker's own limit)."""
         producer = self._producer
         if producer is None or self._admin is None:
             raise BrokerUnavailable("not connected to the broker")
@@ -80,6 +81,8 @@ class Publisher:
             # librdkafka reports every record within message.timeout.ms (GATEWAY_PUBLISH_TIMEOUT): no per-request
             # timer needed on the event loop
             await producer.send(record.topic, record.value, record.key, record.headers)
+        except RecordTooLarge:
+            raise  # this record's fault, not the broker's health
         except (TimeoutError, KafkaError, TopicCreationError, DeliveryFailed, BufferError) as exc:
             self._healthy = False
             self._known_topics.clear()  # a restarted (memory) broker may have lost them

@@ -20,9 +20,6 @@ from ops.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Room for headers and framing on top of the largest body the gateway accepts.
-_RECORD_OVERHEAD = 64 * 1024
-
 #: Seconds between polls for delivery reports while records await theirs, and otherwise.
 _BUSY_POLL = 0.001
 _IDLE_POLL = 0.1
@@ -30,6 +27,11 @@ _IDLE_POLL = 0.1
 
 class DeliveryFailed(Exception):
     """The broker did not store the record (librdkafka's error says why)."""
+
+
+class RecordTooLarge(DeliveryFailed):
+    """The record is over the size limit (``KAFKA_MAX_MESSAGE_BYTES``, or the broker's own): sending it again
+    cannot succeed."""
 
 
 def librdkafka_config(settings: Settings) -> dict[str, Any]:
@@ -40,13 +42,14 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "enable.idempotence": settings.kafka_enable_idempotence,
         "linger.ms": settings.producer_linger_ms,
-        "batch.size": settings.producer_max_batch_size,
+        "batch.size": min(settings.producer_max_batch_size, settings.kafka_max_message_bytes),
         # A batch goes out once it holds this many records, without waiting out linger.ms: under load the batches
         # fill at once and the wait only added latency, which on a fixed number of connections caps throughput
         # (bench/README.md, "Gateway, second round"). 16 Stripe events of usual size are far from
         # filling a 1 MiB batch by bytes.
         "batch.num.messages": settings.producer_batch_records,
-        "message.max.bytes": max(settings.producer_max_batch_size, settings.gateway_max_body_bytes + _RECORD_OVERHEAD),
+        # refuses at once a record larger than the brokers accept (RecordTooLarge) rather than sending it
+        "message.max.bytes": settings.kafka_max_message_bytes,
         "message.timeout.ms": settings.gateway_publish_timeout_ms,
         "partitioner": "murmur2_random",  # Kafka's default partitioner: every client routes an id alike
         "socket.keepalive.enable": True,
@@ -74,15 +77,19 @@ class AsyncProducer:
     def send(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[None]:
-        """Queue one record; raises BufferError when librdkafka's queue is full (the broker is not keeping up)."""
+        """Queue one record; raises BufferError when librdkafka's queue is full (the broker is not keeping up),
+        RecordTooLarge or DeliveryFailed when librdkafka refuses it."""
         future: asyncio.Future[None] = self._loop.create_future()
-        self._producer.produce(
-            topic,
-            value,
-            key,
-            headers=cast(Any, headers),
-            on_delivery=lambda err, msg: self._reports.append((future, err)),
-        )
+        try:
+            self._producer.produce(
+                topic,
+                value,
+                key,
+                headers=cast(Any, headers),
+                on_delivery=lambda err, msg: self._reports.append((future, err)),
+            )
+        except confluent_kafka.KafkaException as exc:
+            raise _failure(exc.args[0]) from exc
         self._awaiting += 1
         if self._awaiting == 1 and self._timer is not None:  # was idle: the first report is due within ms
             self._timer.cancel()
@@ -131,4 +138,10 @@ def _resolve(reports: list[tuple[asyncio.Future[None], Any]]) -> None:
         if error is None:
             future.set_result(None)
         else:
-            future.set_exception(DeliveryFailed(str(error)))
+            future.set_exception(_failure(error))
+
+
+def _failure(error: confluent_kafka.KafkaError) -> DeliveryFailed:
+    if error.code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:  # refused by librdkafka or by the broker
+        return RecordTooLarge(str(error))
+    return DeliveryFailed(str(error))

@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
     kafka_enable_idempotence: bool = True
+    kafka_max_message_bytes: int = 1_048_588
     stripe_webhook_secrets: tuple[str, ...] = (DEV_WEBHOOK_SECRET,)
     stripe_webhook_tolerance: int = 300
     gateway_host: str = "0.0.0.0"
@@ -102,6 +103,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             kafka_sasl_password=env.optional("KAFKA_SASL_PASSWORD"),
             kafka_ssl_cafile=env.optional("KAFKA_SSL_CAFILE"),
             kafka_enable_idempotence=env.flag("KAFKA_ENABLE_IDEMPOTENCE", True),
+            # the brokers' message.max.bytes (Kafka's default): a larger record batch is refused
+            kafka_max_message_bytes=env.integer("KAFKA_MAX_MESSAGE_BYTES", 1_048_588, minimum=1024),
             stripe_webhook_secrets=secrets,
             stripe_webhook_tolerance=env.integer("STRIPE_WEBHOOK_TOLERANCE", 300, minimum=0),
             gateway_host=env.text("GATEWAY_HOST", "0.0.0.0"),

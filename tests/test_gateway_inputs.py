@@ -172,3 +172,22 @@ def test_refused_requests_never_reach_kafka_and_nothing_secret_is_logged(
     assert SECRET not in log and OTHER_SECRET not in log
     assert sign(forged, "whsec_x").split("v1=")[1] not in log
     assert json.loads(forged)["data"]["object"]["client_secret"] not in log
+
+
+def test_an_event_over_the_brokers_record_limit_gets_413_and_the_gateway_stays_ready(broker: BrokerInfo) -> None:
+    """A body within GATEWAY_MAX_BODY_BYTES whose record would be over KAFKA_MAX_MESSAGE_BYTES (the brokers'
+    message.max.bytes) is refused with 413 before it is sent: retrying it cannot succeed, so it is not a broker
+    outage (503, and the gateway reported unready until its next probe)."""
+    with start_gateway(broker, KAFKA_MAX_MESSAGE_BYTES="4096", TOPIC_PREFIX="limits.") as gw:
+        big = build_event("payment_intent.succeeded", event_id="evt_big", object_id="pi_limits")
+        big["data"]["object"]["metadata"] = {"padding": "x" * 8192}
+        response = gw.post_event(encode(big))
+        assert response.status == 413, response.body
+        assert "KAFKA_MAX_MESSAGE_BYTES" in response.json()["error"]
+        assert gw.request("GET", "/readyz").status == 200
+        small = _event(event_id="evt_small", object_id="pi_limits")
+        assert gw.post_event(small).status == 200
+        assert gw.metric("hookstream_gateway_requests_total", status="413") == 1
+        assert "evt_big not stored" in gw.output()
+    records = [r for r in consume(broker.bootstrap_servers, ["limits.payment_intent"], 1) if r.key == b"pi_limits"]
+    assert [r.value for r in records] == [small]

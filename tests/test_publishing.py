@@ -12,9 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka.partitioner import murmur2
+from confluent_kafka import KafkaError
 
 from gateway.envelope import to_record
-from gateway.rdkafka import AsyncProducer, librdkafka_config
+from gateway.rdkafka import AsyncProducer, DeliveryFailed, RecordTooLarge, _failure, librdkafka_config
 from gateway.signature import sign
 from ops.fixtures import build_event, encode
 from ops.settings import Settings
@@ -177,3 +178,12 @@ def test_delivery_reports_keep_coming_after_a_callback_fails(
 
     asyncio.run(run())
     assert "serving librdkafka's callbacks failed" in caplog.text
+
+
+def test_a_record_the_broker_refuses_as_too_large_is_told_apart_from_a_failed_delivery() -> None:
+    """librdkafka reports MSG_SIZE_TOO_LARGE for a record over message.max.bytes, its own or the broker's: the
+    gateway answers 413 for it, not 503 (tests/test_gateway_inputs.py)."""
+    assert isinstance(_failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)), RecordTooLarge)
+    for code in (KafkaError._MSG_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS, KafkaError._TRANSPORT):
+        failure = _failure(KafkaError(code))
+        assert type(failure) is DeliveryFailed, code
