@@ -110,6 +110,8 @@ def summarise(raw: dict[str, Any], mode: Mode) -> tuple[dict[str, Any], list[Row
             "gateway_p99_ms_at_max": gateway["hookstream"]["p99_ms"],
             "naive_gateway_p99_ms_at_max": gateway["naive"]["p99_ms"],
             "gateway_half_rate_achieved_requests_per_s": gateway["half_rate"]["requests_per_s"],
+            "gateway_cpu_us_per_request": gateway["hookstream"]["cpu_us_per_request"],
+            "ceiling_cpu_us_per_request": gateway["ceiling"]["cpu_us_per_request"],
         }
         rows += [
             Row(
@@ -150,6 +152,16 @@ def summarise(raw: dict[str, Any], mode: Mode) -> tuple[dict[str, Any], list[Row
                 f"{hs:,.0f}",
                 f"{bound:,.0f}",
                 f"{ratio(hs, bound):.2f}",
+                "",
+                None,
+            ),
+            # Each server is one event loop that runs at one core's full speed under this load: the inverse ratio
+            # of their CPU per request is what the first row can reach with the gateway's work as it stands.
+            Row(
+                "server CPU us/request (one event loop each): ceiling / gateway",
+                f"{gateway['hookstream']['cpu_us_per_request']:.0f}",
+                f"{gateway['ceiling']['cpu_us_per_request']:.0f}",
+                f"{ratio(gateway['ceiling']['cpu_us_per_request'], gateway['hookstream']['cpu_us_per_request']):.2f}",
                 "",
                 None,
             ),

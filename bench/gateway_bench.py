@@ -11,6 +11,7 @@ gateway is paced at half its measured maximum rate (wrk's per-request ``delay()`
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -95,9 +96,13 @@ def run_wrk(url: str, script: Path, seconds: int, settings: Settings, watched: d
         str(script),
         url,
     ]
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the servers are children too, but still running
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = {name: cpu_seconds(pid) for name, pid in watched.items()}
-    return WrkRun(**wrk_result(output), cpu_s={name: round(after[name] - before[name], 2) for name in watched})
+    cpu_s = {name: round(after[name] - before[name], 2) for name in watched}
+    cpu_s["wrk"] = round(wrk_after.ru_utime + wrk_after.ru_stime - wrk_before.ru_utime - wrk_before.ru_stime, 2)
+    return WrkRun(**wrk_result(output), cpu_s=cpu_s)
 
 
 def check_post(proc: Child, body: bytes, timeout: float = 60.0) -> None:
@@ -123,10 +128,18 @@ def check_post(proc: Child, body: bytes, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{proc.name} never answered 200 to a signed POST (last: {last}):\n{proc.output()}")
 
 
-def summarise(runs: list[WrkRun]) -> dict[str, Any]:
-    """Medians over runs, plus the runs."""
+def cpu_us_per_request(run: WrkRun, seconds: int, processes: tuple[str, ...]) -> float:
+    """CPU time ``processes`` spent per request answered in ``run``."""
+    return 1e6 * sum(run.cpu_s[name] for name in processes) / max(run.requests_per_s * seconds, 1.0)
+
+
+def summarise(runs: list[WrkRun], seconds: int, processes: tuple[str, ...]) -> dict[str, Any]:
+    """Medians over runs, with the CPU per request of the server (``processes[0]``) and of all ``processes`` (the
+    server, the broker it uses, wrk), plus the runs."""
     cpu_names = runs[0].cpu_s.keys()
     return {
+        "cpu_us_per_request": statistics.median(cpu_us_per_request(r, seconds, processes[:1]) for r in runs),
+        "machine_cpu_us_per_request": statistics.median(cpu_us_per_request(r, seconds, processes) for r in runs),
         "requests_per_s": statistics.median(r.requests_per_s for r in runs),
         "p50_ms": statistics.median(r.p50_ms for r in runs),
         "p99_ms": statistics.median(r.p99_ms for r in runs),
@@ -204,7 +217,13 @@ def run(bootstrap: str, broker_pid: int, settings: Settings, prefix: str) -> dic
                 f"p99 {bounds[-1]['p99_ms']:>8.1f} ms  errors {bounds[-1]['errors']}",
                 flush=True,
             )
-        results: dict[str, Any] = {name: summarise(name_runs) for name, name_runs in runs.items()}
+        uses_broker = {"hookstream": True, "naive": True, "ceiling": False, "stock": False}
+        results: dict[str, Any] = {
+            name: summarise(
+                name_runs, settings.duration, (name, "wrk", "broker") if uses_broker[name] else (name, "wrk")
+            )
+            for name, name_runs in runs.items()
+        }
         results["produce_bound"] = {
             "records_per_s": statistics.median(b["records_per_s"] for b in bounds),
             "p50_ms": statistics.median(b["p50_ms"] for b in bounds),
