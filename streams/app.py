@@ -156,7 +156,8 @@ processor = EventProcessor(
         settings.handler_timeout,
     ),
     metrics,
-    settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
+    # the gateway publishes nothing larger, and a dead letter must fit the brokers' limit too
+    min(settings.gateway_max_body_bytes, settings.kafka_max_message_bytes),
 )
 
 
