@@ -126,11 +126,13 @@ class Gateway:
         except RecordTooLarge as exc:
             size = len(record.value) + len(record.key) + sum(len(k) + len(v) for k, v in record.headers)
             log.error(
-                "event %s not stored: its record (%d bytes) is over Kafka's size limit (%s); raise the topic's "
-                "max.message.bytes and KAFKA_MAX_MESSAGE_BYTES together",
+                "event %s not stored: its record (%d bytes) or its batch is over the size limit (%s); "
+                "KAFKA_MAX_MESSAGE_BYTES is %d: when the record is well under it, the topic's max.message.bytes "
+                "is lower. Raise both together",
                 record.event_id,
                 size,
                 exc,
+                self.settings.kafka_max_message_bytes,
             )
             await self._error(send, 413, "event too large for the broker's record size limit (KAFKA_MAX_MESSAGE_BYTES)")
             return

@@ -104,7 +104,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             kafka_ssl_cafile=env.optional("KAFKA_SSL_CAFILE"),
             kafka_enable_idempotence=env.flag("KAFKA_ENABLE_IDEMPOTENCE", True),
             # the brokers' message.max.bytes (Kafka's default): a larger record batch is refused
-            kafka_max_message_bytes=env.integer("KAFKA_MAX_MESSAGE_BYTES", 1_048_588, minimum=1024),
+            kafka_max_message_bytes=env.integer(
+                "KAFKA_MAX_MESSAGE_BYTES", 1_048_588, minimum=1024, maximum=1_000_000_000
+            ),
             stripe_webhook_secrets=secrets,
             stripe_webhook_tolerance=env.integer("STRIPE_WEBHOOK_TOLERANCE", 300, minimum=0),
             gateway_host=env.text("GATEWAY_HOST", "0.0.0.0"),

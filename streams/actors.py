@@ -86,12 +86,17 @@ class ActorPool(Generic[T]):
         await self._idle.wait()
 
     async def cancel(self) -> None:
-        """Stop all actors now (on shutdown or rebalance); their unfinished items stay unacknowledged."""
+        """Stop all actors now (the worker stops; nothing may be submitted meanwhile): their unfinished items stay
+        unacknowledged, and the pool is empty again."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._actors.clear()  # a task cancelled before its first step never ran _run's finally
+        # queued items never ran, and a task cancelled before its first step never ran _run's finally: nothing of
+        # theirs was released
+        self._actors.clear()
+        self._inflight = 0
+        self._release_room()
         self._idle.set()
 
     async def _run(self, key: Hashable, queue: deque[T], first: eager.Resume[None], started: eager.EagerTask) -> None:
@@ -118,11 +123,15 @@ class ActorPool(Generic[T]):
 
     def _release(self) -> None:
         self._inflight -= 1
-        if self._room:  # every waiting submitter checks again (there are one or two: the stream's loops)
-            room, self._room = self._room, []
-            for waiter in room:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if self._room:
+            self._release_room()
+
+    def _release_room(self) -> None:
+        """Every waiting submitter checks again (there are one or two: the stream's loops)."""
+        room, self._room = self._room, []
+        for waiter in room:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 def _unexpected(key: Hashable, error: Exception) -> None:

@@ -37,7 +37,7 @@ registry.discover(settings.handler_modules)
 metrics = WorkerMetrics()
 _web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.worker_web_host else {}
 #: the worker producer's request limit: room for a dead letter of the largest record the gateway publishes, with its
-#: headers, and for a full changelog batch
+#: headers, and for a full changelog batch (what the brokers take is KAFKA_MAX_MESSAGE_BYTES: records are kept to it)
 _MAX_REQUEST_BYTES = max(settings.worker_producer_max_batch_size, settings.gateway_max_body_bytes + 65_536)
 _data_dir: dict[str, Any] = {"datadir": settings.worker_data_dir} if settings.worker_data_dir else {}
 
@@ -79,8 +79,8 @@ class HookstreamApp(faust.App):
         done, _ = await asyncio.wait({waiting}, timeout=settings.handler_timeout)
         if not done:
             logger.warning(
-                "%d events unfinished %gs after the stop began; stopping them unacknowledged (they are processed "
-                "again after a restart)",
+                "%d events unfinished %gs after the stop began; stopping them unacknowledged (uncommitted: the "
+                "next worker processes them)",
                 actors.inflight,
                 settings.handler_timeout,
             )
@@ -143,7 +143,9 @@ async def _send(topic: str, key: bytes | None, value: bytes, headers: list[tuple
     await app.producer.send_and_wait(topic, key, value, None, None, headers)
 
 
-table_writer = TableWriter(app, objects, max_record_bytes=_MAX_REQUEST_BYTES - 4096)
+table_writer = TableWriter(
+    app, objects, max_record_bytes=min(_MAX_REQUEST_BYTES, settings.kafka_max_message_bytes) - 4096
+)
 processor = EventProcessor(
     registry,
     table_writer,
@@ -156,8 +158,8 @@ processor = EventProcessor(
         settings.handler_timeout,
     ),
     metrics,
-    # the gateway publishes nothing larger, and a dead letter must fit the brokers' limit too
-    min(settings.gateway_max_body_bytes, settings.kafka_max_message_bytes),
+    settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
+    min(settings.gateway_max_body_bytes, settings.kafka_max_message_bytes),  # and a dead letter must fit the brokers
 )
 
 
@@ -182,11 +184,11 @@ async def _finish(message: Message) -> None:
     _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
     try:
         await processor.process(message)
-    except asyncio.CancelledError:  # the worker stops (ActorPool.cancel): unacknowledged, so uncommitted, and
-        raise  # processed again on restart
-    except BaseException:  # a bug of ours past the processor's own net: acked still, or the partition's commits
-        app.consumer.ack(message)  # would stop at this record for good (the error is logged by the actor pool)
+    except Exception:  # a bug of ours past the processor's own net: acked still, or the partition's commits would
+        app.consumer.ack(message)  # stop at this record for good (the error is logged by the actor pool)
         raise
+    # Not acked on CancelledError (the worker stops: uncommitted, processed again on restart) nor on GeneratorExit
+    # (an actor cancelled before it ran leaves its first record to the collector, which closes it).
     app.consumer.ack(message)
 
 

@@ -80,6 +80,7 @@ class EventProcessor:
         retry: RetryPolicy,
         metrics: WorkerMetrics,
         max_value_bytes: int,
+        max_dead_letter_bytes: int | None = None,
     ) -> None:
         self._registry = registry
         self._store = store
@@ -87,7 +88,8 @@ class EventProcessor:
         self._dlq_topic = dlq_topic
         self._retry = retry
         self._metrics = metrics
-        self._max_value_bytes = max_value_bytes
+        self._max_value_bytes = max_value_bytes  # larger values are not events (the gateway publishes none)
+        self._max_dead_letter_bytes = max_dead_letter_bytes or max_value_bytes  # what the brokers take
         self._deadlines = Deadlines(retry.timeout)
 
     async def process(self, record: Record) -> Outcome:
@@ -214,10 +216,13 @@ class EventProcessor:
                 self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
                 continue
-            record_applied(state, event)
-            await self._store.put(object_id, encode_state(state), record.partition)
+            # what the handler emitted goes first: stopped or killed before the state is stored, the event is
+            # applied again (and emits again: at least once); stored first, it would be a duplicate next time and
+            # its records lost
             for emitted in context.emitted:
                 await self._send_durably(emitted.topic, emitted.key, emitted.value, [])
+            record_applied(state, event)
+            await self._store.put(object_id, encode_state(state), record.partition)
             return Outcome.OK
         raise AssertionError("unreachable")
 
@@ -227,7 +232,7 @@ class EventProcessor:
         dlq_headers = dead_letter_headers(headers, error, attempts, record.topic, record.partition, record.offset)
         value = record.value or b""
         size = len(value) + len(record.key or b"") + sum(len(k) + len(v) for k, v in dlq_headers) + _RECORD_OVERHEAD
-        if size > self._max_value_bytes:  # would be over the producer's (and broker's) limit: the offset points to it
+        if size > self._max_dead_letter_bytes:  # over the producer's or brokers' limit: the offset points to it
             dlq_headers.append((VALUE_OMITTED, b"%d" % len(value)))
             value = b""
         await self._send_durably(self._dlq_topic, record.key, value, dlq_headers)

@@ -43,7 +43,8 @@ class Context:
         return self.state.fields
 
     def emit(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        """Publish a follow-up record once this event is applied (never for a failed attempt)."""
+        """Publish a follow-up record once the handler succeeded (never for a failed attempt), before the state is
+        stored: at least once (streams/processor.py)."""
         self.emitted.append(Emitted(topic, key, value))
 
 

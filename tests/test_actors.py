@@ -76,14 +76,15 @@ def test_cancelled_at_once_the_pool_is_idle_even_if_its_actors_never_started() -
     """Stopping right after an item began waiting (its actor task created, not yet run): a task cancelled before its
     first step never runs its finally blocks, and a drain after the cancel must not wait for it."""
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[int, int, int]:
         pool, _ = _held_pool(max_inflight=4)
         await pool.submit("k", 1)  # waits: an actor task is created, and not started before the cancel
+        await pool.submit("k", 2)  # queued behind it: never runs
         await pool.cancel()
         await asyncio.wait_for(pool.drain(), timeout=5)
-        return pool.active_actors, len(pool._tasks)
+        return pool.active_actors, len(pool._tasks), pool.inflight
 
-    assert asyncio.run(run()) == (0, 0)
+    assert asyncio.run(run()) == (0, 0, 0)  # nothing left counted against the in-flight bound
 
 
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
