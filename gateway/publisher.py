@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 from gateway.envelope import Record
 from gateway.metrics import GatewayMetrics
-from gateway.rdkafka import AsyncProducer, DeliveryFailed, RecordTooLarge, librdkafka_config
+from gateway.rdkafka import AsyncProducer, DeliveryFailed, librdkafka_config
 from ops.kafka import TopicCreationError, client_options, create_topics
 from ops.settings import Settings
 
@@ -81,8 +81,6 @@ class Publisher:
             # librdkafka reports every record within message.timeout.ms (GATEWAY_PUBLISH_TIMEOUT): no per-request
             # timer needed on the event loop
             await producer.send(record.topic, record.value, record.key, record.headers)
-        except RecordTooLarge:
-            raise  # this record's fault, not the broker's health
         except (TimeoutError, KafkaError, TopicCreationError, DeliveryFailed, BufferError) as exc:
             self._healthy = False
             self._known_topics.clear()  # a restarted (memory) broker may have lost them

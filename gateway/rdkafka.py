@@ -29,9 +29,9 @@ class DeliveryFailed(Exception):
     """The broker did not store the record (librdkafka's error says why)."""
 
 
-class RecordTooLarge(DeliveryFailed):
-    """The record is over the size limit (``KAFKA_MAX_MESSAGE_BYTES``, or the broker's own): sending it again
-    cannot succeed."""
+class RecordTooLarge(Exception):
+    """The record is over the size limit (``KAFKA_MAX_MESSAGE_BYTES``, or the broker's own): the record's fault,
+    not the broker's, and sending it again cannot succeed."""
 
 
 def librdkafka_config(settings: Settings) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def _resolve(reports: list[tuple[asyncio.Future[None], Any]]) -> None:
             future.set_exception(_failure(error))
 
 
-def _failure(error: confluent_kafka.KafkaError) -> DeliveryFailed:
+def _failure(error: confluent_kafka.KafkaError) -> DeliveryFailed | RecordTooLarge:
     if error.code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:  # refused by librdkafka or by the broker
         return RecordTooLarge(str(error))
     return DeliveryFailed(str(error))

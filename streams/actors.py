@@ -10,6 +10,7 @@ and so the caller (the stream) stops pulling from Kafka. (A plain count, not an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
@@ -84,6 +85,15 @@ class ActorPool(Generic[T]):
     async def drain(self) -> None:
         """Wait until every submitted item is finished."""
         await self._idle.wait()
+
+    async def stop(self, grace: float) -> int:
+        """Give the submitted items ``grace`` seconds to finish, then cancel the rest; how many were cancelled."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.drain()
+        unfinished = self._inflight
+        await self.cancel()
+        return unfinished
 
     async def cancel(self) -> None:
         """Stop all actors now (the worker stops; nothing may be submitted meanwhile): their unfinished items stay

@@ -8,8 +8,6 @@ module builds the app (Faust apps are module-level by design); nothing connects 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import weakref
 from typing import Any, cast
@@ -65,28 +63,22 @@ class HookstreamApp(faust.App):
         return consumer
 
     async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
-        """Wait for the records that started processing to be finished and acked, as Faust does, but at stop for
-        ``HANDLER_TIMEOUT`` at most; then stop the actors, leaving the rest unacknowledged to be processed again
-        after a restart. Faust waits without a bound, and a record between retries (backoff up to
-        ``HANDLER_RETRY_MAX_BACKOFF``, many attempts) outlasted a pod's grace period: the worker was killed, and
-        its RocksDB state rebuilt from the changelog. At a rebalance the wait stays unbounded: no record may still
-        run once its partition is another worker's. (Faust's wait swallows a cancellation: it is ended by
-        forgetting what it waits for.)"""
-        if not self.should_stop:
-            await super()._consumer_wait_empty(consumer, logger)
-            return
-        waiting = asyncio.ensure_future(super()._consumer_wait_empty(consumer, logger))
-        done, _ = await asyncio.wait({waiting}, timeout=settings.handler_timeout)
-        if not done:
-            logger.warning(
-                "%d events unfinished %gs after the stop began; stopping them unacknowledged (uncommitted: the "
-                "next worker processes them)",
-                actors.inflight,
-                settings.handler_timeout,
-            )
-            await actors.cancel()
+        """Faust waits, without a bound, for every record it handed out to be acked, at a rebalance (right: none
+        may run on once its partition is another worker's) and at stop, where an event between retries outlasted
+        a pod's grace period (the worker was killed, its RocksDB state rebuilt). At stop the actors get
+        ``HANDLER_TIMEOUT`` to finish, the rest are cancelled unacknowledged (uncommitted: the next worker
+        processes them), and Faust stops waiting for acks that cannot come any more."""
+        if self.should_stop:
+            unfinished = await actors.stop(settings.handler_timeout)
+            if unfinished:
+                logger.warning(
+                    "%d events unfinished %gs after the stop began: stopped unacknowledged (uncommitted: the next "
+                    "worker processes them)",
+                    unfinished,
+                    settings.handler_timeout,
+                )
             cast(BatchingConsumer, consumer).forget_unfinished()
-        await waiting  # it commits what finished
+        await super()._consumer_wait_empty(consumer, logger)  # commits what finished
 
 
 app = HookstreamApp(
@@ -218,10 +210,7 @@ async def process_events(stream: faust.Stream[Any]) -> None:
         async for event in stream.noack().events():  # only records that did not take the batch path
             await actors.submit(event.message.key, event.message)
     finally:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(settings.handler_timeout):
-                await asyncio.shield(actors.drain())
-        await actors.cancel()
+        await actors.stop(settings.handler_timeout)
 
 
 lag = LagReporter(app, metrics, set(event_topics))

@@ -92,7 +92,8 @@ class BatchingConsumer(AIOKafkaConsumer):
         self._unacked_messages.discard(message)
 
     def forget_unfinished(self) -> None:
-        """Stop waiting for any record's ack: the actors were stopped, none will come (``HookstreamApp``)."""
+        """Stop waiting for any record's ack: the actors were stopped, none will come (``HookstreamApp``). That
+        includes records fetched and never submitted (the fetch loop stopped in the middle of a fetch)."""
         self._unacked_messages.clear()
 
     async def listed_end_offsets(self, *partitions: TP) -> Mapping[TP, int]:

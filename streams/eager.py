@@ -19,33 +19,32 @@ T = TypeVar("T")
 
 
 class Resume(Generic[T]):
-    """Awaitable continuation of a coroutine that ``start`` left suspended on what it yielded."""
+    """Awaitable continuation of a coroutine that ``start`` left suspended on ``yielded``."""
 
-    __slots__ = ("_coro", "_waiting_on")
+    __slots__ = ("_coro", "_yielded")
 
     def __init__(self, coro: Coroutine[Any, Any, T], yielded: Any) -> None:
         self._coro = coro
-        self._waiting_on = yielded  # what the coroutine waits on (an asyncio future, or None for a bare yield)
+        self._yielded = yielded
 
     def __await__(self) -> Generator[Any, Any, T]:
-        coro = self._coro
-        waiting_on = self._waiting_on
+        coro, value = self._coro, self._yielded
         while True:
             try:
-                sent = yield waiting_on  # the awaiting task waits on what the coroutine waits on
+                sent = yield value  # the awaiting task waits on what the coroutine waits on
             except GeneratorExit:
                 coro.close()
                 raise
             except BaseException as exc:  # cancellation or timeout: deliver it where the coroutine waits
                 try:
-                    waiting_on = coro.throw(exc)
+                    value = coro.throw(exc)
                 except StopIteration as stop:
                     return stop.value
-                continue
-            try:
-                waiting_on = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
     def close(self) -> None:
         self._coro.close()
@@ -111,24 +110,25 @@ def start(coro: Coroutine[Any, Any, T], task: EagerTask | None = None) -> tuple[
     awaits the ``Resume``, so that what it was asked reaches the coroutine.
     """
     if task is None:
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            return True, stop.value
-        return False, Resume(coro, yielded)
+        return _step(coro)
     loop = asyncio.get_running_loop()
     outer = asyncio.current_task(loop)
     if outer is not None:
         _leave_task(loop, outer)
     _enter_task(loop, task)  # type: ignore[arg-type]  # quacks enough: see EagerTask
     try:
-        yielded = coro.send(None)
-    except StopIteration as stop:
-        return True, stop.value
+        return _step(coro)
     finally:
         try:
             _leave_task(loop, task)  # type: ignore[arg-type]
         finally:  # whatever the step did, the task that called start is current again
             if outer is not None:
                 _enter_task(loop, outer)
+
+
+def _step(coro: Coroutine[Any, Any, T]) -> tuple[bool, T | Resume[T]]:
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
     return False, Resume(coro, yielded)

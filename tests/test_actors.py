@@ -87,6 +87,23 @@ def test_cancelled_at_once_the_pool_is_idle_even_if_its_actors_never_started() -
     assert asyncio.run(run()) == (0, 0, 0)  # nothing left counted against the in-flight bound
 
 
+def test_stop_lets_items_finish_within_the_grace_and_cancels_the_rest() -> None:
+    async def run() -> tuple[int, list[str], int]:
+        finished: list[str] = []
+
+        async def process(item: str) -> None:
+            await asyncio.sleep(0.01 if item == "quick" else 3600)
+            finished.append(item)
+
+        pool: ActorPool[str] = ActorPool(process, max_inflight=4)
+        for key in ("quick", "hangs", "hangs too"):
+            await pool.submit(key, key)
+        cancelled = await asyncio.wait_for(pool.stop(grace=0.2), timeout=5)
+        return cancelled, finished, pool.inflight
+
+    assert asyncio.run(run()) == (2, ["quick"], 0)
+
+
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
     async def run() -> tuple[int, int]:
         pool, release = _held_pool(max_inflight=1)
