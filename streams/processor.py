@@ -20,6 +20,7 @@ from streams.registry import Context, HandlerRegistry, Registration
 from streams.state import (
     ObjectState,
     Outcome,
+    StateTooLarge,
     decode_state,
     encode_state,
     judge,
@@ -52,6 +53,9 @@ class StateStore(Protocol):
     """Where object states live: the objects table (``streams/table.py``), or a dict in tests."""
 
     def get(self, key: bytes) -> bytes | None: ...
+
+    def check(self, key: bytes, value: bytes) -> None:
+        """Raise StateTooLarge if ``value`` cannot be stored."""
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None: ...
 
@@ -216,13 +220,20 @@ class EventProcessor:
                 self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
                 continue
+            record_applied(state, event)
+            encoded = encode_state(state)
+            try:
+                self._store.check(object_id, encoded)
+            except StateTooLarge as exc:  # no attempt can change what the handler made of the state
+                log.error("event %s (%s) dead-lettered, nothing emitted: %s", event.id, event.type, exc)
+                await self._dead_letter(record, headers, exc, attempt)
+                return Outcome.DEAD_LETTERED
             # what the handler emitted goes first: stopped or killed before the state is stored, the event is
             # applied again (and emits again: at least once); stored first, it would be a duplicate next time and
             # its records lost
             for emitted in context.emitted:
                 await self._send_durably(emitted.topic, emitted.key, emitted.value, [])
-            record_applied(state, event)
-            await self._store.put(object_id, encode_state(state), record.partition)
+            await self._store.put(object_id, encoded, record.partition)
             return Outcome.OK
         raise AssertionError("unreachable")
 

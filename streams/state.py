@@ -43,6 +43,10 @@ class ObjectState(msgspec.Struct, kw_only=True):
     recent_event_ids: list[str] = msgspec.field(default_factory=list)
 
 
+class StateTooLarge(ValueError):
+    """An object's new state is too large to be stored (one changelog record): the event is dead-lettered."""
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ObjectState)
 

@@ -25,11 +25,9 @@ from typing import Any, cast
 from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP
 
+from streams.state import StateTooLarge
+
 log = logging.getLogger(__name__)
-
-
-class RecordTooLarge(ValueError):
-    """A state too large for one produce request: it is not stored (the event is dead-lettered instead)."""
 
 
 class ChangelogLost(RuntimeError):
@@ -74,6 +72,14 @@ class TableWriter:
             self._lookup = _lookup_of(self._table.data)
         return self._lookup(key)
 
+    def check(self, key: bytes, value: bytes) -> None:
+        """Raise StateTooLarge if ``value`` cannot be stored under ``key`` (one changelog record of it would be
+        over the brokers' or the producer's limit)."""
+        if len(key) + len(value) > self._max_record_bytes:
+            raise StateTooLarge(
+                f"state of {len(value)} bytes is over the {self._max_record_bytes}-byte limit of a changelog record"
+            )
+
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
         """Append ``value``'s changelog record to the partition's batch, then store it. Waits only when that
         batch is full, until the producer has taken it (back-pressure).
@@ -81,8 +87,7 @@ class TableWriter:
         The store is written only once the record is in a batch: a put that raises (a record too large, a
         cancelled wait, a refused batch) leaves the store as it was, never ahead of the changelog.
         """
-        if len(key) + len(value) > self._max_record_bytes:
-            raise RecordTooLarge(f"state of {len(value)} bytes is over the producer's {self._max_record_bytes}")
+        self.check(key, value)
         while True:
             batch = self._open.get(partition)
             if batch is None:
@@ -90,7 +95,7 @@ class TableWriter:
             if batch.builder.append(timestamp=None, key=key, value=value) is not None:
                 break
             if batch.builder.record_count() == 0:
-                raise RecordTooLarge(f"state of {len(value)} bytes does not fit in a batch")
+                raise StateTooLarge(f"state of {len(value)} bytes does not fit in a changelog batch")
             self._start_sending(partition)  # full: hand it over, then append to the next one
             await asyncio.shield(batch.handed)
         self._unconfirmed += 1

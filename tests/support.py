@@ -28,6 +28,7 @@ from ops.fixtures import build_event, encode
 from ops.kafka import create_topics
 from ops.process import free_port, stop_process
 from ops.settings import DEV_WEBHOOK_SECRET, Settings
+from streams.state import StateTooLarge
 
 SECRET = DEV_WEBHOOK_SECRET
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -376,7 +377,14 @@ class ConsumedRecord:
 
 
 class DictStore(dict[bytes, bytes]):
-    """Object states in a dict, with the table writer's ``put``."""
+    """Object states in a dict, with the table writer's ``check`` (its limit: ``max_value_bytes``) and ``put``."""
+
+    max_value_bytes = 1 << 20
+
+    def check(self, key: bytes, value: bytes) -> None:
+        if len(value) > self.max_value_bytes:
+            raise StateTooLarge(f"state of {len(value)} bytes is over {self.max_value_bytes}")
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.check(key, value)
         self[key] = value

@@ -8,9 +8,19 @@ from gateway.envelope import to_record
 from ops.fixtures import build_event, encode
 from streams.events import StripeEvent
 from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, RetryPolicy
+from streams.processor import EventProcessor, RetryPolicy, Send
 from streams.registry import Context, HandlerRegistry
 from tests.support import ConsumedRecord, DictStore
+
+
+def _process(handlers: HandlerRegistry, store: DictStore, send: Send, object_id: str, attempts: int) -> str:
+    """Process one ``invoice.paid`` event of ``object_id``; its outcome."""
+    processor = EventProcessor(
+        handlers, store, send, "stripe.dlq", RetryPolicy(attempts, 0.001, 0.001, 1.0), WorkerMetrics(), 1 << 20
+    )
+    record = to_record(encode(build_event("invoice.paid", object_id=object_id)), "stripe.", 0)
+    consumed = ConsumedRecord(record.topic, 0, 0, record.key, record.value, record.headers)
+    return str(asyncio.run(processor.process(consumed)))
 
 
 def test_emitted_records_go_out_once_for_the_attempt_that_succeeded_and_before_the_state_is_stored() -> None:
@@ -31,13 +41,31 @@ def test_emitted_records_go_out_once_for_the_attempt_that_succeeded_and_before_t
     async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         sent.append((topic, key, value, b"in_emit" in store))
 
-    processor = EventProcessor(
-        handlers, store, send, "stripe.dlq", RetryPolicy(2, 0.001, 0.001, 1.0), WorkerMetrics(), max_value_bytes=1 << 20
-    )
-    record = to_record(encode(build_event("invoice.paid", object_id="in_emit")), "stripe.", 0)
-    outcome = asyncio.run(
-        processor.process(ConsumedRecord(record.topic, 0, 0, record.key, record.value, record.headers))
-    )
-    assert str(outcome) == "ok"
+    assert _process(handlers, store, send, "in_emit", attempts=2) == "ok"
     assert sent == [("billing.notices", b"in_emit", b"paid, attempt 2", False)]  # state not stored yet when sent
     assert b"in_emit" in store
+
+
+def test_an_event_whose_new_state_cannot_be_stored_is_dead_lettered_and_emits_nothing() -> None:
+    """The size of the new state is known before anything leaves: emitted records of an event that is then
+    dead-lettered would announce a change the object's state never shows."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("invoice.paid")
+    async def bloat(event: StripeEvent, ctx: Context) -> None:
+        ctx.emit("billing.notices", b"paid", b"in_big")
+        ctx.fields["blob"] = "x" * 5000
+
+    store = DictStore()
+    store.max_value_bytes = 4096
+    sent: list[tuple[str, list[tuple[str, bytes]]]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent.append((topic, headers))
+
+    assert _process(handlers, store, send, "in_big", attempts=3) == "dead_lettered"
+    assert [topic for topic, _ in sent] == ["stripe.dlq"]  # the dead letter only: billing.notices never saw it
+    dead_letter = dict(sent[0][1])
+    assert dead_letter["error-type"] == b"StateTooLarge"
+    assert dead_letter["attempts"] == b"1"  # not retried: no attempt can make it smaller
+    assert b"in_big" not in store

@@ -13,6 +13,7 @@ import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
+from streams.state import StateTooLarge
 from streams.table import ChangelogLost, TableWriter
 
 
@@ -173,7 +174,7 @@ def test_a_refused_batch_stops_commits_and_the_worker() -> None:
 def test_a_state_over_the_limit_is_refused_before_anything_is_stored() -> None:
     async def run() -> tuple[TableWriter, _Table]:
         writer, _, table = _writer(_Producer())
-        with pytest.raises(ValueError, match="over the producer's"):
+        with pytest.raises(StateTooLarge, match="limit of a changelog record"):
             await writer.put(b"k", b"x" * (2 << 20), 0)
         return writer, table
 
