@@ -1,8 +1,9 @@
 """Baseline: the naive Faust agent, as written from Faust's tutorial.
 
 A ``faust.Record`` parsed from each event's JSON, one agent taking one event at a time, one table write per
-event (the object's status, amount and last event). On the embedded broker it gets what hookstream's worker
-gets there (DESIGN.md): one record per producer batch, short rebalance and session timeouts. It also serves
+event (the object's status, amount and last event). It gets what hookstream's worker gets in the benchmark:
+1 MiB producer batches (the default of WORKER_PRODUCER_MAX_BATCH_SIZE), the embedded broker's short rebalance
+and session timeouts (ops/dev.py). It also serves
 ``/readyz`` (assigned and recovered, as hookstream's worker) and ``/bench/count`` (events applied, table size),
 which is how the benchmark proves that every event was applied.
 
@@ -27,7 +28,7 @@ app = faust.App(
     store="memory://",
     datadir=os.environ.get("BENCH_DATADIR", "/tmp/naive-faust-data"),
     topic_partitions=PARTITIONS,
-    producer_max_batch_size=int(os.environ.get("BENCH_PRODUCER_MAX_BATCH_SIZE", "1")),
+    producer_max_batch_size=int(os.environ.get("BENCH_PRODUCER_MAX_BATCH_SIZE", str(1 << 20))),
     broker_rebalance_timeout=3.0,
     broker_session_timeout=6.0,
     broker_heartbeat_interval=2.0,

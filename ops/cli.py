@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser(
         "dev",
-        help="run the local stack: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), gateway and a worker",
+        help="run the local stack: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS or its _FILE names brokers), "
+        "gateway and a worker",
     )
     dev.add_argument("--broker-port", type=int, default=9092, help="embedded broker port (default: 9092)")
     dev.set_defaults(run=_dev)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ops.broker import BrokerError, EmbeddedBroker
 from ops.process import free_port, stop_process
-from ops.settings import DEV_WEBHOOK_SECRET, Settings
+from ops.settings import DEV_WEBHOOK_SECRET, Settings, is_configured
 
 #: Settings the embedded broker needs (DESIGN.md): no idempotent producer, and short group timeouts, because it
 #: completes a group join only after them (a join takes half the session timeout, measured). Its
@@ -28,12 +28,13 @@ LOCAL_ONLY_ENV = {"GATEWAY_HOST": "127.0.0.1", "WORKER_WEB_BIND": "127.0.0.1"}
 
 
 def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092) -> int:
-    """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), gateway and worker; wait for a signal."""
+    """Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS or its _FILE names brokers), gateway and worker;
+    wait for a signal."""
     # Local by default: the dev stack accepts the publicly known development secret, so it listens on loopback
     # only, unless told otherwise.
     env = LOCAL_ONLY_ENV | dict(environ)
     broker: EmbeddedBroker | None = None
-    if "KAFKA_BOOTSTRAP_SERVERS" not in environ:
+    if not is_configured("KAFKA_BOOTSTRAP_SERVERS", environ):  # KAFKA_BOOTSTRAP_SERVERS_FILE counts too
         try:
             broker = EmbeddedBroker(broker_port)
             broker.start()
@@ -41,6 +42,7 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
             print(f"hookstream: {exc}; using a free port instead", file=sys.stderr)
             broker = EmbeddedBroker(free_port())
             broker.start()
+        env.pop("KAFKA_BOOTSTRAP_SERVERS_FILE", None)  # an empty one: it would win over the variable
         env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
         env.update(EMBEDDED_BROKER_ENV | {k: v for k, v in environ.items() if k in EMBEDDED_BROKER_ENV})
         print(f"hookstream: embedded Kafka broker listening on {broker.bootstrap_servers}", flush=True)

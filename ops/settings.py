@@ -160,6 +160,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return int(self.gateway_publish_timeout * 1000)
 
 
+def is_configured(name: str, environ: Mapping[str, str]) -> bool:
+    """True when the environment gives ``name`` a value, directly or through ``NAME_FILE`` (an empty value is
+    unset, as the settings read it)."""
+    return bool(_Env(environ).optional(name))
+
+
 class _Env:
     """Typed reads of environment variables, with ``NAME_FILE`` support and errors that name the variable."""
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.settings import DEV_WEBHOOK_SECRET, ConfigError, Settings
+from ops.settings import DEV_WEBHOOK_SECRET, ConfigError, Settings, is_configured
 
 
 def test_defaults_match_the_design() -> None:
@@ -35,6 +35,20 @@ def test_secret_from_a_mounted_file(tmp_path: Path) -> None:
     assert s.stripe_webhook_secrets == ("whsec_from_file",)
     with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRETS_FILE"):
         Settings.from_env({"STRIPE_WEBHOOK_SECRETS_FILE": str(tmp_path / "missing")})
+
+
+def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path) -> None:
+    """What ``hookstream dev`` asks before starting its own broker: brokers named in a mounted file count, an
+    empty value does not (the settings would fall back to the default)."""
+    servers = tmp_path / "servers"
+    servers.write_text("kafka-0:9092\n")
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    assert is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092"})
+    assert is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS_FILE": str(servers)})
+    assert not is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS": ""})
+    assert not is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS_FILE": str(empty)})
+    assert not is_configured("KAFKA_BOOTSTRAP_SERVERS", {})
 
 
 @pytest.mark.parametrize(
