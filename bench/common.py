@@ -24,6 +24,7 @@ import msgspec
 from gateway.envelope import Record, to_record
 from ops.fixtures import build_event, encode
 from ops.process import stop_process
+from ops.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -230,6 +231,7 @@ def publish(bootstrap: str, records: Iterator[Record], partitions: int = 8) -> i
     murmur2 like the gateway; return how many. Topics are created first from the first record's topic."""
     import confluent_kafka
 
+    gateway = Settings()  # batches as the gateway's producer makes them by default: records per batch, codec
     producer = confluent_kafka.Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -237,6 +239,8 @@ def publish(bootstrap: str, records: Iterator[Record], partitions: int = 8) -> i
             "enable.idempotence": False,  # the embedded broker lacks it (DESIGN.md)
             "linger.ms": 5,
             "batch.size": 1 << 20,
+            "batch.num.messages": gateway.producer_batch_records,
+            "compression.type": gateway.producer_compression,
             "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 200_000,
             "log_level": 4,

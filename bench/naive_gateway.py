@@ -42,6 +42,7 @@ class NaiveGateway:
                         acks="all",
                         linger_ms=2,
                         max_batch_size=1 << 20,
+                        compression_type="lz4",  # the gateway's default PRODUCER_COMPRESSION
                         enable_idempotence=False,
                     )
                     await self.producer.start()

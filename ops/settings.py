@@ -18,6 +18,8 @@ DEV_WEBHOOK_SECRET = "whsec_hookstream_local_development_secret"
 
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Kafka's batch compression codecs (every Kafka client reads all of them).
+COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     producer_linger_ms: int = 2
     producer_max_batch_size: int = 1_048_576
     producer_batch_records: int = 16
+    producer_compression: str = "lz4"
     topic_prefix: str = "stripe."
     topic_partitions: int = 8
     topic_replication_factor: int = 1
@@ -120,6 +123,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             producer_linger_ms=env.integer("PRODUCER_LINGER_MS", 2, minimum=0),
             producer_max_batch_size=env.integer("PRODUCER_MAX_BATCH_SIZE", 1_048_576, minimum=1),
             producer_batch_records=env.integer("PRODUCER_BATCH_RECORDS", 16, minimum=1, maximum=1_000_000),
+            producer_compression=env.choice("PRODUCER_COMPRESSION", "lz4", COMPRESSION_CODECS),
             topic_prefix=prefix,
             topic_partitions=env.integer("TOPIC_PARTITIONS", 8, minimum=1),
             topic_replication_factor=env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1),
@@ -211,6 +215,12 @@ class _Env:
             raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
         if not value > 0:
             raise ConfigError(f"{name}: must be above zero, got {raw!r}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:

@@ -66,6 +66,7 @@ def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path)
         ({"PRODUCER_BATCH_RECORDS": "0"}, "PRODUCER_BATCH_RECORDS"),
         ({"PRODUCER_LINGER_MS": "10000"}, "PRODUCER_LINGER_MS"),  # not below GATEWAY_PUBLISH_TIMEOUT (10 s)
         ({"PRODUCER_BATCH_RECORDS": "1000001"}, "PRODUCER_BATCH_RECORDS"),
+        ({"PRODUCER_COMPRESSION": "brotli"}, "PRODUCER_COMPRESSION"),
         ({"GATEWAY_PUBLISH_TIMEOUT": "0.0005", "PRODUCER_LINGER_MS": "0"}, "GATEWAY_PUBLISH_TIMEOUT"),  # 0 ms: never
     ],
 )
