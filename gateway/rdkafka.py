@@ -43,9 +43,9 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         "enable.idempotence": settings.kafka_enable_idempotence,
         "linger.ms": settings.producer_linger_ms,
         "batch.size": min(settings.producer_max_batch_size, settings.kafka_max_message_bytes),
-        # Stripe's JSON shrinks about fivefold with lz4: brokers store, replicate and serve a fifth of the bytes,
-        # and the workers' consumer thread reads and checksums a fifth (bench/README.md, fifth round); the
-        # compression runs in librdkafka's threads, not on the event loop
+        # Stripe's JSON shrinks several times with lz4 (13x for the fixtures' events, tests/test_publishing.py):
+        # brokers store, replicate and serve a fraction of the bytes, and the workers' consumer thread reads and
+        # checksums a fraction (bench/README.md, fifth round); it runs in librdkafka's threads, not on the loop
         "compression.type": settings.producer_compression,
         # A batch goes out once it holds this many records, without waiting out linger.ms: under load the batches
         # fill at once and the wait only added latency, which on a fixed number of connections caps throughput

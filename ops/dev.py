@@ -42,7 +42,6 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
             print(f"hookstream: {exc}; using a free port instead", file=sys.stderr)
             broker = EmbeddedBroker(free_port())
             broker.start()
-        env.pop("KAFKA_BOOTSTRAP_SERVERS_FILE", None)  # an empty one: it would win over the variable
         env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
         env.update(EMBEDDED_BROKER_ENV | {k: v for k, v in environ.items() if k in EMBEDDED_BROKER_ENV})
         print(f"hookstream: embedded Kafka broker listening on {broker.bootstrap_servers}", flush=True)

@@ -165,9 +165,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def is_configured(name: str, environ: Mapping[str, str]) -> bool:
-    """True when the environment gives ``name`` a value, directly or through ``NAME_FILE`` (an empty value is
-    unset, as the settings read it)."""
-    return bool(_Env(environ).optional(name))
+    """True when the environment gives ``name`` a value, directly or through ``NAME_FILE``, as the settings read
+    it (an empty variable is unset; an empty or unreadable file is a ConfigError)."""
+    return _Env(environ).optional(name) is not None
 
 
 class _Env:
@@ -181,9 +181,12 @@ class _Env:
         if path:
             try:
                 with open(path, encoding="utf-8") as f:
-                    return f.read().strip()
+                    content = f.read().strip()
             except OSError as exc:
                 raise ConfigError(f"{name}_FILE: cannot read {path!r}: {exc.strerror}") from None
+            if not content:  # a secret mounted empty: never fall back to a default (the public development secret)
+                raise ConfigError(f"{name}_FILE: {path!r} is empty")
+            return content
         value = self._environ.get(name)
         return value if value not in (None, "") else None
 

@@ -24,7 +24,7 @@ from streams.actors import ActorPool
 from streams.consumer import BatchingConsumer
 from streams.lag import LagReporter
 from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, RetryPolicy
+from streams.processor import EventProcessor, RetryPolicy, StateNotStored
 from streams.registry import registry
 from streams.table import FlushingProducer, TableWriter
 
@@ -104,7 +104,7 @@ app = HookstreamApp(
     value_serializer="raw",
     consumer_auto_offset_reset="earliest",
     # At most this many records per fetch handed over (Faust's default: all it holds). The fetch size bounds
-    # compressed bytes, and lz4 batches of small events decompress twentyfold: unbounded, a worker catching up on
+    # compressed bytes, and lz4 batches of small events decompress many times over: unbounded, a worker catching up on
     # a million small events peaked at 1.3 GB RSS; bounded, 223 MiB, at the same rate (make bench, memory).
     broker_max_poll_records=5_000,
     autodiscover=False,
@@ -180,6 +180,8 @@ async def _finish(message: Message) -> None:
     _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
     try:
         await processor.process(message)
+    except StateNotStored:  # not acked: the partition's commits stop short of it, and a restart processes it again
+        raise  # (a lost changelog batch has the worker crash anyway; logged by the actor pool)
     except Exception:  # a bug of ours past the processor's own net: acked still, or the partition's commits would
         app.consumer.ack(message)  # stop at this record for good (the error is logged by the actor pool)
         raise

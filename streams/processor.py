@@ -1,6 +1,7 @@
 """What happens to one event: decode, filter duplicates and stale deliveries, run its handler with retries,
-store the new state, dead-letter what cannot be applied. Never raises: an exception that reached Faust would
-ack and drop the event, so every failure ends here as a dead letter."""
+store the new state, dead-letter what cannot be applied. Every failure of the event's own ends here as a dead
+letter (an exception that reached Faust would ack and drop the event); only a failing store raises
+(StateNotStored), and the caller leaves that record unacknowledged."""
 
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ class HandlerCancelled(Exception):
     """A handler attempt ended in CancelledError that neither its deadline nor the worker caused."""
 
 
+class StateNotStored(Exception):
+    """The store refused or failed a write (a changelog batch lost, the producer stopped, the disk): the event's
+    fault it is not, so it is not dead-lettered, and it must not be acknowledged (it is processed again)."""
+
+
 class RetryPolicy:
     def __init__(self, max_attempts: int, backoff: float, max_backoff: float, timeout: float) -> None:
         self.max_attempts, self.backoff, self.max_backoff, self.timeout = max_attempts, backoff, max_backoff, timeout
@@ -97,12 +103,13 @@ class EventProcessor:
         self._deadlines = Deadlines(retry.timeout)
 
     async def process(self, record: Record) -> Outcome:
-        """Finish ``record`` one way or another and say how."""
+        """Finish ``record`` one way or another and say how; StateNotStored if the store failed it (the record must
+        then stay unacknowledged)."""
         headers = _headers(record)
         event_type = (header(headers, "event-type") or b"unknown").decode(errors="replace")
         try:
             outcome, event_type = await self._process(record, headers, event_type)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, StateNotStored):
             raise
         except Exception as exc:  # a bug of ours, not a handler's: still never lose the record
             log.error(
@@ -233,7 +240,10 @@ class EventProcessor:
             # its records lost
             for emitted in context.emitted:
                 await self._send_durably(emitted.topic, emitted.key, emitted.value, [])
-            await self._store.put(object_id, encoded, record.partition)
+            try:
+                await self._store.put(object_id, encoded, record.partition)
+            except Exception as exc:
+                raise StateNotStored(f"state of {event.id} ({event.type}) not stored: {described(exc)}") from exc
             return Outcome.OK
         raise AssertionError("unreachable")
 

@@ -382,7 +382,7 @@ class DictStore(dict[bytes, bytes]):
     max_value_bytes = 1 << 20
 
     def check(self, key: bytes, value: bytes) -> None:
-        if len(value) > self.max_value_bytes:
+        if len(key) + len(value) > self.max_value_bytes:
             raise StateTooLarge(f"state of {len(value)} bytes is over {self.max_value_bytes}")
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:

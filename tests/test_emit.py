@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.envelope import to_record
 from ops.fixtures import build_event, encode
 from streams.events import StripeEvent
 from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, RetryPolicy, Send
+from streams.processor import EventProcessor, RetryPolicy, Send, StateNotStored
 from streams.registry import Context, HandlerRegistry
 from tests.support import ConsumedRecord, DictStore
 
@@ -69,3 +71,27 @@ def test_an_event_whose_new_state_cannot_be_stored_is_dead_lettered_and_emits_no
     assert dead_letter["error-type"] == b"StateTooLarge"
     assert dead_letter["attempts"] == b"1"  # not retried: no attempt can make it smaller
     assert b"in_big" not in store
+
+
+def test_a_store_that_fails_after_the_emits_leaves_the_event_unfinished_not_dead_lettered() -> None:
+    """A changelog batch lost (or the producer stopped) after the emits went out is the store's failure, not the
+    event's: no dead letter (the event would count as dead-lettered and be applied after the restart too), and the
+    error reaches the caller, which leaves the record unacknowledged: processed, and emitted, again."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("invoice.paid")
+    async def notify(event: StripeEvent, ctx: Context) -> None:
+        ctx.emit("billing.notices", b"paid", b"in_lost")
+
+    class FailingStore(DictStore):
+        async def put(self, key: bytes, value: bytes, partition: int) -> None:
+            raise RuntimeError("changelog batch not handed to the producer")
+
+    sent: list[str] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent.append(topic)
+
+    with pytest.raises(StateNotStored, match="not stored: RuntimeError"):
+        _process(handlers, FailingStore(), send, "in_lost", attempts=3)
+    assert sent == ["billing.notices"]  # no dead letter

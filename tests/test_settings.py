@@ -35,11 +35,14 @@ def test_secret_from_a_mounted_file(tmp_path: Path) -> None:
     assert s.stripe_webhook_secrets == ("whsec_from_file",)
     with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRETS_FILE"):
         Settings.from_env({"STRIPE_WEBHOOK_SECRETS_FILE": str(tmp_path / "missing")})
+    (tmp_path / "empty").write_text("\n")  # mounted empty: an error, never the development secret
+    with pytest.raises(ConfigError, match=r"STRIPE_WEBHOOK_SECRETS_FILE: .* is empty"):
+        Settings.from_env({"STRIPE_WEBHOOK_SECRETS_FILE": str(tmp_path / "empty")})
 
 
 def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path) -> None:
     """What ``hookstream dev`` asks before starting its own broker: brokers named in a mounted file count, an
-    empty value does not (the settings would fall back to the default)."""
+    empty variable does not (the settings fall back to the default), an empty file is an error."""
     servers = tmp_path / "servers"
     servers.write_text("kafka-0:9092\n")
     empty = tmp_path / "empty"
@@ -47,8 +50,9 @@ def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path)
     assert is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092"})
     assert is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS_FILE": str(servers)})
     assert not is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS": ""})
-    assert not is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS_FILE": str(empty)})
     assert not is_configured("KAFKA_BOOTSTRAP_SERVERS", {})
+    with pytest.raises(ConfigError, match=r"KAFKA_BOOTSTRAP_SERVERS_FILE: .* is empty"):
+        is_configured("KAFKA_BOOTSTRAP_SERVERS", {"KAFKA_BOOTSTRAP_SERVERS_FILE": str(empty)})
 
 
 @pytest.mark.parametrize(
