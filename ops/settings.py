@@ -18,7 +18,7 @@ DEV_WEBHOOK_SECRET = "whsec_hookstream_local_development_secret"
 
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: Kafka's batch compression codecs (every Kafka client reads all of them).
+#: Kafka's batch compression codecs (PRODUCER_COMPRESSION).
 COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 

@@ -66,8 +66,8 @@ class HandlerCancelled(Exception):
 
 
 class StateNotStored(Exception):
-    """The store refused or failed a write (a changelog batch lost, the producer stopped, the disk): the event's
-    fault it is not, so it is not dead-lettered, and it must not be acknowledged (it is processed again)."""
+    """The store refused or failed a write (a changelog batch lost, the producer stopped, the disk). Not the
+    event's fault: it is not dead-lettered, and it must stay unacknowledged (it is processed again)."""
 
 
 class RetryPolicy:
