@@ -104,8 +104,8 @@ app = HookstreamApp(
     value_serializer="raw",
     consumer_auto_offset_reset="earliest",
     # At most this many records per fetch handed over (Faust's default: all it holds). The fetch size bounds
-    # compressed bytes, and lz4 batches of small events decompress many times over: unbounded, a worker catching up on
-    # a million small events peaked at 1.3 GB RSS; bounded, 223 MiB, at the same rate (make bench, memory).
+    # compressed bytes, and lz4 batches of small events decompress ~9x (bench/README.md): unbounded, a worker
+    # catching up on a million small events peaked at 1.3 GB RSS; bounded, 223 MiB, at the same rate.
     broker_max_poll_records=5_000,
     autodiscover=False,
 )

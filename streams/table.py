@@ -82,20 +82,18 @@ class TableWriter:
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
         """Append ``value``'s changelog record to the partition's batch, then store it. Waits only when that
-        batch is full, until the producer has taken it (back-pressure).
+        batch is full, until the producer has taken it (back-pressure). ``check`` it first (the processor does,
+        before anything of the event leaves): a batch takes its first record whatever its size.
 
-        The store is written only once the record is in a batch: a put that raises (a record too large, a
-        cancelled wait, a refused batch) leaves the store as it was, never ahead of the changelog.
+        The store is written only once the record is in a batch: a put that raises (a cancelled wait, a refused
+        batch) leaves the store as it was, never ahead of the changelog.
         """
-        self.check(key, value)
         while True:
             batch = self._open.get(partition)
             if batch is None:
                 batch = self._new_batch(partition)
             if batch.builder.append(timestamp=None, key=key, value=value) is not None:
                 break
-            if batch.builder.record_count() == 0:
-                raise StateTooLarge(f"state of {len(value)} bytes does not fit in a changelog batch")
             self._start_sending(partition)  # full: hand it over, then append to the next one
             await asyncio.shield(batch.handed)
         self._unconfirmed += 1

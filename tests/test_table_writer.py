@@ -175,7 +175,7 @@ def test_a_state_over_the_limit_is_refused_before_anything_is_stored() -> None:
     async def run() -> tuple[TableWriter, _Table]:
         writer, _, table = _writer(_Producer())
         with pytest.raises(StateTooLarge, match="limit of a changelog record"):
-            await writer.put(b"k", b"x" * (2 << 20), 0)
+            writer.check(b"k", b"x" * (2 << 20))  # what the processor asks before it emits or puts anything
         return writer, table
 
     writer, table = asyncio.run(run())
