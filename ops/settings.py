@@ -95,9 +95,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         prefix = env.text("TOPIC_PREFIX", "stripe.")
         if not _TOPIC_PREFIX_RE.match(prefix):
             raise ConfigError(f"TOPIC_PREFIX: {prefix!r} may only hold letters, digits, '.', '_' and '-'")
-        log_level = env.text("LOG_LEVEL", "INFO").upper()
-        if log_level not in _LOG_LEVELS:
-            raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
         settings = cls(
             kafka_bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             kafka_security_protocol=env.text("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
@@ -145,7 +142,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             handler_timeout=env.seconds("HANDLER_TIMEOUT", 30.0),
             state_store=env.text("STATE_STORE", "memory://"),
             worker_data_dir=env.optional("WORKER_DATA_DIR"),
-            log_level=log_level,
+            log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS),
         )
         if settings.gateway_publish_timeout_ms < 1:  # librdkafka reads 0 as "never time out"
             timeout = settings.gateway_publish_timeout
@@ -221,10 +218,12 @@ class _Env:
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(name, default).strip().lower()
-        if value not in choices:
-            raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
-        return value
+        """One of ``choices``, in any case (as spelled in ``choices``)."""
+        value = self.text(name, default).strip()
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self.optional(name)
