@@ -17,6 +17,7 @@ where both agree. Producers can then batch changelog records normally on every b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -31,6 +32,7 @@ from mode import Service
 log = logging.getLogger(__name__)
 
 BatchSink = Callable[[list[Message]], Awaitable[None]]
+_Fetched = tuple[Mapping[TP, list[Any]] | None, set[TP] | None, int]
 
 
 class BatchingConsumer(AIOKafkaConsumer):
@@ -116,27 +118,35 @@ class BatchingConsumer(AIOKafkaConsumer):
         return corrected
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by the worker tests
-        # Faust's own loop (faust/transport/consumer.py: _drain_messages over getmany), walking each partition's
-        # records of a fetch directly instead of through getmany's round-robin async generator (one high
-        # watermark per partition, not per record; measured: ~7% less main-thread CPU): records of batch topics
-        # are collected and handed to the sink in one call, records of other topics take Faust's path.
+        # Faust's own loop (faust/transport/consumer.py: _drain_messages over getmany), with two changes. Each
+        # partition's records of a fetch are walked directly instead of through getmany's round-robin async
+        # generator (one high watermark per partition, not per record; measured: ~7% less main-thread CPU):
+        # records of batch topics are collected and handed to the sink in one call, records of other topics take
+        # Faust's path. And the next fetch is asked for before a fetch's records are processed, so the broker's
+        # round trip and aiokafka's parsing (in Faust's consumer thread) overlap the processing instead of
+        # following it: a drain spent a third of its time waiting for fetches (bench/README.md).
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        ahead: asyncio.Task[_Fetched] | None = None
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 await asyncio.sleep(0)
                 if self.should_stop:
                     continue
-                records, active_partitions = await self._wait_next_records(1.0)
+                fetching, ahead = ahead or asyncio.create_task(self._fetch()), None
+                records, active_partitions, generation = await fetching
                 if records is None or self.should_stop:
                     continue
-                if not self.flow_active:  # as getmany: a rebalance paused the flow, seek back to the committed offsets
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    # a rebalance paused the flow, or began (and maybe ended) while these were fetched: they may
+                    # be another assignment's; as getmany, seek back to the committed offsets and fetch again
                     try:
                         await self.perform_seek()
                     except Exception as exc:
                         log.warning("exception performing seek when flow not active: %r", exc)
                     continue
-                generation = self.app.consumer_generation_id
+                ahead = asyncio.create_task(self._fetch())
+                await asyncio.sleep(0)  # its first step hands the request to the consumer thread (sinks may not yield)
                 batch: list[Message] = []
                 for tp, tp_records in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
@@ -161,6 +171,19 @@ class BatchingConsumer(AIOKafkaConsumer):
             if self.transport.app.should_stop:
                 return
             raise
+        finally:
+            if ahead is not None:  # stopping: what it fetched is not processed (nor committed)
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
+
+    async def _fetch(self) -> _Fetched:
+        """The next records, the partitions they were fetched for, and the generation they were fetched in."""
+        if not self.flow_active:
+            await cast(Service, self).wait(self.can_resume_flow)  # type: ignore[arg-type]  # as Faust does
+        generation = self.app.consumer_generation_id
+        records, active_partitions = await self._wait_next_records(1.0)
+        return records, active_partitions, generation
 
     async def _collect(self, tp: TP, records: Iterable[Any], batch: list[Message]) -> None:
         """Append one partition's new records to ``batch``, tracked as unacked."""
