@@ -17,7 +17,6 @@ where both agree. Producers can then batch changelog records normally on every b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -140,10 +139,11 @@ class BatchingConsumer(AIOKafkaConsumer):
                 if not self.flow_active or self.app.consumer_generation_id != generation:
                     # a rebalance paused the flow, or began (and maybe ended) while these were fetched: they may
                     # be another assignment's; as getmany, seek back to the committed offsets and fetch again
-                    try:
-                        await self.perform_seek()
-                    except Exception as exc:
-                        log.warning("exception performing seek when flow not active: %r", exc)
+                    if any(records.values()):  # (an empty fetch moved no position)
+                        try:
+                            await self.perform_seek()
+                        except Exception as exc:
+                            log.warning("exception performing seek when flow not active: %r", exc)
                     continue
                 ahead = asyncio.create_task(self._fetch())
                 await asyncio.sleep(0)  # its first step hands the request to the consumer thread (sinks may not yield)
@@ -174,8 +174,18 @@ class BatchingConsumer(AIOKafkaConsumer):
         finally:
             if ahead is not None:  # stopping: what it fetched is not processed (nor committed)
                 ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await ahead
+                await asyncio.wait([ahead])
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek every partition to its committed offset, and event-topic partitions without one (none yet, or 0)
+        to their beginning, where the consumer starts them anyway (``auto_offset_reset`` is earliest). aiokafka
+        leaves those where they are: after records fetched for a new assignment were dropped (above), that is past
+        records nothing processed, and the first commit would pass them."""
+        committed = await super().seek_to_committed()
+        fresh = [tp for tp, offset in committed.items() if tp.topic in self.batch_topics and not (offset or 0) > 0]
+        if fresh:
+            await cast(Any, self)._thread.seek_to_beginning(*fresh)
+        return committed
 
     async def _fetch(self) -> _Fetched:
         """The next records, the partitions they were fetched for, and the generation they were fetched in."""
