@@ -60,7 +60,8 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
         children.append(("gateway", gateway))
         children.append(("worker", _spawn(["worker"], env)))
         if _wait_listening(settings.gateway_port, gateway):
-            _print_banner(settings)
+            kafka = f"{broker.bootstrap_servers} (embedded)" if broker else settings.kafka_bootstrap_servers
+            _print_banner(settings, kafka)
         while not stopping:
             for name, child in children:
                 if child.poll() is not None:
@@ -92,7 +93,7 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float 
     return False
 
 
-def _print_banner(settings: Settings) -> None:
+def _print_banner(settings: Settings, kafka: str) -> None:
     url = f"http://127.0.0.1:{settings.gateway_port}/webhooks/stripe"
     # Only the public development secret is printed; a real one would end up in terminal scrollback and CI logs.
     secret = DEV_WEBHOOK_SECRET if settings.using_dev_secret else "(from STRIPE_WEBHOOK_SECRETS)"
@@ -102,6 +103,7 @@ def _print_banner(settings: Settings) -> None:
         f"  signing secret  {secret}\n"
         f"  gateway metrics http://127.0.0.1:{settings.gateway_port}/metrics\n"
         f"  worker          http://127.0.0.1:{settings.worker_web_port}/objects/<object id>  (and /metrics)\n"
+        f"  kafka           {kafka}\n"
         "\n"
         "  Send a signed test event from another terminal, then look at the object's state:\n"
         f"    .venv/bin/hookstream trigger payment_intent.succeeded --object-id pi_demo --url {url}\n"

@@ -42,7 +42,7 @@ def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c(tmp
             assert line, "dev exited early:\n" + "".join(lines)
             lines.append(line)
         banner = "".join(lines)
-        assert f"127.0.0.1:{broker_port}" in banner
+        assert f"kafka           127.0.0.1:{broker_port} (embedded)" in banner  # which brokers the stack uses
         assert "signing secret  whsec_" in banner
         trigger_line = next(line for line in lines if "hookstream trigger" in line).strip()
 
