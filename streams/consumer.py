@@ -123,7 +123,7 @@ class BatchingConsumer(AIOKafkaConsumer):
         # records of batch topics are collected and handed to the sink in one call, records of other topics take
         # Faust's path. And the next fetch is asked for before a fetch's records are processed, so the broker's
         # round trip and aiokafka's parsing (in Faust's consumer thread) overlap the processing instead of
-        # following it: a drain spent a third of its time waiting for fetches (bench/README.md).
+        # following it: a drain had spent over a third of its time waiting for fetches (bench/README.md, sixth round).
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         ahead: asyncio.Task[_Fetched] | None = None
