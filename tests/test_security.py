@@ -394,10 +394,10 @@ def test_a_secret_on_the_command_line_is_refused(argv: list[str], capsys: pytest
 def test_dev_banner_prints_only_the_public_development_secret(capsys: pytest.CaptureFixture[str]) -> None:
     from ops.dev import _print_banner
 
-    _print_banner(Settings.from_env({}))
+    _print_banner(Settings.from_env({}), "127.0.0.1:9092")
     assert "signing secret  whsec_hookstream_local_development_secret" in capsys.readouterr().out
     real = f"whsec_{uuid.uuid4().hex}"
-    _print_banner(Settings.from_env({"STRIPE_WEBHOOK_SECRETS": real}))
+    _print_banner(Settings.from_env({"STRIPE_WEBHOOK_SECRETS": real}), "127.0.0.1:9092")
     banner = capsys.readouterr().out
     assert real not in banner
     assert "signing secret  (from STRIPE_WEBHOOK_SECRETS)" in banner
