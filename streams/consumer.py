@@ -136,20 +136,20 @@ class BatchingConsumer(AIOKafkaConsumer):
                 records, active_partitions, generation = await fetching
                 if records is None or self.should_stop:
                     continue
-                if not self.flow_active or self.app.consumer_generation_id != generation:
-                    # a rebalance paused the flow, or began (and maybe ended) while these were fetched: they may
-                    # be another assignment's; as getmany, seek back to the committed offsets and fetch again
-                    if any(records.values()):  # (an empty fetch moved no position)
+                if self._outdated(generation):
+                    # they may be another assignment's: as getmany, seek back to the committed offsets and fetch
+                    # again (unless nothing came: an empty fetch moved no position)
+                    if any(records.values()):
                         try:
                             await self.perform_seek()
                         except Exception as exc:
-                            log.warning("exception performing seek when flow not active: %r", exc)
+                            log.warning("cannot seek back to the committed offsets: %r", exc)
                     continue
                 ahead = asyncio.create_task(self._fetch())
                 await asyncio.sleep(0)  # its first step hands the request to the consumer thread (sinks may not yield)
                 batch: list[Message] = []
                 for tp, tp_records in records.items():
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                    if self._outdated(generation):
                         break  # a rebalance began meanwhile (as getmany, stop): the rest is fetched again after it
                     if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
                         continue
@@ -182,13 +182,18 @@ class BatchingConsumer(AIOKafkaConsumer):
         leaves those where they are: after records fetched for a new assignment were dropped (above), that is past
         records nothing processed, and the first commit would pass them."""
         committed = await super().seek_to_committed()
-        fresh = [tp for tp, offset in committed.items() if tp.topic in self.batch_topics and not (offset or 0) > 0]
+        fresh = [tp for tp, offset in committed.items() if tp.topic in self.batch_topics and (offset or 0) <= 0]
         if fresh:
             await cast(Any, self)._thread.seek_to_beginning(*fresh)
         return committed
 
+    def _outdated(self, generation: int) -> bool:
+        """True if a rebalance has paused the flow, or began (and maybe ended), since a fetch in ``generation``."""
+        return not self.flow_active or self.app.consumer_generation_id != generation
+
     async def _fetch(self) -> _Fetched:
-        """The next records, the partitions they were fetched for, and the generation they were fetched in."""
+        """The next records, the partitions they were fetched for, and the generation they were fetched in (read
+        once the flow runs: a fetch waiting through a rebalance belongs to the generation after it)."""
         if not self.flow_active:
             await cast(Service, self).wait(self.can_resume_flow)  # type: ignore[arg-type]  # as Faust does
         generation = self.app.consumer_generation_id
