@@ -386,5 +386,4 @@ class DictStore(dict[bytes, bytes]):
             raise StateTooLarge(f"state of {len(value)} bytes is over {self.max_value_bytes}")
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.check(key, value)
-        self[key] = value
+        self[key] = value  # as the table writer's: ``check`` comes first, from the processor

@@ -7,7 +7,7 @@ import json
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -115,10 +115,12 @@ def test_batches_go_to_the_broker_compressed(broker: BrokerInfo, codec: str, com
     assert sorted(r.value for r in consume(broker.bootstrap_servers, [prefix + "charge"], 200)) == sorted(sent.values)
 
 
-class _Sent:
-    def __init__(self, requests: int, wire_bytes: int, records: int, payload_bytes: int, values: list[bytes]) -> None:
-        self.requests, self.wire_bytes, self.records = requests, wire_bytes, records
-        self.payload_bytes, self.values = payload_bytes, values
+class _Sent(NamedTuple):
+    requests: int
+    wire_bytes: int
+    records: int
+    payload_bytes: int
+    values: list[bytes]
 
 
 def _send_concurrently(settings: Settings, prefix: str, count: int) -> _Sent:

@@ -171,12 +171,12 @@ def test_a_refused_batch_stops_commits_and_the_worker() -> None:
     assert [str(e) for e in app.crashed] == ["broker refused the batch"]
 
 
-def test_a_state_over_the_limit_is_refused_before_anything_is_stored() -> None:
-    async def run() -> tuple[TableWriter, _Table]:
-        writer, _, table = _writer(_Producer())
-        with pytest.raises(StateTooLarge, match="limit of a changelog record"):
-            writer.check(b"k", b"x" * (2 << 20))  # what the processor asks before it emits or puts anything
-        return writer, table
-
-    writer, table = asyncio.run(run())
+def test_check_passes_a_record_at_the_limit_and_refuses_one_byte_over() -> None:
+    """What the processor asks before it emits or puts anything (tests/test_emit.py: such a state is never put)."""
+    writer, _, table = _writer(_Producer())  # a changelog record (key and value) of at most 1 MiB
+    writer.check(b"k", b"x" * ((1 << 20) - 1))
+    with pytest.raises(StateTooLarge, match="limit of a changelog record"):
+        writer.check(b"k", b"x" * (1 << 20))
+    with pytest.raises(StateTooLarge, match="limit of a changelog record"):
+        writer.check(b"k", b"x" * (2 << 20))
     assert b"k" not in table.data and writer.consistent
