@@ -23,6 +23,9 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+#: Seconds cancelled actors get to end (their handlers' cleanup) before a stop goes on without them.
+CANCEL_PATIENCE = 5.0
+
 
 class ActorPool(Generic[T]):
     def __init__(self, process: Callable[[T], Coroutine[Any, Any, None]], max_inflight: int) -> None:
@@ -86,26 +89,42 @@ class ActorPool(Generic[T]):
         """Wait until every submitted item is finished."""
         await self._idle.wait()
 
-    async def stop(self, grace: float) -> int:
+    async def stop(self, grace: float, patience: float = CANCEL_PATIENCE) -> int:
         """Give the submitted items ``grace`` seconds to finish, then cancel the rest; how many were cancelled."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.drain()
         unfinished = self._inflight
-        await self.cancel()
+        await self.cancel(patience)
         return unfinished
 
-    async def cancel(self) -> None:
+    async def cancel(self, patience: float = CANCEL_PATIENCE) -> None:
         """Stop all actors now (the worker stops; nothing may be submitted meanwhile): their unfinished items stay
-        unacknowledged, and the pool is empty again."""
+        unacknowledged, and the pool is empty again.
+
+        An actor whose handler swallows the cancellation (``except BaseException``, a bare ``except`` in a loop)
+        would hold the stop forever: after ``patience`` seconds it is left behind, logged, with its queue
+        emptied so that it ends after its current item.
+        """
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stuck: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=patience)
+        if stuck:
+            log.error(
+                "%d actor(s) still running %gs after being cancelled, left behind: a handler swallows "
+                "CancelledError (catch Exception, not BaseException, and let a cancellation end the handler)",
+                len(stuck),
+                patience,
+            )
+        for queue in self._actors.values():
+            queue.clear()  # never run: nor by an actor left behind, once its current item ends
         # queued items never ran, and a task cancelled before its first step never ran _run's finally: nothing of
-        # theirs was released
+        # theirs was released; an actor left behind releases its one current item when (if) that ends
         self._actors.clear()
-        self._inflight = 0
+        self._inflight = len(stuck)
         self._release_room()
         self._idle.set()
 

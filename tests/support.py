@@ -346,8 +346,10 @@ def charge(
     fail: bool = False,
     event_type: str = "charge.updated",
     hang: bool = False,
+    stubborn: bool = False,
 ) -> Record:
-    metadata = {"seq": str(seq)} | ({"fail": "true"} if fail else {}) | ({"hang": "true"} if hang else {})
+    flags = {"fail": fail, "hang": hang, "stubborn": stubborn}
+    metadata = {"seq": str(seq)} | {flag: "true" for flag, on in flags.items() if on}
     event = build_event(
         event_type,
         object_id=object_id,

@@ -104,6 +104,40 @@ def test_stop_lets_items_finish_within_the_grace_and_cancels_the_rest() -> None:
     assert asyncio.run(run()) == (2, ["quick"], 0)
 
 
+def test_stop_goes_on_without_an_actor_whose_handler_swallows_cancellation(caplog: pytest.LogCaptureFixture) -> None:
+    """A handler that catches BaseException in a retry loop never lets a cancellation end it: the stop must not
+    wait for it forever. It is left behind (logged), nothing queued behind it runs, and its one item is released
+    if it ever ends."""
+
+    async def run() -> tuple[int, int, list[str], int, list[str]]:
+        ran: list[str] = []
+        let_go = asyncio.Event()
+
+        async def process(item: str) -> None:
+            ran.append(item)
+            if item == "stubborn":
+                while not let_go.is_set():
+                    try:
+                        await asyncio.sleep(0.01)
+                    except BaseException:  # the mistake under test
+                        pass
+
+        pool: ActorPool[str] = ActorPool(process, max_inflight=4)
+        await pool.submit("k", "stubborn")
+        await pool.submit("k", "queued behind it")
+        cancelled = await asyncio.wait_for(pool.stop(grace=0.05, patience=0.2), timeout=5)
+        left = pool.inflight  # the stubborn item, still running
+        let_go.set()
+        await asyncio.sleep(0.1)  # it ends now, long after the stop
+        return cancelled, left, ran, pool.inflight, [r.getMessage() for r in caplog.records]
+
+    cancelled, left, ran, inflight_after, logged = asyncio.run(run())
+    assert cancelled == 2 and left == 1
+    assert ran == ["stubborn"]  # the queued item never ran, not even once the stubborn one ended
+    assert inflight_after == 0  # its late release brought the count back to zero, not below
+    assert any("swallows CancelledError" in line for line in logged)
+
+
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
     async def run() -> tuple[int, int]:
         pool, release = _held_pool(max_inflight=1)

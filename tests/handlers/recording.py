@@ -5,7 +5,8 @@ They write one line per handler start and end to the file named by HOOKSTREAM_TE
 lines are atomic), so a test can check order per object and overlap across objects from the handlers' own
 record, not from timing.
 Events whose object has ``metadata.fail == "true"`` fail until the file named by HOOKSTREAM_TEST_FIXED exists;
-those with ``metadata.hang == "true"`` wait an hour (for HANDLER_TIMEOUT).
+those with ``metadata.hang == "true"`` wait an hour (for HANDLER_TIMEOUT); those with ``metadata.stubborn == "true"``
+wait, swallowing every cancellation, until that file exists (a handler bug the worker's stop must survive).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ async def record_charge(event: StripeEvent, ctx: Context) -> None:
     if obj.get("metadata", {}).get("hang") == "true":
         _write(f"hang {_pid} {obj['id']} {seq} {event.id}")
         await asyncio.sleep(3600)
+    if obj.get("metadata", {}).get("stubborn") == "true":
+        _write(f"stubborn {_pid} {obj['id']} {seq} {event.id}")
+        while not _fixed():
+            try:
+                await asyncio.sleep(0.1)
+            except BaseException:  # the bug: it swallows the deadline's and the stop's cancellations
+                pass
     await asyncio.sleep(random.random() * _max_delay)
     ctx.fields["seqs"] = [*ctx.fields.get("seqs", []), seq]
     ctx.fields["amount"] = obj.get("amount")
