@@ -116,7 +116,7 @@ class BatchingConsumer(AIOKafkaConsumer):
                 )
         return corrected
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by the worker tests
+    async def _drain_messages(self, fetcher: Any) -> None:
         # Faust's own loop (faust/transport/consumer.py: _drain_messages over getmany), with two changes. Each
         # partition's records of a fetch are walked directly instead of through getmany's round-robin async
         # generator (one high watermark per partition, not per record; measured: ~7% less main-thread CPU):
