@@ -204,7 +204,7 @@ async def process_events(stream: faust.Stream[Any]) -> None:
     async def submit(batch: list[Message]) -> None:
         for message in batch:
             # waits while the in-flight bound is reached, or (through TableWriter.put) while the changelog
-            # partition's batch is full, until the producer has taken it: memory stays bounded, state never runs
+            # partition has two batches full and not with the producer: memory stays bounded, state never runs
             # far ahead of its changelog
             await actors.submit(message.key, message)
 

@@ -54,6 +54,7 @@ class TableWriter:
         self._topic: str | None = None
         self._lookup: Callable[[bytes], bytes | None] | None = None
         self._open: dict[int, _Batch] = {}  # partition -> the batch being filled
+        self._full: dict[int, _Batch] = {}  # partition -> a full batch waiting for its sender (before the open one)
         self._handing: dict[int, _Batch] = {}  # partition -> the batch its sender is handing over
         self._senders: dict[int, asyncio.Task[None]] = {}  # partition -> the task handing its batches over (last one)
         self._flush_scheduled = False
@@ -81,9 +82,12 @@ class TableWriter:
             )
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        """Append ``value``'s changelog record to the partition's batch, then store it. Waits only when that
-        batch is full, until the producer has taken it (back-pressure). ``check`` it first (the processor does,
-        before anything of the event leaves): a batch takes its first record whatever its size.
+        """Append ``value``'s changelog record to the partition's batch, then store it. A full batch waits for
+        the partition's sender and the next one opens; a put waits only when that one is full too while an
+        earlier one is still not handed over, until the producer has taken it (back-pressure: at most two batches
+        per partition not with the producer).
+        ``check`` it first (the processor does, before anything of the event leaves): a batch takes its first
+        record whatever its size.
 
         The store is written only once the record is in a batch: a put that raises (a cancelled wait, a refused
         batch) leaves the store as it was, never ahead of the changelog.
@@ -95,7 +99,11 @@ class TableWriter:
             if batch.builder.append(timestamp=None, key=key, value=value) is not None:
                 break
             self._start_sending(partition)  # full: hand it over, then append to the next one
-            await asyncio.shield(batch.handed)
+            ahead = self._full.get(partition) or self._handing.get(partition)
+            if ahead is None:  # it alone waits for the sender: no put waits (each would, to the end of the fetch)
+                self._full[partition] = self._open.pop(partition)
+            else:
+                await asyncio.shield(ahead.handed)
         self._unconfirmed += 1
         self._table.data[key] = value
 
@@ -103,7 +111,7 @@ class TableWriter:
         """Hand the batches open now to the producer and wait until it has taken them (not until they are
         stored: the producer's own flush waits for that). Batches opened meanwhile are not waited for: under
         steady traffic there always is one, and a commit must not wait for a lull."""
-        pending = [batch.handed for batch in (*self._handing.values(), *self._open.values())]
+        pending = [batch.handed for batch in (*self._handing.values(), *self._full.values(), *self._open.values())]
         self._hand_over_open()
         if pending:
             await asyncio.gather(*(asyncio.shield(handed) for handed in pending))
@@ -127,8 +135,13 @@ class TableWriter:
         self._hand_over_open()
 
     def _hand_over_open(self) -> None:
-        for partition in list(self._open):
+        for partition in {*self._full, *self._open}:
             self._start_sending(partition)
+
+    def _next_batch(self, partition: int) -> _Batch | None:
+        """The partition's full batch if one waits, else its open one (taken: later records go to a new one)."""
+        full = self._full.pop(partition, None)
+        return full if full is not None else self._open.pop(partition, None)
 
     def _start_sending(self, partition: int) -> None:
         sender = self._senders.get(partition)
@@ -136,8 +149,8 @@ class TableWriter:
             self._senders[partition] = asyncio.get_running_loop().create_task(self._send(partition))
 
     async def _send(self, partition: int) -> None:
-        """Hand the partition's batches to the producer, one at a time and in order, until none is open."""
-        while (batch := self._open.pop(partition, None)) is not None:
+        """Hand the partition's batches to the producer, one at a time and in order, until none is left."""
+        while (batch := self._next_batch(partition)) is not None:
             self._handing[partition] = batch
             count = batch.builder.record_count()
             batch.builder.close()  # nothing else may join it once its count is taken
@@ -161,8 +174,7 @@ class TableWriter:
         """A batch could not be handed over: its states (and those of the partition's next batch, which can no
         longer follow it in order) are lost to the changelog; the worker stops."""
         failed = [batch]
-        following = self._open.pop(partition, None)
-        if following is not None:
+        while (following := self._next_batch(partition)) is not None:
             self._unconfirmed -= following.builder.record_count()
             failed.append(following)
         for lost in failed:

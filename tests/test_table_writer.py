@@ -13,6 +13,7 @@ import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
+from streams import eager
 from streams.state import StateTooLarge
 from streams.table import ChangelogLost, TableWriter
 
@@ -134,7 +135,7 @@ def test_flush_does_not_wait_for_batches_opened_after_it() -> None:
     assert asyncio.run(run()) >= 1
 
 
-def test_a_full_batch_makes_put_wait_until_the_producer_takes_it() -> None:
+def test_a_put_waits_only_when_a_full_batch_already_waits_for_the_producer() -> None:
     producer = _Producer(batch_size=1_000, delay=0.01)
 
     async def run() -> list[int]:
@@ -148,10 +149,36 @@ def test_a_full_batch_makes_put_wait_until_the_producer_takes_it() -> None:
 
     handed = asyncio.run(run())
     assert handed[-1] >= 6  # batches were handed over while putting, not all at the end
-    # a record that opened batch k (the one before was full) returned only once batches 0..k-1 were handed over
+    # a record of batch k returned only once batches 0..k-2 were handed over: one full batch may wait for the
+    # sender while the next fills, no more
     ends = list(accumulate(len(values) for _, values in producer.sent))
     assert ends[-1] == 40
-    assert all(handed[i] >= bisect_right(ends, i) for i in range(40)), (handed, ends)
+    assert all(handed[i] >= bisect_right(ends, i) - 1 for i in range(40)), (handed, ends)
+    assert any(handed[i] == bisect_right(ends, i) - 1 for i in range(40)), (handed, ends)  # and one did wait
+
+
+def test_the_puts_after_a_full_batch_do_not_wait_while_it_alone_waits_for_the_sender() -> None:
+    """Records are put one after another in the fetch loop's turn (streams/eager.py), before the sender can run:
+    a put that suspends becomes an actor task. Once a batch fills, the next records of the fetch go to the next
+    batch at once; only a put that finds that one full too waits."""
+    producer = _Producer(batch_size=1_000, delay=0.01)
+
+    async def run() -> tuple[list[bool], bool]:
+        writer, _, _ = _writer(producer)
+        finished = []
+        for i in range(8):  # batch 0 takes 4 records, batch 1 the next 4
+            done, _ = eager.start(writer.put(b"k", b"%03d" % i + b"." * 180, 0))
+            finished.append(done)
+        ninth_done, rest = eager.start(writer.put(b"k", b"008" + b"." * 180, 0))  # batch 1 full, batch 0 waiting
+        if isinstance(rest, eager.Resume):
+            await rest
+        await writer.flush()
+        return finished, ninth_done
+
+    finished, ninth_done = asyncio.run(run())
+    assert finished == [True] * 8
+    assert not ninth_done
+    assert [len(values) for _, values in producer.sent] == [4, 4, 1]
 
 
 def test_a_refused_batch_stops_commits_and_the_worker() -> None:
