@@ -37,6 +37,7 @@ class ActorPool(Generic[T]):
         self._room: list[asyncio.Future[None]] = []  # submitters waiting for an item to finish
         self._actors: dict[Hashable, deque[T]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._abandoned: set[asyncio.Task[None]] = set()  # ignored their cancellation (``cancel``)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -102,29 +103,31 @@ class ActorPool(Generic[T]):
         """Stop all actors now (the worker stops; nothing may be submitted meanwhile): their unfinished items stay
         unacknowledged, and the pool is empty again.
 
-        An actor whose handler swallows the cancellation (``except BaseException``, a bare ``except`` in a loop)
-        would hold the stop forever: after ``patience`` seconds it is left behind, logged, with its queue
-        emptied so that it ends after its current item.
+        Queued items are dropped first: a handler that catches its cancellation and returns must not let its actor
+        go on to the next one. An actor whose handler swallows every cancellation (``except BaseException`` in a
+        loop) would hold the stop forever: after ``patience`` seconds it is left behind, logged once, and counted
+        in flight until its current item ends; a later stop does not wait for it again.
         """
-        tasks = list(self._tasks)
+        for queue in self._actors.values():
+            queue.clear()
+        tasks = [task for task in self._tasks if task not in self._abandoned]
         for task in tasks:
             task.cancel()
-        stuck: set[asyncio.Task[None]] = set()
         if tasks:
             _, stuck = await asyncio.wait(tasks, timeout=patience)
-        if stuck:
-            log.error(
-                "%d actor(s) still running %gs after being cancelled, left behind: a handler swallows "
-                "CancelledError (catch Exception, not BaseException, and let a cancellation end the handler)",
-                len(stuck),
-                patience,
-            )
-        for queue in self._actors.values():
-            queue.clear()  # never run: nor by an actor left behind, once its current item ends
+            if stuck:
+                log.error(
+                    "%d actor(s) still running %gs after being cancelled, left behind: a handler swallows "
+                    "CancelledError (catch Exception, not BaseException, and let a cancellation end the handler)",
+                    len(stuck),
+                    patience,
+                )
+                self._abandoned |= stuck
         # queued items never ran, and a task cancelled before its first step never ran _run's finally: nothing of
         # theirs was released; an actor left behind releases its one current item when (if) that ends
         self._actors.clear()
-        self._inflight = len(stuck)
+        self._abandoned = {task for task in self._abandoned if not task.done()}
+        self._inflight = len(self._abandoned)
         self._release_room()
         self._idle.set()
 

@@ -82,10 +82,11 @@ class TableWriter:
             )
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
-        """Append ``value``'s changelog record to the partition's batch, then store it. A full batch waits for
-        the partition's sender and the next one opens; a put waits only when that one is full too while an
-        earlier one is still not handed over, until the producer has taken it (back-pressure: at most two batches
-        per partition not with the producer).
+        """Append ``value``'s changelog record to the partition's batch, then store it. When the batch is full
+        and no earlier one of the partition is still to be handed over (the usual case: a batch takes thousands
+        of states), it is left to the sender and the next one opens without a wait. Otherwise the put waits until
+        the producer has taken that earlier one (back-pressure: at most two batches per partition not with the
+        producer).
         ``check`` it first (the processor does, before anything of the event leaves): a batch takes its first
         record whatever its size.
 
@@ -108,7 +109,7 @@ class TableWriter:
         self._table.data[key] = value
 
     async def flush(self) -> None:
-        """Hand the batches open now to the producer and wait until it has taken them (not until they are
+        """Hand the batches not yet with the producer to it and wait until it has taken them (not until they are
         stored: the producer's own flush waits for that). Batches opened meanwhile are not waited for: under
         steady traffic there always is one, and a commit must not wait for a lull."""
         pending = [batch.handed for batch in (*self._handing.values(), *self._full.values(), *self._open.values())]
@@ -145,7 +146,7 @@ class TableWriter:
 
     def _start_sending(self, partition: int) -> None:
         sender = self._senders.get(partition)
-        if sender is None or sender.done():  # a finished sender takes nothing more (it found no open batch)
+        if sender is None or sender.done():  # a finished sender takes nothing more (it found no batch left)
             self._senders[partition] = asyncio.get_running_loop().create_task(self._send(partition))
 
     async def _send(self, partition: int) -> None:

@@ -106,10 +106,10 @@ def test_stop_lets_items_finish_within_the_grace_and_cancels_the_rest() -> None:
 
 def test_stop_goes_on_without_an_actor_whose_handler_swallows_cancellation(caplog: pytest.LogCaptureFixture) -> None:
     """A handler that catches BaseException in a retry loop never lets a cancellation end it: the stop must not
-    wait for it forever. It is left behind (logged), nothing queued behind it runs, and its one item is released
-    if it ever ends."""
+    wait for it forever. It is left behind (logged once), and its one item is released if it ever ends. A handler
+    that catches the cancellation once and returns must not let its actor go on to the items queued behind it."""
 
-    async def run() -> tuple[int, int, list[str], int, list[str]]:
+    async def run() -> tuple[int, int, list[str], float, int, int, list[str]]:
         ran: list[str] = []
         let_go = asyncio.Event()
 
@@ -121,21 +121,33 @@ def test_stop_goes_on_without_an_actor_whose_handler_swallows_cancellation(caplo
                         await asyncio.sleep(0.01)
                     except BaseException:  # the mistake under test
                         pass
+            elif item == "swallows once":
+                try:
+                    await asyncio.sleep(3600)
+                except BaseException:  # the same mistake, without the loop: returns as if done
+                    return
+            else:
+                await asyncio.sleep(0.3)  # queued: would still be running when the stop returns
 
-        pool: ActorPool[str] = ActorPool(process, max_inflight=4)
-        await pool.submit("k", "stubborn")
-        await pool.submit("k", "queued behind it")
+        pool: ActorPool[str] = ActorPool(process, max_inflight=8)
+        for key in ("k", "j"):
+            await pool.submit(key, "stubborn" if key == "k" else "swallows once")
+            await pool.submit(key, f"queued behind {key}")
         cancelled = await asyncio.wait_for(pool.stop(grace=0.05, patience=0.2), timeout=5)
         left = pool.inflight  # the stubborn item, still running
+        started = asyncio.get_running_loop().time()
+        again = await asyncio.wait_for(pool.stop(grace=0.05, patience=2), timeout=5)  # the app stops it twice
+        second_stop = asyncio.get_running_loop().time() - started
         let_go.set()
         await asyncio.sleep(0.1)  # it ends now, long after the stop
-        return cancelled, left, ran, pool.inflight, [r.getMessage() for r in caplog.records]
+        return cancelled, left, ran, second_stop, again, pool.inflight, [r.getMessage() for r in caplog.records]
 
-    cancelled, left, ran, inflight_after, logged = asyncio.run(run())
-    assert cancelled == 2 and left == 1
-    assert ran == ["stubborn"]  # the queued item never ran, not even once the stubborn one ended
+    cancelled, left, ran, second_stop, again, inflight_after, logged = asyncio.run(run())
+    assert cancelled == 4 and left == 1
+    assert sorted(ran) == ["stubborn", "swallows once"]  # nothing queued ran, whatever its handler did
+    assert second_stop < 1 and again == 1  # the second stop did not wait for it again
     assert inflight_after == 0  # its late release brought the count back to zero, not below
-    assert any("swallows CancelledError" in line for line in logged)
+    assert sum("swallows CancelledError" in line for line in logged) == 1
 
 
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,27 +19,33 @@ from faust.types import TP
 from streams.consumer import BatchingConsumer
 
 TOPIC = "stripe.charge"
-TP0 = TP(TOPIC, 0)
+TP0, TP1 = TP(TOPIC, 0), TP(TOPIC, 1)
 
 
 class _Message:
     """What the loop reads and sets on a Faust message (hashable: Faust tracks unacked ones in a set)."""
 
-    def __init__(self, offset: int, generation_id: int) -> None:
-        self.offset, self.generation_id, self.tracked = offset, generation_id, False
+    def __init__(self, tp: TP, offset: int, generation_id: int) -> None:
+        self.tp, self.offset, self.generation_id, self.tracked = tp, offset, generation_id, False
+
+
+Step = Callable[["_ScriptedConsumer"], Awaitable[dict[TP, list[int]]]]
 
 
 class _ScriptedConsumer(BatchingConsumer):
     """The batching consumer without Faust's consumer thread: each fetch runs the next step of ``script``."""
 
-    def __init__(self, script: list[Callable[[_ScriptedConsumer], list[int]]]) -> None:  # no super(): no transport
+    def __init__(self, script: list[Step], rebalance_at: TP | None = None) -> None:  # no super(): no transport
         self.script = script
+        self.rebalance_at = rebalance_at  # a rebalance begins while this partition's records are processed
         self.seeks = 0
         self.sunk: list[Any] = []
+        self.something_sunk = asyncio.Event()
         self.batch_topics = frozenset({TOPIC})
         self.batch_sink = self._sink
         self._stopped = asyncio.Event()
         self.flow_active = True
+        self.can_resume_flow = asyncio.Event()
         self.app = SimpleNamespace(
             consumer_generation_id=1,
             monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
@@ -58,17 +64,21 @@ class _ScriptedConsumer(BatchingConsumer):
     def should_stop(self) -> bool:
         return self._stopped.is_set()
 
+    async def wait(self, *events: Any) -> None:
+        raise AssertionError("a fetch was asked for while a rebalance had paused the flow")
+
     async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]], None]:  # noqa: ASYNC109 - Faust's signature
         if not self.script:
             raise AssertionError("fetched more than the script holds")
-        await asyncio.sleep(0)  # the consumer thread's round trip, during which the group may change
-        offsets = self.script.pop(0)(self)
-        return {TP0: [SimpleNamespace(offset=offset) for offset in offsets]}, None
+        fetched = await self.script.pop(0)(self)
+        return {tp: [SimpleNamespace(offset=offset) for offset in offsets] for tp, offsets in fetched.items()}, None
 
     def _to_message(self, tp: TP, record: Any) -> Any:
-        return _Message(record.offset, self.app.consumer_generation_id)
+        return _Message(tp, record.offset, self.app.consumer_generation_id)
 
     def highwater(self, tp: TP) -> int:
+        if tp == self.rebalance_at:
+            self.app.consumer_generation_id += 1
         return 100
 
     async def perform_seek(self) -> None:
@@ -79,32 +89,54 @@ class _ScriptedConsumer(BatchingConsumer):
 
     async def _sink(self, batch: list[Any]) -> None:
         self.sunk.extend(batch)
+        self.something_sunk.set()
 
 
-def _rebalanced(consumer: _ScriptedConsumer) -> list[int]:
-    """Records fetched for generation 1 come back after a rebalance ended in generation 2."""
-    consumer.app.consumer_generation_id += 1
-    return [0, 1, 2]
-
-
-def _fine(consumer: _ScriptedConsumer) -> list[int]:
-    return [0, 1, 2]
-
-
-def _paused(consumer: _ScriptedConsumer) -> list[int]:
-    """The fetch asked ahead comes back while a rebalance has paused the flow."""
-    consumer.flow_active = False
-    return [3, 4]
-
-
-def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_the_partitions_sought_back() -> None:
-    consumer = _ScriptedConsumer([_rebalanced, _fine, _paused])
-
+def _drain(consumer: _ScriptedConsumer) -> None:
     async def run() -> None:
         fetcher = SimpleNamespace(_stopped=asyncio.Event())
         await asyncio.wait_for(consumer._drain_messages(fetcher), timeout=5)
 
     asyncio.run(run())
+
+
+async def _rebalanced(consumer: _ScriptedConsumer) -> dict[TP, list[int]]:
+    """Records fetched for generation 1 come back after a rebalance ended in generation 2."""
+    await asyncio.sleep(0)
+    consumer.app.consumer_generation_id += 1
+    return {TP0: [0, 1, 2]}
+
+
+async def _fine(consumer: _ScriptedConsumer) -> dict[TP, list[int]]:
+    await asyncio.sleep(0)
+    return {TP0: [0, 1, 2]}
+
+
+async def _paused_after_the_previous_fetch(consumer: _ScriptedConsumer) -> dict[TP, list[int]]:
+    """The fetch asked ahead comes back, after the previous fetch was processed, while a rebalance has paused the
+    flow."""
+    await consumer.something_sunk.wait()
+    consumer.flow_active = False
+    return {TP0: [3, 4]}
+
+
+async def _two_partitions(consumer: _ScriptedConsumer) -> dict[TP, list[int]]:
+    await asyncio.sleep(0)
+    return {TP0: [0, 1], TP1: [0, 1]}
+
+
+def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_the_partitions_sought_back() -> None:
+    consumer = _ScriptedConsumer([_rebalanced, _fine, _paused_after_the_previous_fetch])
+    _drain(consumer)
     assert consumer.seeks == 2  # after the new generation's fetch, and after the paused one
     assert [message.offset for message in consumer.sunk] == [0, 1, 2]  # only the fetch made in its generation
-    assert consumer._unacked_messages == set(consumer.sunk)  # dropped records are not awaited by the rebalance
+
+
+def test_a_rebalance_that_begins_while_a_fetch_is_processed_stops_it_at_the_next_partition() -> None:
+    """What was collected before goes on (the actors drop records of an old generation, streams/app.py); the
+    other partitions' records are neither handed over nor tracked, and the fetch asked ahead is dropped."""
+    consumer = _ScriptedConsumer([_two_partitions, _fine], rebalance_at=TP0)
+    _drain(consumer)
+    assert [(message.tp, message.offset) for message in consumer.sunk] == [(TP0, 0), (TP0, 1)]
+    assert {message.tp for message in consumer._unacked_messages} == {TP0}
+    assert consumer.seeks == 1  # the fetch asked ahead, in the old generation
