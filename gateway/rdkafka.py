@@ -73,7 +73,7 @@ class AsyncProducer:
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._producer = confluent_kafka.Producer(config)
+        self._producer: confluent_kafka.Producer | None = confluent_kafka.Producer(config)  # None once closed
         self._reports: list[tuple[asyncio.Future[None], Any]] = []
         self._awaiting = 0  # records sent whose report has not been handed over
         self._timer: asyncio.TimerHandle | None = loop.call_later(_IDLE_POLL, self._poll)
@@ -82,7 +82,10 @@ class AsyncProducer:
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[None]:
         """Queue one record; raises BufferError when librdkafka's queue is full (the broker is not keeping up),
-        RecordTooLarge or DeliveryFailed when librdkafka refuses it."""
+        RecordTooLarge or DeliveryFailed when librdkafka refuses it or the producer is closed."""
+        # self._producer, not a local: a frame kept by a logged traceback must not keep librdkafka alive (close)
+        if self._producer is None:
+            raise DeliveryFailed("the producer is closed")
         future: asyncio.Future[None] = self._loop.create_future()
         try:
             self._producer.produce(
@@ -102,8 +105,10 @@ class AsyncProducer:
 
     def _poll(self) -> None:
         """Serve the callbacks that are due (without blocking), resolve their futures, and poll again."""
+        if self._producer is None:  # closed (its timer was cancelled: not reached)
+            return
         try:
-            self._producer.poll(0)
+            self._producer.poll(0)  # not through a local: see send
             self._hand_over()
         except Exception:  # never stop polling: every later publish would wait for a report forever
             log.exception("serving librdkafka's callbacks failed")
@@ -117,19 +122,29 @@ class AsyncProducer:
             _resolve(reports)
 
     async def close(self, flush_seconds: float = 10.0) -> int:
-        """Stop polling, deliver what is queued (up to ``flush_seconds``); return the records left undelivered."""
+        """Stop polling, deliver what is queued (up to ``flush_seconds``), and let librdkafka go (its threads end);
+        return the records left undelivered. A send after it fails with DeliveryFailed (the gateway answers 503)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # librdkafka's threads live as long as the handle, and whatever still refers to this object (a logged
+        # traceback of _poll does) would otherwise keep them reconnecting to brokers long gone
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return 0
         # flush serves the remaining delivery callbacks on its thread; nothing else touches the reports meanwhile
-        remaining: int = await asyncio.to_thread(self._producer.flush, flush_seconds)
+        remaining: int = await asyncio.to_thread(producer.flush, flush_seconds)
+        del producer  # let go: the handle is destroyed once the flush's thread lets go too (under a millisecond)
         self._hand_over()
         return remaining
 
     def cluster_answers(self, timeout: float) -> bool:
         """Blocking metadata round trip: True when a broker answered."""
+        producer = self._producer
+        if producer is None:
+            return False
         try:
-            self._producer.list_topics(timeout=timeout)
+            producer.list_topics(timeout=timeout)
             return True
         except confluent_kafka.KafkaException:
             return False

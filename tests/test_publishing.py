@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -207,6 +208,35 @@ def test_delivery_reports_keep_coming_after_a_callback_fails(
 
     asyncio.run(run())
     assert "serving librdkafka's callbacks failed" in caplog.text
+
+
+def test_close_ends_librdkafkas_threads_even_while_the_producer_is_still_referenced(broker: BrokerInfo) -> None:
+    """Something may outlive close with a reference to the producer (a logged traceback of its poll does): its
+    librdkafka handle must go anyway, or its threads keep reconnecting to brokers long gone."""
+    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "close."})
+    record = to_record(encode(build_event("charge.succeeded", object_id="ch_close")), "close.", 0)
+
+    def threads() -> int:  # librdkafka's are native threads: count the process's
+        return len(os.listdir("/proc/self/task"))
+
+    async def run() -> tuple[int, int, int, AsyncProducer]:
+        await asyncio.to_thread(lambda: None)  # the executor's thread (close flushes on it) exists before counting
+        before = threads()
+        producer = AsyncProducer(librdkafka_config(settings), asyncio.get_running_loop())
+        await asyncio.wait_for(producer.send(record.topic, record.value, record.key, record.headers), timeout=30)
+        during = threads()
+        await producer.close()
+        for _ in range(50):
+            if threads() <= before:
+                break
+            await asyncio.sleep(0.1)
+        with pytest.raises(DeliveryFailed, match="closed"):  # the gateway answers 503 to what comes after
+            producer.send(record.topic, record.value, record.key, record.headers)
+        return before, during, threads(), producer  # still referenced here
+
+    before, during, after, _ = asyncio.run(run())
+    assert during > before
+    assert after <= before
 
 
 def test_a_record_the_broker_refuses_as_too_large_is_told_apart_from_a_failed_delivery() -> None:
