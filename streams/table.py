@@ -86,9 +86,8 @@ class TableWriter:
         and no earlier one of the partition is still to be handed over (the usual case: a batch takes thousands
         of states), it is left to the sender and the next one opens without a wait. Otherwise the put waits until
         the producer has taken that earlier one (back-pressure: at most two batches per partition not with the
-        producer).
-        ``check`` it first (the processor does, before anything of the event leaves): a batch takes its first
-        record whatever its size.
+        producer). ``check`` it first (the processor does, before anything of the event leaves): a batch takes its
+        first record whatever its size.
 
         The store is written only once the record is in a batch: a put that raises (a cancelled wait, a refused
         batch) leaves the store as it was, never ahead of the changelog.
@@ -113,7 +112,7 @@ class TableWriter:
         stored: the producer's own flush waits for that). Batches opened meanwhile are not waited for: under
         steady traffic there always is one, and a commit must not wait for a lull."""
         pending = [batch.handed for batch in (*self._handing.values(), *self._full.values(), *self._open.values())]
-        self._hand_over_open()
+        self._hand_over_pending()
         if pending:
             await asyncio.gather(*(asyncio.shield(handed) for handed in pending))
 
@@ -133,9 +132,9 @@ class TableWriter:
 
     def _flush_soon(self) -> None:
         self._flush_scheduled = False
-        self._hand_over_open()
+        self._hand_over_pending()
 
-    def _hand_over_open(self) -> None:
+    def _hand_over_pending(self) -> None:
         for partition in {*self._full, *self._open}:
             self._start_sending(partition)
 
@@ -172,7 +171,7 @@ class TableWriter:
             delivery.add_done_callback(lambda done, count=count: self._sent(done, count))
 
     def _abandon(self, partition: int, batch: _Batch, error: BaseException) -> None:
-        """A batch could not be handed over: its states (and those of the partition's next batch, which can no
+        """A batch could not be handed over: its states (and those of the partition's next batches, which can no
         longer follow it in order) are lost to the changelog; the worker stops."""
         failed = [batch]
         while (following := self._next_batch(partition)) is not None:
