@@ -6,7 +6,8 @@ lines are atomic), so a test can check order per object and overlap across objec
 record, not from timing.
 Events whose object has ``metadata.fail == "true"`` fail until the file named by HOOKSTREAM_TEST_FIXED exists;
 those with ``metadata.hang == "true"`` wait an hour (for HANDLER_TIMEOUT); those with ``metadata.stubborn == "true"``
-wait, swallowing every cancellation, until that file exists (a handler bug the worker's stop must survive).
+wait, swallowing every cancellation (a ``swallowed`` line each), until that file exists (a handler bug the worker's
+stop must survive).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ async def record_charge(event: StripeEvent, ctx: Context) -> None:
             try:
                 await asyncio.sleep(0.1)
             except BaseException:  # the bug: it swallows the deadline's and the stop's cancellations
-                pass
+                _write(f"swallowed {_pid} {obj['id']} {seq} {event.id}")
     await asyncio.sleep(random.random() * _max_delay)
     ctx.fields["seqs"] = [*ctx.fields.get("seqs", []), seq]
     ctx.fields["amount"] = obj.get("amount")
