@@ -46,8 +46,9 @@ class Publisher:
 
     @property
     def ready(self) -> bool:
-        """True while the broker answered the last probe and the last publish."""
-        return self._producer is not None and self._admin is not None and self._healthy
+        """True while the broker answered the last probe or publish, and the producer can still publish."""
+        producer = self._producer
+        return producer is not None and producer.fatal_error is None and self._admin is not None and self._healthy
 
     async def start(self) -> None:
         """Start connecting in the background; the gateway serves (with 503s) until the broker answers."""
@@ -116,6 +117,8 @@ class Publisher:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
+            if self._producer is not None and self._producer.fatal_error is not None:
+                await self._replace_producer()
             await self._probe()
             await asyncio.sleep(self._probe_interval)
 
@@ -130,6 +133,16 @@ class Publisher:
                 await admin.close()
             raise
         self._admin = admin
+
+    async def _replace_producer(self) -> None:
+        """A producer with a fatal error refuses every record for good: publish with a new one from now on."""
+        failed = self._producer
+        assert failed is not None
+        self._producer = AsyncProducer(librdkafka_config(self._settings), asyncio.get_running_loop())
+        log.warning("replaced the Kafka producer after its fatal error; requests until now were answered 503")
+        left = await failed.close(self._settings.gateway_publish_timeout)
+        if left:
+            log.warning("%d record(s) of the failed producer not delivered: their senders got a 503", left)
 
     async def _probe(self) -> None:
         producer = self._producer

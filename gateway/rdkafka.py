@@ -73,6 +73,9 @@ class AsyncProducer:
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        #: librdkafka's fatal error, if it had one: the producer refuses every record from then on (the idempotent
+        #: producer's unresolvable sequence gap, a missing IdempotentWrite ACL), and only a new one can publish
+        self.fatal_error: str | None = None
         self._producer: confluent_kafka.Producer | None = confluent_kafka.Producer(config)  # None once closed
         self._reports: list[tuple[asyncio.Future[None], Any]] = []
         self._awaiting = 0  # records sent whose report has not been handed over
@@ -96,6 +99,7 @@ class AsyncProducer:
                 on_delivery=lambda err, msg: self._reports.append((future, err)),
             )
         except confluent_kafka.KafkaException as exc:
+            self._check_fatal(exc.args[0])
             raise _failure(exc.args[0]) from exc
         self._awaiting += 1
         if self._awaiting == 1 and self._timer is not None:  # was idle: the first report is due within ms
@@ -110,10 +114,20 @@ class AsyncProducer:
         try:
             self._producer.poll(0)  # not through a local: see send
             self._hand_over()
+        except confluent_kafka.KafkaException as exc:  # a fatal error is raised here once; reports still come
+            self._check_fatal(exc.args[0])
+            if self.fatal_error is None:
+                log.exception("serving librdkafka's callbacks failed")
         except Exception:  # never stop polling: every later publish would wait for a report forever
             log.exception("serving librdkafka's callbacks failed")
         finally:
             self._timer = self._loop.call_later(_BUSY_POLL if self._awaiting else _IDLE_POLL, self._poll)
+
+    def _check_fatal(self, error: confluent_kafka.KafkaError) -> None:
+        """Note a fatal error (``poll`` and ``produce`` raise it): the owner has to replace this producer."""
+        if error.fatal() and self.fatal_error is None:
+            self.fatal_error = str(error)
+            log.error("the Kafka producer failed for good: %s", error)
 
     def _hand_over(self) -> None:
         if self._reports:
@@ -134,6 +148,9 @@ class AsyncProducer:
             return 0
         # flush serves the remaining delivery callbacks on its thread; nothing else touches the reports meanwhile
         remaining: int = await asyncio.to_thread(producer.flush, flush_seconds)
+        if remaining:  # whatever is left fails now (its senders get a 503) instead of waiting on a closed producer
+            producer.purge()
+            producer.poll(0)
         del producer  # let go: the handle is destroyed once the flush's thread lets go too (under a millisecond)
         self._hand_over()
         return remaining

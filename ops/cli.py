@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from ops.logs import configure_logging
-from ops.settings import ConfigError, Settings
+from ops.settings import ConfigError, Settings, split_secrets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     trigger.add_argument("--url", help="webhook URL (default: http://127.0.0.1:$GATEWAY_PORT/webhooks/stripe)")
     trigger.add_argument(
         "--secret-file",
-        help="file holding the signing secret, or comma-separated secrets like STRIPE_WEBHOOK_SECRETS (the first "
+        help="file holding the signing secret, or several like STRIPE_WEBHOOK_SECRETS (the first "
         "signs); default: the first of STRIPE_WEBHOOK_SECRETS (or of STRIPE_WEBHOOK_SECRETS_FILE). There is no "
         "option for the secret itself: command lines are visible to every local user.",
     )
@@ -190,14 +190,15 @@ def _trigger(args: argparse.Namespace, settings: Settings) -> int:
     if args.secret_file:
         try:
             with open(args.secret_file, encoding="utf-8") as f:
-                secret = f.read().strip().split(",")[0].strip()
+                secrets = split_secrets(f.read())
         except OSError as exc:
             # the value is not echoed: it may be a secret given by mistake instead of a path
             print(f"hookstream: cannot read the --secret-file: {exc.strerror}", file=sys.stderr)
             return 2
-        if not secret:
+        if not secrets:
             print("hookstream: the --secret-file holds no secret", file=sys.stderr)
             return 2
+        secret = secrets[0]
     try:
         result = trigger(url, secret, args.event_type, args.object_id)
     except UnknownEventType as exc:

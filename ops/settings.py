@@ -18,6 +18,10 @@ DEV_WEBHOOK_SECRET = "whsec_hookstream_local_development_secret"
 
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SECRETS_SEPARATOR = re.compile(r"[\s,]+")
+#: The longest duration any setting takes: Kafka and librdkafka count milliseconds in 32 bits (~24.8 days).
+MAX_SECONDS = 2_147_483
+_MAX_PORT = 65_535
 #: Kafka's batch compression codecs (PRODUCER_COMPRESSION).
 COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
@@ -88,10 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``), failing with a message naming the variable."""
         env = _Env(os.environ if environ is None else environ)
-        secrets = tuple(s.strip() for s in env.text("STRIPE_WEBHOOK_SECRETS", DEV_WEBHOOK_SECRET).split(","))
-        secrets = tuple(s for s in secrets if s)
+        secrets = split_secrets(env.text("STRIPE_WEBHOOK_SECRETS", DEV_WEBHOOK_SECRET))
         if not secrets:
-            raise ConfigError("STRIPE_WEBHOOK_SECRETS: no secret given (comma-separated whsec_... values)")
+            raise ConfigError("STRIPE_WEBHOOK_SECRETS: no secret given (whsec_... values, comma-separated)")
         prefix = env.text("TOPIC_PREFIX", "stripe.")
         if not _TOPIC_PREFIX_RE.match(prefix):
             raise ConfigError(f"TOPIC_PREFIX: {prefix!r} may only hold letters, digits, '.', '_' and '-'")
@@ -108,9 +111,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "KAFKA_MAX_MESSAGE_BYTES", 1_048_588, minimum=1024, maximum=1_000_000_000
             ),
             stripe_webhook_secrets=secrets,
-            stripe_webhook_tolerance=env.integer("STRIPE_WEBHOOK_TOLERANCE", 300, minimum=0),
+            stripe_webhook_tolerance=env.integer("STRIPE_WEBHOOK_TOLERANCE", 300, minimum=0, maximum=MAX_SECONDS),
             gateway_host=env.text("GATEWAY_HOST", "0.0.0.0"),
-            gateway_port=env.integer("GATEWAY_PORT", 8000, minimum=0),
+            gateway_port=env.integer("GATEWAY_PORT", 8000, minimum=0, maximum=_MAX_PORT),
             gateway_max_body_bytes=env.integer("GATEWAY_MAX_BODY_BYTES", 1_048_576, minimum=1),
             # below about 1 KiB a genuine Stripe delivery's headers would not fit
             gateway_max_header_bytes=env.integer("GATEWAY_MAX_HEADER_BYTES", 65_536, minimum=1024),
@@ -124,7 +127,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             topic_prefix=prefix,
             topic_partitions=env.integer("TOPIC_PARTITIONS", 8, minimum=1),
             topic_replication_factor=env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1),
-            worker_web_port=env.integer("WORKER_WEB_PORT", 6066, minimum=0),
+            worker_web_port=env.integer("WORKER_WEB_PORT", 6066, minimum=0, maximum=_MAX_PORT),
             worker_web_bind=env.text("WORKER_WEB_BIND", "0.0.0.0"),
             worker_web_host=env.optional("WORKER_WEB_HOST"),
             worker_app_id=env.text("HOOKSTREAM_APP_ID", "hookstream"),
@@ -159,6 +162,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def gateway_publish_timeout_ms(self) -> int:
         """GATEWAY_PUBLISH_TIMEOUT as librdkafka's ``message.timeout.ms``."""
         return int(self.gateway_publish_timeout * 1000)
+
+
+def split_secrets(text: str) -> tuple[str, ...]:
+    """Signing secrets separated by commas or whitespace: a mounted file may hold one per line, and no secret has
+    a comma or a space in it."""
+    return tuple(secret for secret in _SECRETS_SEPARATOR.split(text) if secret)
 
 
 def is_configured(name: str, environ: Mapping[str, str]) -> bool:
@@ -213,8 +222,8 @@ class _Env:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
-        if not value > 0:
-            raise ConfigError(f"{name}: must be above zero, got {raw!r}")
+        if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+            raise ConfigError(f"{name}: must be above zero and at most {MAX_SECONDS}, got {raw!r}")
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:

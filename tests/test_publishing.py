@@ -246,3 +246,89 @@ def test_a_record_the_broker_refuses_as_too_large_is_told_apart_from_a_failed_de
     for code in (KafkaError._MSG_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS, KafkaError._TRANSPORT):
         failure = _failure(KafkaError(code))
         assert type(failure) is DeliveryFailed, code
+
+
+def _inject_fatal_error(producer: AsyncProducer) -> None:
+    """Give librdkafka a fatal error, as its idempotent producer raises on an unresolvable sequence gap: through
+    its testing hook (``rd_kafka_test_fatal_error``), on the handle of confluent-kafka's Producer."""
+    import ctypes
+    import glob
+
+    import confluent_kafka
+
+    libs = glob.glob(os.path.join(os.path.dirname(confluent_kafka.__file__) + ".libs", "librdkafka-*.so*"))
+    assert len(libs) == 1, libs
+    lib = ctypes.CDLL(libs[0])
+    lib.rd_kafka_name.argtypes, lib.rd_kafka_name.restype = [ctypes.c_void_p], ctypes.c_char_p
+    lib.rd_kafka_test_fatal_error.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+    handle = producer._producer
+    # confluent-kafka's Handle struct: the rd_kafka_t pointer follows PyObject_HEAD
+    rk = ctypes.c_void_p.from_address(id(handle) + 16).value
+    assert lib.rd_kafka_name(rk).startswith(b"rdkafka#producer-")  # the right pointer, before using it
+    assert lib.rd_kafka_test_fatal_error(rk, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, b"injected by a test") == 0
+
+
+def test_a_producer_with_a_fatal_error_is_replaced_and_readiness_says_so_meanwhile(
+    broker: BrokerInfo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """librdkafka refuses every record for good after a fatal error: the gateway must not stay ready answering 503
+    forever (the probe, a metadata request, still succeeds), but publish again with a new producer."""
+    from gateway.metrics import GatewayMetrics
+    from gateway.publisher import BrokerUnavailable, Publisher
+
+    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "fatal."})
+
+    def record(n: int) -> Any:
+        return to_record(encode(build_event("charge.succeeded", object_id=f"ch_fatal_{n}")), "fatal.", 0)
+
+    async def until(condition: Any, what: str) -> None:
+        for _ in range(300):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting until {what}")
+
+    async def run() -> list[bool]:
+        publisher = Publisher(settings, GatewayMetrics(), probe_interval=0.2)
+        await publisher.start()
+        try:
+            await until(lambda: publisher.ready, "ready")
+            await asyncio.wait_for(publisher.publish(record(0)), timeout=30)
+            failed = publisher._producer
+            assert failed is not None
+            _inject_fatal_error(failed)
+            readiness = []
+            with pytest.raises(BrokerUnavailable):  # the failed producer refuses the record
+                await asyncio.wait_for(publisher.publish(record(1)), timeout=30)
+            readiness.append(publisher.ready)
+            await until(lambda: publisher._producer is not failed and publisher.ready, "a new producer is ready")
+            await asyncio.wait_for(publisher.publish(record(2)), timeout=30)
+            readiness.append(publisher.ready)
+            return readiness
+        finally:
+            await publisher.stop()
+
+    readiness = asyncio.run(run())
+    assert readiness == [False, True]
+    assert "the Kafka producer failed for good" in caplog.text
+    keys = sorted(r.key for r in consume(broker.bootstrap_servers, ["fatal.charge"], expected=2))
+    assert keys == [b"ch_fatal_0", b"ch_fatal_2"]
+
+
+def test_records_left_at_close_fail_instead_of_waiting_forever() -> None:
+    """A record still undelivered when close gives up must be told (its sender gets a 503), not left pending."""
+    from ops.process import free_port
+
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})  # nothing listens
+    record = to_record(encode(build_event("charge.succeeded", object_id="ch_left")), "left.", 0)
+
+    async def run() -> tuple[int, BaseException | None]:
+        producer = AsyncProducer(librdkafka_config(settings), asyncio.get_running_loop())
+        delivery = producer.send(record.topic, record.value, record.key, record.headers)
+        left = await producer.close(0.2)
+        await asyncio.wait_for(asyncio.wait([delivery]), timeout=5)
+        return left, delivery.exception()
+
+    left, error = asyncio.run(run())
+    assert left == 1
+    assert isinstance(error, DeliveryFailed)

@@ -33,6 +33,9 @@ def test_secret_from_a_mounted_file(tmp_path: Path) -> None:
     path.write_text("whsec_from_file\n")
     s = Settings.from_env({"STRIPE_WEBHOOK_SECRETS_FILE": str(path), "STRIPE_WEBHOOK_SECRETS": "whsec_env"})
     assert s.stripe_webhook_secrets == ("whsec_from_file",)
+    path.write_text("whsec_old\nwhsec_new\n")  # one per line: two secrets, not one with a newline in it
+    s = Settings.from_env({"STRIPE_WEBHOOK_SECRETS_FILE": str(path)})
+    assert s.stripe_webhook_secrets == ("whsec_old", "whsec_new")
     with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRETS_FILE"):
         Settings.from_env({"STRIPE_WEBHOOK_SECRETS_FILE": str(tmp_path / "missing")})
     (tmp_path / "empty").write_text("\n")  # mounted empty: an error, never the development secret
@@ -72,6 +75,15 @@ def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path)
         ({"PRODUCER_BATCH_RECORDS": "1000001"}, "PRODUCER_BATCH_RECORDS"),
         ({"PRODUCER_COMPRESSION": "brotli"}, "PRODUCER_COMPRESSION"),
         ({"GATEWAY_PUBLISH_TIMEOUT": "0.0005", "PRODUCER_LINGER_MS": "0"}, "GATEWAY_PUBLISH_TIMEOUT"),  # 0 ms: never
+        # ports wrap around in the socket layer (70000 listened on 4464); durations are finite and fit Kafka's
+        # 32-bit milliseconds (librdkafka refused 3000000 s naming message.timeout.ms; inf raised OverflowError)
+        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+        ({"WORKER_WEB_PORT": "65536"}, "WORKER_WEB_PORT"),
+        ({"GATEWAY_PUBLISH_TIMEOUT": "inf"}, "GATEWAY_PUBLISH_TIMEOUT"),
+        ({"GATEWAY_PUBLISH_TIMEOUT": "nan"}, "GATEWAY_PUBLISH_TIMEOUT"),
+        ({"GATEWAY_PUBLISH_TIMEOUT": "3000000"}, "GATEWAY_PUBLISH_TIMEOUT"),
+        ({"HANDLER_TIMEOUT": "1e306"}, "HANDLER_TIMEOUT"),
+        ({"STRIPE_WEBHOOK_TOLERANCE": "1" + "0" * 400}, "STRIPE_WEBHOOK_TOLERANCE"),  # every delivery raised
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
