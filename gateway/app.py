@@ -155,6 +155,8 @@ class Gateway:
     async def _error(
         self, send: Send, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
+        # reasons are fixed texts (no body, signature or secret): for whoever debugs a sender
+        log.debug("answered %d: %s", status, reason)
         await self._respond(send, status, msgspec.json.encode({"error": reason}), headers=headers)
 
     async def _respond(

@@ -76,12 +76,14 @@ class Publisher:
             raise BrokerUnavailable("not connected to the broker")
         started = time.perf_counter()
         try:
-            if record.topic not in self._known_topics:
+            if record.topic in self._known_topics:
+                # librdkafka reports every record within message.timeout.ms (GATEWAY_PUBLISH_TIMEOUT): no
+                # per-request timer needed on the event loop
+                await producer.send(record.topic, record.value, record.key, record.headers)
+            else:  # creating the topic and delivering share one deadline: a request waits GATEWAY_PUBLISH_TIMEOUT
                 async with asyncio.timeout(self._settings.gateway_publish_timeout):
                     await self._ensure_topic(record.topic)
-            # librdkafka reports every record within message.timeout.ms (GATEWAY_PUBLISH_TIMEOUT): no per-request
-            # timer needed on the event loop
-            await producer.send(record.topic, record.value, record.key, record.headers)
+                    await producer.send(record.topic, record.value, record.key, record.headers)
         except (TimeoutError, KafkaError, TopicCreationError, DeliveryFailed, BufferError) as exc:
             self._healthy = False
             self._known_topics.clear()  # a restarted (memory) broker may have lost them

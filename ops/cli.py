@@ -41,19 +41,41 @@ def _parser() -> argparse.ArgumentParser:
         "dev",
         help="run the local stack: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS or its _FILE names brokers), "
         "gateway and a worker",
+        description="What `make run` starts: the embedded broker (memory only: stopping dev loses every topic), "
+        "the gateway on GATEWAY_PORT (8000) and a worker on WORKER_WEB_PORT (6066), on 127.0.0.1 unless "
+        "GATEWAY_HOST / WORKER_WEB_BIND say otherwise. The worker restarts when a .py file of its handler modules "
+        "(HOOKSTREAM_HANDLERS) changes; state and dead letters stay in the broker. Ctrl-C stops everything.",
     )
     dev.add_argument("--broker-port", type=int, default=9092, help="embedded broker port (default: 9092)")
     dev.set_defaults(run=_dev)
 
-    gateway = commands.add_parser("gateway", help="run the webhook gateway (GATEWAY_HOST:GATEWAY_PORT)")
+    gateway = commands.add_parser(
+        "gateway",
+        help="run the webhook gateway (GATEWAY_HOST:GATEWAY_PORT)",
+        description="Serve POST /webhooks/stripe: verify the Stripe-Signature against STRIPE_WEBHOOK_SECRETS, publish "
+        "the event to <TOPIC_PREFIX><object type> keyed by the object's id, and answer 200 once Kafka acknowledged it "
+        "(503 with Retry-After when it did not within GATEWAY_PUBLISH_TIMEOUT). Also GET /healthz, /readyz, /metrics. "
+        "Rejected requests are logged at LOG_LEVEL=DEBUG (the answer's body says why, too).",
+    )
     gateway.set_defaults(run=_gateway)
 
     worker = commands.add_parser(
-        "worker", help="run a stream worker (Faust app streams.app:app; web port WORKER_WEB_PORT)"
+        "worker",
+        help="run a stream worker (Faust app streams.app:app; web port WORKER_WEB_PORT)",
+        description="Create the topics the handlers need, then apply events to object states in order per object, "
+        "with the handlers of HOOKSTREAM_HANDLERS; failures are retried (HANDLER_MAX_ATTEMPTS), then dead-lettered "
+        "to <TOPIC_PREFIX>dlq. Serves GET /objects/<id>, /healthz, /readyz and /metrics on WORKER_WEB_PORT. "
+        "SIGTERM stops it cleanly within HANDLER_TIMEOUT.",
     )
     worker.set_defaults(run=_worker)
 
-    replay = commands.add_parser("replay", help="re-publish dead letters to the topics they came from")
+    replay = commands.add_parser(
+        "replay",
+        help="re-publish dead letters to the topics they came from",
+        description="Read <TOPIC_PREFIX>dlq as consumer group <HOOKSTREAM_APP_ID>-replay and re-publish each dead "
+        "letter to its source topic with its key, value and original headers, committing after each, so each is "
+        "replayed once however often this runs. Stops once it has caught up. Exit status 2 when Kafka failed it.",
+    )
     replay.add_argument("--limit", type=int, default=None, help="replay at most N dead letters (default: all)")
     replay.set_defaults(run=_replay)
 
@@ -62,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         help="check that every acknowledged event was applied once (or dead-lettered); exit 1 if any is missing",
         description="Compare the event ids in the event topics (what the gateway acknowledged) with the objects "
         "table's changelog (what the workers applied) and the dead letters. Exit status 1 when an acknowledged "
-        "event is missing or was applied twice.",
+        "event is missing or was applied twice, 2 when it could not check (a bad option, Kafka unreachable).",
     )
     audit.add_argument(
         "--since", help="audit events acknowledged since T: ISO 8601 time or a duration ago (30m, 2h, 7d); default: all"
@@ -129,12 +151,17 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from aiokafka.errors import KafkaError
+
     from ops.audit import AuditError, run_audit
 
     try:
         return run_audit(settings, args.since, args.wait, args.json, args.show)
     except (AuditError, ValueError) as exc:
         print(f"hookstream audit: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:  # not 1: that says an event is missing, and nothing was checked
+        print(f"hookstream audit: Kafka at {settings.kafka_bootstrap_servers}: {exc!r}", file=sys.stderr)
         return 2
 
 
@@ -208,7 +235,7 @@ def _trigger(args: argparse.Namespace, settings: Settings) -> int:
         print(f"hookstream: cannot reach {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 1
     print(f"{result.status} {result.body}")
-    print(f"event {result.event_id} ({args.event_type})", file=sys.stderr)
+    print(f"event {result.event_id} ({args.event_type}) about object {result.object_id}", file=sys.stderr)
     return 0 if result.status == 200 else 1
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ops.broker import BrokerError, EmbeddedBroker
 from ops.process import free_port, stop_process
@@ -55,21 +59,42 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     status = 0
+    handlers = HandlerSources(settings.handler_modules)
     try:
         gateway = _spawn(["gateway"], env)
         children.append(("gateway", gateway))
-        children.append(("worker", _spawn(["worker"], env)))
+        worker = _spawn(["worker"], env)
+        children.append(("worker", worker))
+        worker_reported = False
         if _wait_listening(settings.gateway_port, gateway):
             kafka = f"{broker.bootstrap_servers} (embedded)" if broker else settings.kafka_bootstrap_servers
-            _print_banner(settings, kafka)
+            _print_banner(
+                settings,
+                kafka,
+                {k: env[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", *EMBEDDED_BROKER_ENV)} if broker else None,
+            )
         while not stopping:
-            for name, child in children:
-                if child.poll() is not None:
-                    print(f"hookstream: {name} exited with status {child.returncode}; stopping", file=sys.stderr)
-                    stopping, status = True, 1
-            time.sleep(0.2)
+            if gateway.poll() is not None:
+                print(f"hookstream: gateway exited with status {gateway.returncode}; stopping", file=sys.stderr)
+                stopping, status = True, 1
+                break
+            if worker.poll() is not None and not worker_reported:  # a handler that does not import, say
+                print(
+                    f"hookstream: worker exited with status {worker.returncode}; it starts again when a file of "
+                    f"the handler modules ({', '.join(settings.handler_modules)}) changes (Ctrl-C stops everything)",
+                    file=sys.stderr,
+                )
+                worker_reported = True
+            changed = handlers.changed()
+            if changed:
+                print(f"hookstream: {', '.join(map(str, changed))} changed; restarting the worker", flush=True)
+                stop_process(worker, timeout=30)
+                worker = _spawn(["worker"], env)
+                children[1] = ("worker", worker)
+                worker_reported = False
+            time.sleep(0.5)
     finally:
-        for _name, child in reversed(children):
+        for _name, child in children:  # the gateway first: no new event is taken while the worker stops
             stop_process(child, timeout=20)
         if broker is not None:
             broker.stop()
@@ -93,7 +118,7 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float 
     return False
 
 
-def _print_banner(settings: Settings, kafka: str) -> None:
+def _print_banner(settings: Settings, kafka: str, exports: dict[str, str] | None = None) -> None:
     url = f"http://127.0.0.1:{settings.gateway_port}/webhooks/stripe"
     # Only the public development secret is printed; a real one would end up in terminal scrollback and CI logs.
     secret = DEV_WEBHOOK_SECRET if settings.using_dev_secret else "(from STRIPE_WEBHOOK_SECRETS)"
@@ -109,6 +134,52 @@ def _print_banner(settings: Settings, kafka: str) -> None:
         f"    .venv/bin/hookstream trigger payment_intent.succeeded --object-id pi_demo --url {url}\n"
         f"    curl http://127.0.0.1:{settings.worker_web_port}/objects/pi_demo\n"
         "\n"
-        "  Ctrl-C stops everything.\n",
+        + (
+            "  Other hookstream commands (replay, audit) against this broker need its settings:\n"
+            f"    export {' '.join(f'{k}={v}' for k, v in exports.items())}\n"
+            "\n"
+            if exports
+            else ""
+        )
+        + "  The worker restarts when a handler file changes; Ctrl-C stops everything (the embedded broker keeps\n"
+        "  everything in memory: topics, states and dead letters go with it).\n",
         flush=True,
     )
+
+
+class HandlerSources:
+    """The ``.py`` files of the handler modules (``HOOKSTREAM_HANDLERS``), found without importing them, and which
+    of them changed since the last look: what makes the dev stack restart its worker."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        self._roots = [root for root in map(_source_root, modules) if root is not None]
+        self._seen = self._snapshot()
+
+    def changed(self) -> list[Path]:
+        """Files added, changed or removed since the last call (after a moment's quiet: editors write in steps)."""
+        now = self._snapshot()
+        if now == self._seen:
+            return []
+        time.sleep(0.3)
+        now = self._snapshot()
+        changed = sorted(path for path in now.keys() | self._seen.keys() if now.get(path) != self._seen.get(path))
+        self._seen = now
+        return changed
+
+    def _snapshot(self) -> dict[Path, int]:
+        files: dict[Path, int] = {}
+        for root in self._roots:
+            for path in root.rglob("*.py") if root.is_dir() else [root]:
+                with contextlib.suppress(OSError):  # removed meanwhile: not there
+                    files[path] = path.stat().st_mtime_ns
+        return files
+
+
+def _source_root(module: str) -> Path | None:
+    """The directory of a package, or the file of a module, named by its top-level name (as the worker, started
+    with ``python -m`` from here, finds it: the working directory first)."""
+    spec = importlib.machinery.PathFinder.find_spec(module.split(".")[0], [os.getcwd(), *sys.path])
+    if spec is None or spec.origin is None:
+        return None
+    origin = Path(spec.origin)
+    return origin.parent if spec.submodule_search_locations else origin

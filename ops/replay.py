@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from ops.kafka import client_options
 from ops.settings import Settings
@@ -33,10 +35,10 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
         rebalance_timeout_ms=int(settings.worker_rebalance_timeout * 1000),
     )
     producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=settings.kafka_enable_idempotence)
-    await producer.start()
-    await consumer.start()
     replayed = skipped = 0
     try:
+        await producer.start()
+        await consumer.start()
         idle_since = time.monotonic()
         while limit is None or replayed + skipped < limit:
             batch = await consumer.getmany(timeout_ms=500, max_records=limit and limit - replayed - skipped)
@@ -78,6 +80,17 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
 
 
 def run_replay(settings: Settings, limit: int | None) -> int:
-    replayed, skipped = asyncio.run(replay(settings, limit))
+    """The command: 0 when every dead letter was replayed or skipped, 2 when Kafka failed it (commits so far hold)."""
+    try:
+        replayed, skipped = asyncio.run(replay(settings, limit))
+    except KafkaError as exc:
+        print(f"hookstream replay: Kafka at {settings.kafka_bootstrap_servers}: {exc!r}", file=sys.stderr)
+        if settings.kafka_enable_idempotence and not isinstance(exc, KafkaConnectionError):
+            print(
+                "hookstream replay: the embedded development broker takes no idempotent producer: against it, set "
+                "KAFKA_ENABLE_IDEMPOTENCE=false (hookstream dev prints what to export)",
+                file=sys.stderr,
+            )
+        return 2
     print(f"replayed {replayed} dead letter(s) from {settings.dlq_topic}" + (f", skipped {skipped}" if skipped else ""))
     return 0

@@ -225,8 +225,9 @@ def test_handler_keeps_the_fields_and_the_time() -> None:
     assert registration is not None
     assert registration.handler.__module__ == HANDLER_MODULE
     assert registration.object_type == OBJECT_TYPE
-{build}    event = decode_event(encode(raw))  # as a worker decodes it
-    state = new_state(OBJECT_ID, event)
+{build}    # as a worker decodes it: into the handler's model= when it declares one, else a dict
+    event = decode_event(encode(raw), model=registration.model)
+    state = new_state(OBJECT_ID, event, registration.object_type)
     start_applying(state, event)  # what the worker does before the handler: the status
 
     # the handler, under a deadline as in the worker (wait_for also takes any awaitable, as mypy wants)

@@ -10,8 +10,8 @@ from ops.fixtures import build_event, encode
 
 
 class TriggerResult:
-    def __init__(self, status: int, body: str, event_id: str) -> None:
-        self.status, self.body, self.event_id = status, body, event_id
+    def __init__(self, status: int, body: str, event_id: str, object_id: str) -> None:
+        self.status, self.body, self.event_id, self.object_id = status, body, event_id, object_id
 
 
 def trigger(
@@ -20,6 +20,7 @@ def trigger(
     """Build, sign and POST an event; return the gateway's answer (any status, never raises on HTTP errors)."""
     event = build_event(event_type, object_id=object_id)
     body = encode(event)
+    object_id = str(event["data"]["object"].get("id"))
     request = urllib.request.Request(
         url,
         data=body,
@@ -32,6 +33,6 @@ def trigger(
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return TriggerResult(response.status, response.read().decode(), event["id"])
+            return TriggerResult(response.status, response.read().decode(), event["id"], object_id)
     except urllib.error.HTTPError as exc:
-        return TriggerResult(exc.code, exc.read().decode(errors="replace"), event["id"])
+        return TriggerResult(exc.code, exc.read().decode(errors="replace"), event["id"], object_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ from streams.state import (
 )
 
 log = logging.getLogger(__name__)
+
+_QUOTED_VALUE = re.compile(r"'[^']*'")
 
 #: Room for a record's framing in a produce request (aiokafka's estimate stays well within it).
 _RECORD_OVERHEAD = 512
@@ -133,6 +136,14 @@ class EventProcessor:
         try:
             event, registration = self._decode(record.value, event_type)
         except BadRecord as exc:
+            log.warning(
+                "record %s[%d]@%d (%s) dead-lettered: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                event_type,
+                _QUOTED_VALUE.sub("'...'", str(exc)),  # msgspec quotes a bad enum value: no body in the logs
+            )
             await self._dead_letter(record, headers, exc, 0)
             return Outcome.DEAD_LETTERED, event_type
         if registration is None:

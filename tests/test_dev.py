@@ -10,8 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,61 +26,104 @@ pytestmark = pytest.mark.integration
 
 
 def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """Also: a handler module added while it runs is live after the worker's restart, and the states applied
+    before it are still there (the embedded broker keeps the changelog)."""
     gateway_port, broker_port, worker_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "STRIPE_WEBHOOK_SECRETS")}
     env["GATEWAY_PORT"] = str(gateway_port)
     env["WORKER_WEB_PORT"] = str(worker_port)
     env["WORKER_DATA_DIR"] = str(tmp_path / "worker-data")
+    (tmp_path / "devhandlers").mkdir()
+    (tmp_path / "devhandlers" / "__init__.py").write_text("")
+    env["HOOKSTREAM_HANDLERS"] = "handlers,devhandlers"
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])])
     process = subprocess.Popen(
         [sys.executable, "-m", "ops.cli", "dev", "--broker-port", str(broker_port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
     )
-    try:
+    lines: list[str] = []  # everything it prints, children's logs included, read as it comes (a full pipe blocks)
+
+    def read() -> None:
         assert process.stdout is not None
-        lines: list[str] = []
-        while not any("Ctrl-C stops everything" in line for line in lines):
-            line = process.stdout.readline().decode()
-            assert line, "dev exited early:\n" + "".join(lines)
-            lines.append(line)
+        for raw in process.stdout:
+            lines.append(raw.decode(errors="replace"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def wait_for_line(text: str, timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in list(lines) if text in line), None)
+            if found is not None:
+                return found
+            assert process.poll() is None, "dev exited early:\n" + "".join(lines)
+            time.sleep(0.1)
+        raise AssertionError(f"no line with {text!r}:\n" + "".join(lines))
+
+    def state_of(object_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + 90
+        state: dict[str, Any] = {}
+        while not done(state):
+            assert time.monotonic() < deadline, f"{object_id} never got there: {state}\n" + "".join(lines[-40:])
+            with contextlib.suppress(OSError):
+                answer = http_request(worker_port, "GET", f"/objects/{object_id}", timeout=5)
+                if answer.status == 200:
+                    state = answer.json()
+            time.sleep(0.3)
+        return state
+
+    def trigger(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.startswith('200 {"received":true')
+        return str(json.loads(done.stdout[4:])["id"])
+
+    try:
+        wait_for_line("Ctrl-C stops everything")
         banner = "".join(lines)
         assert f"kafka           127.0.0.1:{broker_port} (embedded)" in banner  # which brokers the stack uses
         assert "signing secret  whsec_" in banner
+        # what other commands need against the embedded broker (replay failed without it)
+        assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{broker_port} KAFKA_ENABLE_IDEMPOTENCE=false" in banner
         trigger_line = next(line for line in lines if "hookstream trigger" in line).strip()
 
         deadline = time.monotonic() + 30
         while http_request(gateway_port, "GET", "/readyz").status != 200:  # listening once the banner shows
             assert time.monotonic() < deadline, "gateway never became ready"
             time.sleep(0.2)
-        args = shlex.split(trigger_line)
-        done = subprocess.run(
-            [sys.executable, "-m", "ops.cli", *args[1:]], capture_output=True, text=True, timeout=60, env=env
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert done.stdout.startswith('200 {"received":true')
-        event_id = json.loads(done.stdout[4:])["id"]
+        event_id = trigger(*shlex.split(trigger_line)[1:])
 
         # the worker applies it: the printed curl line shows the object's state moments later
         curl_line = next(line for line in lines if "curl " in line).strip()
         assert f":{worker_port}/objects/pi_demo" in curl_line
-        deadline = time.monotonic() + 90
-        state: dict[str, object] = {}
-        while state.get("last_event_id") != event_id:
-            assert time.monotonic() < deadline, f"state never showed {event_id}: {state}"
-            with contextlib.suppress(OSError):
-                answer = http_request(worker_port, "GET", "/objects/pi_demo", timeout=5)
-                if answer.status == 200:
-                    state = answer.json()
-            time.sleep(0.3)
+        state = state_of("pi_demo", lambda s: s.get("last_event_id") == event_id)
         assert state["object_type"] == "payment_intent" and state["status"] == "succeeded"
         for port in (gateway_port, worker_port):  # both answer on 127.0.0.1, and only there: the dev secret is public
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.2", port), timeout=2).close()
 
+        # a new handler module: the worker restarts with it and subscribes to its topic
+        (tmp_path / "devhandlers" / "payouts.py").write_text(
+            "from streams.registry import on\n\n\n"
+            '@on("payout.paid")\n'
+            "async def paid(event, ctx):\n"
+            '    ctx.fields["seen_by"] = "devhandlers"\n'
+        )
+        wait_for_line("changed; restarting the worker")
+        payout_event = trigger("trigger", "payout.paid", "--object-id", "po_dev", "--url", trigger_line.split()[-1])
+        payout = state_of("po_dev", lambda s: s.get("last_event_id") == payout_event)
+        assert payout["fields"]["seen_by"] == "devhandlers"
+        assert state_of("pi_demo", bool)["last_event_id"] == event_id  # recovered from the changelog
+
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
-        assert "stopped" in process.stdout.read().decode()
+        reader.join(10)
+        assert "stopped" in "".join(lines[-5:])
         for port in (gateway_port, worker_port):
             with pytest.raises(OSError):
                 http_request(port, "GET", "/healthz", timeout=2)

@@ -4,7 +4,7 @@ a dict store and a recording send)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pytest
@@ -95,7 +95,9 @@ def test_a_handler_with_a_model_gets_it_and_the_state_is_kept_as_with_a_dict() -
     )
 
 
-def test_an_object_that_does_not_match_the_model_is_dead_lettered_with_the_reason() -> None:
+def test_an_object_that_does_not_match_the_model_is_dead_lettered_with_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     handlers = HandlerRegistry()
 
     @handlers.on("charge.succeeded", model=Charge)
@@ -110,6 +112,24 @@ def test_an_object_that_does_not_match_the_model_is_dead_lettered_with_the_reaso
     assert dict(letter)["error-type"] == b"BadRecord"
     assert b"object does not match Charge" in dict(letter)["error-message"]
     assert decode_state(store[b"ch_1"]).fields == {"amount": 7}
+    # and the log says so, with the record and the reason (whoever looks at a dead-letter alert starts there)
+    assert "stripe.charge[0]@0 (charge.succeeded) dead-lettered: object does not match Charge" in caplog.text
+
+
+def test_a_bad_value_msgspec_quotes_stays_out_of_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    class Strict(msgspec.Struct):
+        status: Literal["succeeded", "failed"]
+
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded", model=Strict)
+    async def keep(event: StripeEvent[Strict], ctx: Context) -> None:
+        ctx.fields["status"] = event.object.status
+
+    outcomes, _, letters = _run(handlers, [_charge_body("evt_1", 1, status="card_4242_of_jane")])
+    assert outcomes == ["dead_lettered"]
+    assert b"card_4242_of_jane" in dict(letters[0])["error-message"]  # the dead letter keeps msgspec's reason
+    assert "Invalid enum value '...'" in caplog.text and "card_4242_of_jane" not in caplog.text
 
 
 def test_the_events_own_type_decides_when_the_header_says_otherwise() -> None:

@@ -9,6 +9,7 @@ subprocess whose working directory is that skeleton: there ``handlers`` is the s
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,30 @@ def test_generated_handlers_and_tests_pass_ruff_and_pytest(project: Path) -> Non
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 passed" in run.stdout
+
+
+def test_the_generated_test_still_passes_once_the_handler_declares_a_model(project: Path) -> None:
+    """README's step 4: the handler gets ``model=`` and reads attributes; the test decodes as the worker does."""
+    event_type = _unhandled("payout.paid", with_fixture=True)
+    handler, test = new_handler(event_type, project)
+    source = handler.read_text()
+    kept = re.findall(r'obj\.get\("(\w+)"\)', source)
+    assert kept  # the template keeps some of the object's fields
+    fields = [*kept, "status"]  # README: include status if the state's status should follow the object's
+    model = "class Model(msgspec.Struct):\n" + "".join(f"    {name}: Any = None\n" for name in fields)
+    source = re.sub(r'obj\.get\("(\w+)"\)', r"obj.\1", source)
+    source = source.replace(f'@on("{event_type}")', f'{model}\n\n@on("{event_type}", model=Model)')
+    source = source.replace("from streams.events", "from typing import Any\n\nimport msgspec\n\nfrom streams.events")
+    handler.write_text(source)
+
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, source + run.stdout + run.stderr
 
 
 def test_refuses_a_type_stripe_does_not_send(project: Path) -> None:

@@ -72,6 +72,7 @@ def test_trigger_command_sets_the_object_id(gateway: GatewayProcess, broker: Bro
     assert len(records) == 1
     event = json.loads(records[0].value)
     assert event["id"] == event_id and event["type"] == "customer.subscription.created"
+    assert f"event {event_id} (customer.subscription.created) about object sub_trigger_cli" in done.stderr
 
 
 def test_trigger_command_explains_unknown_types_and_refusals(gateway: GatewayProcess, tmp_path: Path) -> None:
