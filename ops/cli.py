@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "replayed once however often this runs. Stops once it has caught up. Exit status 2 when Kafka failed it.",
     )
     replay.add_argument("--limit", type=int, default=None, help="replay at most N dead letters (default: all)")
+    replay.add_argument(
+        "--list",
+        action="store_true",
+        help="only show the dead letters not replayed yet (event, source, attempts, the error and its message): "
+        "nothing is sent or committed",
+    )
     replay.set_defaults(run=_replay)
 
     audit = commands.add_parser(
@@ -147,7 +153,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from ops.replay import run_replay
 
-    return run_replay(settings, args.limit)
+    return run_replay(settings, args.limit, args.list)
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:

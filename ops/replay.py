@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -22,8 +23,16 @@ from streams.dead_letters import VALUE_OMITTED, header, original_headers
 log = logging.getLogger(__name__)
 
 
-async def replay(settings: Settings, limit: int | None = None, idle_timeout: float = 3.0) -> tuple[int, int]:
-    """Re-publish up to ``limit`` dead letters; return (replayed, skipped: no source-topic or no value)."""
+async def replay(
+    settings: Settings,
+    limit: int | None = None,
+    idle_timeout: float = 3.0,
+    listing: Callable[[str], None] | None = None,
+) -> tuple[int, int]:
+    """Re-publish up to ``limit`` dead letters; return (replayed, skipped: no source-topic or no value).
+
+    With ``listing``, describe each dead letter a replay would take to it instead: nothing is sent or committed
+    (and no producer is needed)."""
     options = client_options(settings)
     consumer = AIOKafkaConsumer(
         settings.dlq_topic,
@@ -34,10 +43,13 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
         session_timeout_ms=int(settings.worker_session_timeout * 1000),
         rebalance_timeout_ms=int(settings.worker_rebalance_timeout * 1000),
     )
-    producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=settings.kafka_enable_idempotence)
+    producer = None
+    if listing is None:
+        producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=settings.kafka_enable_idempotence)
     replayed = skipped = 0
     try:
-        await producer.start()
+        if producer is not None:
+            await producer.start()
         await consumer.start()
         idle_since = time.monotonic()
         while limit is None or replayed + skipped < limit:
@@ -50,6 +62,10 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
             for tp, records in batch.items():
                 for record in records:
                     headers = [(k, bytes(v)) for k, v in record.headers]
+                    if listing is not None:
+                        listing(describe(f"{tp.topic}[{tp.partition}]@{record.offset}", headers))
+                        replayed += 1
+                        continue
                     source = header(headers, "source-topic")
                     omitted = header(headers, VALUE_OMITTED)
                     if not source:
@@ -68,6 +84,7 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
                         )
                         skipped += 1
                     else:
+                        assert producer is not None
                         await producer.send_and_wait(
                             source.decode(), record.value, key=record.key, headers=original_headers(headers)
                         )
@@ -75,14 +92,29 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
                     await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
     finally:
         await consumer.stop()
-        await producer.stop()
+        if producer is not None:
+            await producer.stop()
     return replayed, skipped
 
 
-def run_replay(settings: Settings, limit: int | None) -> int:
+def describe(where: str, headers: list[tuple[str, bytes]]) -> str:
+    """One dead letter in two lines: where it is, its event and source; why it failed (the error's message)."""
+
+    def get(name: str) -> str:
+        return (header(headers, name) or b"?").decode(errors="replace")
+
+    source = f"{get('source-topic')}[{get('source-partition')}]@{get('source-offset')}"
+    omitted = " (stored without its value)" if header(headers, VALUE_OMITTED) else ""
+    return (
+        f"{where}  {get('event-id')} ({get('event-type')}) from {source}, {get('attempts')} attempt(s){omitted}\n"
+        f"    {get('error-type')}: {get('error-message')}"
+    )
+
+
+def run_replay(settings: Settings, limit: int | None, list_only: bool = False) -> int:
     """The command: 0 when every dead letter was replayed or skipped, 2 when Kafka failed it (commits so far hold)."""
     try:
-        replayed, skipped = asyncio.run(replay(settings, limit))
+        replayed, skipped = asyncio.run(replay(settings, limit, listing=print if list_only else None))
     except KafkaError as exc:
         print(f"hookstream replay: Kafka at {settings.kafka_bootstrap_servers}: {exc!r}", file=sys.stderr)
         if settings.kafka_enable_idempotence and not isinstance(exc, KafkaConnectionError):
@@ -92,5 +124,8 @@ def run_replay(settings: Settings, limit: int | None) -> int:
                 file=sys.stderr,
             )
         return 2
+    if list_only:
+        print(f"{replayed} dead letter(s) in {settings.dlq_topic} not replayed yet")
+        return 0
     print(f"replayed {replayed} dead letter(s) from {settings.dlq_topic}" + (f", skipped {skipped}" if skipped else ""))
     return 0

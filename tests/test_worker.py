@@ -179,15 +179,24 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
         fixed.touch()  # the handler is fixed: replay brings the dead letters back
         replay_env = {**os.environ, **broker.env(), "HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix}
 
-        def replay() -> subprocess.CompletedProcess[str]:
+        def replay(*options: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [sys.executable, "-m", "ops.cli", "replay"],
+                [sys.executable, "-m", "ops.cli", "replay", *options],
                 capture_output=True,
                 text=True,
                 timeout=120,
                 env=replay_env,
                 cwd=REPO,
             )
+
+        listed = replay("--list")  # what a replay would take, and why each failed: nothing sent or committed
+        assert listed.returncode == 0, listed.stderr
+        assert "5 dead letter(s) in " in listed.stdout
+        for original in poison:
+            event_id = dict(original.headers)["event-id"].decode()
+            assert f"{event_id} (charge.updated) from {prefix}charge[" in listed.stdout
+        assert listed.stdout.count("RuntimeError: ") == 5 and "3 attempt(s)" in listed.stdout
+        assert worker.metric_sum("hookstream_events_processed_total", outcome="ok") == len(records) - 5
 
         done = replay()
         assert done.returncode == 0, done.stderr
