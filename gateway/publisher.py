@@ -25,6 +25,10 @@ from ops.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Seconds before a producer that replaced one with a fatal error may itself be replaced, doubling up to the max.
+_FIRST_REPLACEMENT_DELAY = 2.0
+_MAX_REPLACEMENT_DELAY = 60.0
+
 
 class BrokerUnavailable(Exception):
     """The broker did not acknowledge the record in time; the sender should retry later."""
@@ -43,6 +47,9 @@ class Publisher:
         self._topic_lock = asyncio.Lock()
         self._healthy = False
         self._task: asyncio.Task[None] | None = None
+        # a fatal error that comes back with every new producer (a missing ACL) must not churn librdkafka instances
+        self._replacement_delay = _FIRST_REPLACEMENT_DELAY
+        self._next_replacement = 0.0
 
     @property
     def ready(self) -> bool:
@@ -89,6 +96,7 @@ class Publisher:
             self._known_topics.clear()  # a restarted (memory) broker may have lost them
             raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}: {exc}") from exc
         self._healthy = True
+        self._replacement_delay = _FIRST_REPLACEMENT_DELAY  # this producer works
         self._metrics.publish_seconds.labels(record.topic).observe(time.perf_counter() - started)
         self._metrics.published.labels(record.topic, record.event_type).inc()
 
@@ -119,9 +127,12 @@ class Publisher:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
-            if self._producer is not None and self._producer.fatal_error is not None:
-                await self._replace_producer()
-            await self._probe()
+            try:
+                if self._producer is not None and self._producer.fatal_error is not None:
+                    await self._replace_producer()
+                await self._probe()
+            except Exception:  # maintenance must go on: it is what brings readiness back
+                log.exception("maintaining the Kafka clients failed; trying again in %gs", self._probe_interval)
             await asyncio.sleep(self._probe_interval)
 
     async def _connect_admin(self) -> None:
@@ -137,7 +148,13 @@ class Publisher:
         self._admin = admin
 
     async def _replace_producer(self) -> None:
-        """A producer with a fatal error refuses every record for good: publish with a new one from now on."""
+        """A producer with a fatal error refuses every record for good: publish with a new one from now on (after
+        a growing delay when the new ones fail too)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_replacement:
+            return
+        self._next_replacement = now + self._replacement_delay
+        self._replacement_delay = min(self._replacement_delay * 2, _MAX_REPLACEMENT_DELAY)
         failed = self._producer
         assert failed is not None
         self._producer = AsyncProducer(librdkafka_config(self._settings), asyncio.get_running_loop())

@@ -124,8 +124,9 @@ class AsyncProducer:
             self._timer = self._loop.call_later(_BUSY_POLL if self._awaiting else _IDLE_POLL, self._poll)
 
     def _check_fatal(self, error: confluent_kafka.KafkaError) -> None:
-        """Note a fatal error (``poll`` and ``produce`` raise it): the owner has to replace this producer."""
-        if error.fatal() and self.fatal_error is None:
+        """Note a fatal error (``poll`` raises it once; ``produce`` refuses every record after it, with ``_FATAL``):
+        the owner has to replace this producer."""
+        if (error.fatal() or error.code() == confluent_kafka.KafkaError._FATAL) and self.fatal_error is None:
             self.fatal_error = str(error)
             log.error("the Kafka producer failed for good: %s", error)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.machinery
+import importlib.util
 import os
 import signal
 import socket
@@ -59,8 +60,8 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     status = 0
-    handlers = HandlerSources(settings.handler_modules)
     try:
+        handlers = HandlerSources(settings.handler_modules)
         gateway = _spawn(["gateway"], env)
         children.append(("gateway", gateway))
         worker = _spawn(["worker"], env)
@@ -89,6 +90,8 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
             if changed:
                 print(f"hookstream: {', '.join(map(str, changed))} changed; restarting the worker", flush=True)
                 stop_process(worker, timeout=30)
+                if stopping:  # Ctrl-C meanwhile: no new worker
+                    break
                 worker = _spawn(["worker"], env)
                 children[1] = ("worker", worker)
                 worker_reported = False
@@ -149,10 +152,11 @@ def _print_banner(settings: Settings, kafka: str, exports: dict[str, str] | None
 
 class HandlerSources:
     """The ``.py`` files of the handler modules (``HOOKSTREAM_HANDLERS``), found without importing them, and which
-    of them changed since the last look: what makes the dev stack restart its worker."""
+    of them changed since the last look: what makes the dev stack restart its worker. The modules are looked up
+    again at every look, so one created later (or moved) is watched too."""
 
     def __init__(self, modules: Sequence[str]) -> None:
-        self._roots = [root for root in map(_source_root, modules) if root is not None]
+        self._modules = list(modules)
         self._seen = self._snapshot()
 
     def changed(self) -> list[Path]:
@@ -168,18 +172,34 @@ class HandlerSources:
 
     def _snapshot(self) -> dict[Path, int]:
         files: dict[Path, int] = {}
-        for root in self._roots:
-            for path in root.rglob("*.py") if root.is_dir() else [root]:
+        for root in {root for module in self._modules for root in _source_roots(module)}:
+            paths = [root] if root.is_file() else _python_files(root)
+            for path in paths:
                 with contextlib.suppress(OSError):  # removed meanwhile: not there
                     files[path] = path.stat().st_mtime_ns
         return files
 
 
-def _source_root(module: str) -> Path | None:
-    """The directory of a package, or the file of a module, named by its top-level name (as the worker, started
-    with ``python -m`` from here, finds it: the working directory first)."""
-    spec = importlib.machinery.PathFinder.find_spec(module.split(".")[0], [os.getcwd(), *sys.path])
-    if spec is None or spec.origin is None:
-        return None
-    origin = Path(spec.origin)
-    return origin.parent if spec.submodule_search_locations else origin
+def _python_files(directory: Path) -> list[Path]:
+    """The ``.py`` files under ``directory``; parts removed during the walk (a checkout, a cache) are skipped."""
+    return [
+        Path(folder, name)
+        for folder, _, names in os.walk(directory)  # os.walk ignores directories it cannot list
+        for name in names
+        if name.endswith(".py")
+    ]
+
+
+def _source_roots(module: str) -> list[Path]:
+    """Where the worker, started with ``python -m`` from here, finds a module's top-level package: the
+    directories of a package (a namespace package may have several), or a module's file."""
+    top = module.split(".")[0]
+    spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd(), *sys.path])  # the working directory first
+    if spec is None:
+        with contextlib.suppress(ImportError, ValueError):  # an installed finder's (editable installs)
+            spec = importlib.util.find_spec(top)
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [Path(location) for location in spec.submodule_search_locations]
+    return [Path(spec.origin)] if spec.origin else []

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError, UnknownError
 
 from ops.kafka import client_options
 from ops.settings import Settings
@@ -117,7 +117,7 @@ def run_replay(settings: Settings, limit: int | None, list_only: bool = False) -
         replayed, skipped = asyncio.run(replay(settings, limit, listing=print if list_only else None))
     except KafkaError as exc:
         print(f"hookstream replay: Kafka at {settings.kafka_bootstrap_servers}: {exc!r}", file=sys.stderr)
-        if settings.kafka_enable_idempotence and not isinstance(exc, KafkaConnectionError):
+        if settings.kafka_enable_idempotence and isinstance(exc, UnknownError):  # how the embedded broker refuses
             print(
                 "hookstream replay: the embedded development broker takes no idempotent producer: against it, set "
                 "KAFKA_ENABLE_IDEMPOTENCE=false (hookstream dev prints what to export)",

@@ -95,6 +95,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         secrets = split_secrets(env.text("STRIPE_WEBHOOK_SECRETS", DEV_WEBHOOK_SECRET))
         if not secrets:
             raise ConfigError("STRIPE_WEBHOOK_SECRETS: no secret given (whsec_... values, comma-separated)")
+        for number, secret in enumerate(secrets, 1):  # a comment in a secrets file must not become a key
+            if not secret.startswith("whsec_"):
+                raise ConfigError(f"STRIPE_WEBHOOK_SECRETS: secret {number} does not start with whsec_ (not shown)")
         prefix = env.text("TOPIC_PREFIX", "stripe.")
         if not _TOPIC_PREFIX_RE.match(prefix):
             raise ConfigError(f"TOPIC_PREFIX: {prefix!r} may only hold letters, digits, '.', '_' and '-'")
@@ -119,7 +122,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gateway_max_header_bytes=env.integer("GATEWAY_MAX_HEADER_BYTES", 65_536, minimum=1024),
             gateway_client_timeout=env.seconds("GATEWAY_CLIENT_TIMEOUT", 10.0),
             gateway_publish_timeout=env.seconds("GATEWAY_PUBLISH_TIMEOUT", 10.0),
-            gateway_retry_after=env.integer("GATEWAY_RETRY_AFTER", 5, minimum=0),
+            gateway_retry_after=env.integer("GATEWAY_RETRY_AFTER", 5, minimum=0, maximum=MAX_SECONDS),
             producer_linger_ms=env.integer("PRODUCER_LINGER_MS", 2, minimum=0),
             producer_max_batch_size=env.integer("PRODUCER_MAX_BATCH_SIZE", 1_048_576, minimum=1),
             producer_batch_records=env.integer("PRODUCER_BATCH_RECORDS", 16, minimum=1, maximum=1_000_000),

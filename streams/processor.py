@@ -33,7 +33,8 @@ from streams.state import (
 
 log = logging.getLogger(__name__)
 
-_QUOTED_VALUE = re.compile(r"'[^']*'")
+#: A value msgspec quotes in its reason (Python's repr: single quotes, or double when it holds one)
+_QUOTED_VALUE = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
 
 #: Room for a record's framing in a produce request (aiokafka's estimate stays well within it).
 _RECORD_OVERHEAD = 512

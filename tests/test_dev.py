@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,3 +132,30 @@ def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c(tmp
             wait_for_kafka("127.0.0.1", broker_port, 1)
     finally:
         stop_process(process)
+
+
+def test_handler_sources_follow_packages_namespaces_and_modules_created_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the dev stack watches to restart its worker: without importing anything."""
+    from ops.dev import HandlerSources
+
+    monkeypatch.chdir(tmp_path)  # the worker, run with python -m from here, finds modules here first
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "deep.py").write_text("")
+    (tmp_path / "namespaced").mkdir()  # a namespace package: no __init__.py
+    (tmp_path / "namespaced" / "handlers.py").write_text("")
+    sources = HandlerSources(["pkg", "namespaced.handlers", "later"])
+    assert sources.changed() == []
+
+    (tmp_path / "pkg" / "sub" / "deep.py").write_text("x = 1\n")
+    os.utime(tmp_path / "pkg" / "sub" / "deep.py", ns=(1, 1))  # a different mtime whatever the clock's resolution
+    assert sources.changed() == [tmp_path / "pkg" / "sub" / "deep.py"]
+    (tmp_path / "namespaced" / "more.py").write_text("")
+    assert sources.changed() == [tmp_path / "namespaced" / "more.py"]
+    (tmp_path / "later.py").write_text("")  # named in HOOKSTREAM_HANDLERS before it existed
+    assert sources.changed() == [tmp_path / "later.py"]
+    shutil.rmtree(tmp_path / "pkg" / "sub")  # a directory gone (a checkout): a change, not a crash
+    assert sources.changed() == [tmp_path / "pkg" / "sub" / "deep.py"]
+    assert sources.changed() == []
