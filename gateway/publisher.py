@@ -96,7 +96,7 @@ class Publisher:
             self._known_topics.clear()  # a restarted (memory) broker may have lost them
             raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}: {exc}") from exc
         self._healthy = True
-        self._replacement_delay = _FIRST_REPLACEMENT_DELAY  # this producer works
+        self._replacement_delay, self._next_replacement = _FIRST_REPLACEMENT_DELAY, 0.0  # this producer works
         self._metrics.publish_seconds.labels(record.topic).observe(time.perf_counter() - started)
         self._metrics.published.labels(record.topic, record.event_type).inc()
 

@@ -157,6 +157,7 @@ class HandlerSources:
 
     def __init__(self, modules: Sequence[str]) -> None:
         self._modules = list(modules)
+        self._directory = os.getcwd()  # the workers' (they start here): not looked up again, it may be removed
         self._seen = self._snapshot()
 
     def changed(self) -> list[Path]:
@@ -172,7 +173,7 @@ class HandlerSources:
 
     def _snapshot(self) -> dict[Path, int]:
         files: dict[Path, int] = {}
-        for root in {root for module in self._modules for root in _source_roots(module)}:
+        for root in {root for module in self._modules for root in _source_roots(module, self._directory)}:
             paths = [root] if root.is_file() else _python_files(root)
             for path in paths:
                 with contextlib.suppress(OSError):  # removed meanwhile: not there
@@ -190,11 +191,11 @@ def _python_files(directory: Path) -> list[Path]:
     ]
 
 
-def _source_roots(module: str) -> list[Path]:
+def _source_roots(module: str, directory: str) -> list[Path]:
     """Where the worker, started with ``python -m`` from here, finds a module's top-level package: the
     directories of a package (a namespace package may have several), or a module's file."""
     top = module.split(".")[0]
-    spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd(), *sys.path])  # the working directory first
+    spec = importlib.machinery.PathFinder.find_spec(top, [directory, *sys.path])  # the working directory first
     if spec is None:
         with contextlib.suppress(ImportError, ValueError):  # an installed finder's (editable installs)
             spec = importlib.util.find_spec(top)

@@ -32,10 +32,11 @@ async def replay(
     """Re-publish up to ``limit`` dead letters; return (replayed, skipped: no source-topic or no value).
 
     With ``listing``, describe each dead letter a replay would take to it instead: nothing is sent or committed
-    (and no producer is needed)."""
+    (and no producer is needed), and the group is not joined: its partitions are read from the group's commits
+    beside it, so a replay running meanwhile keeps all of them (a join would take half away, and it would stop
+    early, as if caught up)."""
     options = client_options(settings)
     consumer = AIOKafkaConsumer(
-        settings.dlq_topic,
         **options,
         group_id=f"{settings.worker_app_id}-replay",
         enable_auto_commit=False,
@@ -51,6 +52,12 @@ async def replay(
         if producer is not None:
             await producer.start()
         await consumer.start()
+        if listing is None:
+            consumer.subscribe([settings.dlq_topic])
+        else:  # assigned, not subscribed: positions start at the group's committed offsets (else the beginning)
+            await consumer.topics()  # the topic's partitions, without creating it
+            partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
+            consumer.assign([TopicPartition(settings.dlq_topic, partition) for partition in sorted(partitions)])
         idle_since = time.monotonic()
         while limit is None or replayed + skipped < limit:
             batch = await consumer.getmany(timeout_ms=500, max_records=limit and limit - replayed - skipped)

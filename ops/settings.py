@@ -96,8 +96,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not secrets:
             raise ConfigError("STRIPE_WEBHOOK_SECRETS: no secret given (whsec_... values, comma-separated)")
         for number, secret in enumerate(secrets, 1):  # a comment in a secrets file must not become a key
-            if not secret.startswith("whsec_"):
-                raise ConfigError(f"STRIPE_WEBHOOK_SECRETS: secret {number} does not start with whsec_ (not shown)")
+            if not secret.startswith("whsec_") or secret == "whsec_":  # "whsec_" alone: a template's placeholder
+                raise ConfigError(f"STRIPE_WEBHOOK_SECRETS: secret {number} is not whsec_ and a key (not shown)")
         prefix = env.text("TOPIC_PREFIX", "stripe.")
         if not _TOPIC_PREFIX_RE.match(prefix):
             raise ConfigError(f"TOPIC_PREFIX: {prefix!r} may only hold letters, digits, '.', '_' and '-'")

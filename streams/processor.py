@@ -33,8 +33,11 @@ from streams.state import (
 
 log = logging.getLogger(__name__)
 
-#: A value msgspec quotes in its reason (Python's repr: single quotes, or double when it holds one)
-_QUOTED_VALUE = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+#: What of the event msgspec's reasons can quote: a string value (Python's repr: single quotes, or double when it
+#: holds one), a number after "value" (an int Literal, IntEnum or tag), an unknown field's name
+_EVENT_TEXT = re.compile(
+    r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"' + r"|(?<=value )-?[0-9][0-9.e+-]*|(?<=unknown field )`[^`]*`"
+)
 
 #: Room for a record's framing in a produce request (aiokafka's estimate stays well within it).
 _RECORD_OVERHEAD = 512
@@ -143,7 +146,7 @@ class EventProcessor:
                 record.partition,
                 record.offset,
                 event_type,
-                _QUOTED_VALUE.sub("'...'", str(exc)),  # msgspec quotes a bad enum value: no body in the logs
+                _EVENT_TEXT.sub("...", str(exc)),  # msgspec may quote the event: no body in the logs
             )
             await self._dead_letter(record, headers, exc, 0)
             return Outcome.DEAD_LETTERED, event_type

@@ -159,3 +159,6 @@ def test_handler_sources_follow_packages_namespaces_and_modules_created_later(
     shutil.rmtree(tmp_path / "pkg" / "sub")  # a directory gone (a checkout): a change, not a crash
     assert sources.changed() == [tmp_path / "pkg" / "sub" / "deep.py"]
     assert sources.changed() == []
+    monkeypatch.chdir(tmp_path.parent)
+    shutil.rmtree(tmp_path)  # even the working directory (it was looked up at the start, as the worker did)
+    assert len(sources.changed()) == 4

@@ -116,22 +116,63 @@ def test_an_object_that_does_not_match_the_model_is_dead_lettered_with_the_reaso
     assert "stripe.charge[0]@0 (charge.succeeded) dead-lettered: object does not match Charge" in caplog.text
 
 
-@pytest.mark.parametrize("value", ["card_4242_of_jane", "jane's card_4242", '"jane\'s" card_4242'])
-def test_a_bad_value_msgspec_quotes_stays_out_of_the_log(value: str, caplog: pytest.LogCaptureFixture) -> None:
-    class Strict(msgspec.Struct):
-        status: Literal["succeeded", "failed"]
+class StrictStatus(msgspec.Struct):
+    status: Literal["succeeded", "failed"]
+
+
+class StrictAmount(msgspec.Struct):
+    amount: Literal[1, 2]
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value", "secret"),
+    [
+        (StrictStatus, "status", "card_4242_of_jane", "card_4242"),
+        (StrictStatus, "status", "jane's card_4242", "card_4242"),  # repr'd in double quotes
+        (StrictStatus, "status", '"jane\'s" card_4242', "card_4242"),
+        (StrictAmount, "amount", 4242424242424242, "4242424242424242"),  # an int Literal: not quoted at all
+    ],
+)
+def test_a_bad_value_msgspec_quotes_stays_out_of_the_log(
+    model: type, field: str, value: Any, secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded", model=model)
+    async def keep(event: StripeEvent[Any], ctx: Context) -> None:
+        ctx.fields[field] = getattr(event.object, field)
+
+    outcomes, _, letters = _run(handlers, [_charge_body("evt_1", 1, **{field: value})])
+    assert outcomes == ["dead_lettered"]
+    assert secret.encode() in dict(letters[0])["error-message"]  # the dead letter keeps msgspec's reason
+    assert "dead-lettered: object does not match" in caplog.text and "Invalid enum value ..." in caplog.text
+    assert secret not in caplog.text
+
+
+def test_an_unknown_fields_name_stays_out_of_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    class Closed(msgspec.Struct, forbid_unknown_fields=True):
+        id: str
+        object: str
 
     handlers = HandlerRegistry()
 
-    @handlers.on("charge.succeeded", model=Strict)
-    async def keep(event: StripeEvent[Strict], ctx: Context) -> None:
-        ctx.fields["status"] = event.object.status
+    @handlers.on("charge.succeeded", model=Closed)
+    async def keep(event: StripeEvent[Closed], ctx: Context) -> None:
+        raise AssertionError("a charge has more fields than an id")
 
-    outcomes, _, letters = _run(handlers, [_charge_body("evt_1", 1, status=value)])
+    body = encode(
+        {
+            "id": "evt_1",
+            "object": "event",
+            "type": "charge.succeeded",
+            "created": 1,
+            "data": {"object": {"id": "ch_1", "object": "charge", "card_4242_of_jane": 1}},
+        }
+    )
+    outcomes, _, letters = _run(handlers, [body])
     assert outcomes == ["dead_lettered"]
-    assert b"card_4242" in dict(letters[0])["error-message"]  # the dead letter keeps msgspec's reason
-    # msgspec quotes it as Python's repr does: in double quotes when it holds a single one
-    assert "Invalid enum value '...'" in caplog.text and "card_4242" not in caplog.text
+    assert b"card_4242_of_jane" in dict(letters[0])["error-message"]
+    assert "unknown field ..." in caplog.text and "card_4242" not in caplog.text
 
 
 def test_the_events_own_type_decides_when_the_header_says_otherwise() -> None:

@@ -212,6 +212,8 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
         assert worker.state("ch_single_1") is not None
         again = replay()
         assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed once
+        # the listing starts where the group's commits are (it reads beside the group, without joining it)
+        assert "0 dead letter(s) in " in replay("--list").stdout
 
 
 def test_a_handler_that_hangs_is_timed_out_dead_lettered_and_the_worker_consumes_on(
