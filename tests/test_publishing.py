@@ -296,11 +296,15 @@ def test_a_producer_with_a_fatal_error_is_replaced_and_readiness_says_so_meanwhi
             await asyncio.wait_for(publisher.publish(record(0)), timeout=30)
             failed = publisher._producer
             assert failed is not None
+            # hold the replacement back (its backoff), so that what a fatal producer does is seen first: the
+            # maintenance loop would otherwise replace it before the next publish now and then
+            publisher._next_replacement = float("inf")
             _inject_fatal_error(failed)
             readiness = []
             with pytest.raises(BrokerUnavailable):  # the failed producer refuses the record
                 await asyncio.wait_for(publisher.publish(record(1)), timeout=30)
             readiness.append(publisher.ready)
+            publisher._next_replacement = 0.0
             await until(lambda: publisher._producer is not failed and publisher.ready, "a new producer is ready")
             await asyncio.wait_for(publisher.publish(record(2)), timeout=30)
             readiness.append(publisher.ready)
