@@ -123,6 +123,16 @@ class AsyncProducer:
         finally:
             self._timer = self._loop.call_later(_BUSY_POLL if self._awaiting else _IDLE_POLL, self._poll)
 
+    def _serve(self, producer: confluent_kafka.Producer) -> None:
+        """Serve the callbacks that are due. librdkafka raises a fatal error once, from whichever call serves it
+        first (raised from a flush, a second flush failed inside confluent-kafka): note it and serve the rest."""
+        for _ in range(2):
+            try:
+                producer.poll(0)
+                return
+            except confluent_kafka.KafkaException as exc:
+                self._check_fatal(exc.args[0])
+
     def _check_fatal(self, error: confluent_kafka.KafkaError) -> None:
         """Note a fatal error (``poll`` raises it once; ``produce`` refuses every record after it, with ``_FATAL``):
         the owner has to replace this producer."""
@@ -147,11 +157,16 @@ class AsyncProducer:
         producer, self._producer = self._producer, None
         if producer is None:
             return 0
+        self._serve(producer)  # a fatal error not served yet is met here, not in the flush
         # flush serves the remaining delivery callbacks on its thread; nothing else touches the reports meanwhile
-        remaining: int = await asyncio.to_thread(producer.flush, flush_seconds)
+        try:
+            remaining: int = await asyncio.to_thread(producer.flush, flush_seconds)
+        except confluent_kafka.KafkaException as exc:  # one that came meanwhile
+            self._check_fatal(exc.args[0])
+            remaining = len(producer)
         if remaining:  # whatever is left fails now (its senders get a 503) instead of waiting on a closed producer
             producer.purge()
-            producer.poll(0)
+            self._serve(producer)
         del producer  # let go: the handle is destroyed once the flush's thread lets go too (under a millisecond)
         self._hand_over()
         return remaining

@@ -340,3 +340,27 @@ def test_records_left_at_close_fail_instead_of_waiting_forever() -> None:
     left, error = asyncio.run(run())
     assert left == 1
     assert isinstance(error, DeliveryFailed)
+
+
+def test_a_producer_closed_right_after_a_fatal_error_closes_and_fails_what_it_held(broker: BrokerInfo) -> None:
+    """librdkafka raises a fatal error once, from whichever call serves callbacks first: here the close's flush.
+    It must still close, and a record sent after the error must still be told (sent or failed), not left pending."""
+    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "fatalclose."})
+    record = to_record(encode(build_event("charge.succeeded", object_id="ch_fatal_close")), "fatalclose.", 0)
+
+    async def run() -> tuple[str | None, bool]:
+        producer = AsyncProducer(librdkafka_config(settings), asyncio.get_running_loop())
+        await asyncio.wait_for(producer.send(record.topic, record.value, record.key, record.headers), timeout=30)
+        _inject_fatal_error(producer)
+        try:  # idempotence off (the embedded broker): produce may still take it; on, it refuses it (_FATAL)
+            after = producer.send(record.topic, record.value, record.key, record.headers)
+        except DeliveryFailed:
+            after = None
+        await producer.close(2)  # no poll ran in between: the flush is what meets the fatal error
+        if after is not None:
+            await asyncio.wait_for(asyncio.wait([after]), timeout=5)
+        return producer.fatal_error, after is None or after.done()
+
+    fatal_error, told = asyncio.run(run())
+    assert fatal_error is not None and "injected by a test" in fatal_error
+    assert told
