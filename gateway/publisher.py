@@ -96,7 +96,6 @@ class Publisher:
             self._known_topics.clear()  # a restarted (memory) broker may have lost them
             raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}: {exc}") from exc
         self._healthy = True
-        self._replacement_delay, self._next_replacement = _FIRST_REPLACEMENT_DELAY, 0.0  # this producer works
         self._metrics.publish_seconds.labels(record.topic).observe(time.perf_counter() - started)
         self._metrics.published.labels(record.topic, record.event_type).inc()
 
@@ -130,6 +129,8 @@ class Publisher:
             try:
                 if self._producer is not None and self._producer.fatal_error is not None:
                     await self._replace_producer()
+                elif asyncio.get_running_loop().time() >= self._next_replacement:
+                    self._replacement_delay = _FIRST_REPLACEMENT_DELAY  # the last one outlived its delay: it works
                 await self._probe()
             except Exception:  # maintenance must go on: it is what brings readiness back
                 log.exception("maintaining the Kafka clients failed; trying again in %gs", self._probe_interval)

@@ -50,7 +50,8 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
         env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
         env.update(EMBEDDED_BROKER_ENV | {k: v for k, v in environ.items() if k in EMBEDDED_BROKER_ENV})
         print(f"hookstream: embedded Kafka broker listening on {broker.bootstrap_servers}", flush=True)
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    gateway: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -63,9 +64,7 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
     try:
         handlers = HandlerSources(settings.handler_modules)
         gateway = _spawn(["gateway"], env)
-        children.append(("gateway", gateway))
         worker = _spawn(["worker"], env)
-        children.append(("worker", worker))
         worker_reported = False
         if _wait_listening(settings.gateway_port, gateway):
             kafka = f"{broker.bootstrap_servers} (embedded)" if broker else settings.kafka_bootstrap_servers
@@ -77,7 +76,7 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
         while not stopping:
             if gateway.poll() is not None:
                 print(f"hookstream: gateway exited with status {gateway.returncode}; stopping", file=sys.stderr)
-                stopping, status = True, 1
+                status = 1
                 break
             if worker.poll() is not None and not worker_reported:  # a handler that does not import, say
                 print(
@@ -93,12 +92,12 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
                 if stopping:  # Ctrl-C meanwhile: no new worker
                     break
                 worker = _spawn(["worker"], env)
-                children[1] = ("worker", worker)
                 worker_reported = False
             time.sleep(0.5)
     finally:
-        for _name, child in children:  # the gateway first: no new event is taken while the worker stops
-            stop_process(child, timeout=20)
+        for child in (gateway, worker):  # the gateway first: no new event is taken while the worker stops
+            if child is not None:
+                stop_process(child, timeout=20)
         if broker is not None:
             broker.stop()
         print("hookstream: stopped", flush=True)

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 
 from ops.broker import BrokerError, wait_for_kafka
 from ops.process import free_port, stop_process
-from tests.support import http_request
+from tests.support import http_request, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,27 +53,23 @@ def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c(tmp
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
 
-    def wait_for_line(text: str, timeout: float = 90) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = next((line for line in list(lines) if text in line), None)
-            if found is not None:
-                return found
-            assert process.poll() is None, "dev exited early:\n" + "".join(lines)
-            time.sleep(0.1)
-        raise AssertionError(f"no line with {text!r}:\n" + "".join(lines))
+    def wait_for_line(text: str) -> str:
+        wait_for(lambda: process.poll() is not None or any(text in line for line in list(lines)), 90, repr(text))
+        assert process.poll() is None, "dev exited early:\n" + "".join(lines)
+        return next(line for line in list(lines) if text in line)
 
     def state_of(object_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        deadline = time.monotonic() + 90
-        state: dict[str, Any] = {}
-        while not done(state):
-            assert time.monotonic() < deadline, f"{object_id} never got there: {state}\n" + "".join(lines[-40:])
+        states: list[dict[str, Any]] = [{}]
+
+        def fetched() -> bool:
             with contextlib.suppress(OSError):
                 answer = http_request(worker_port, "GET", f"/objects/{object_id}", timeout=5)
                 if answer.status == 200:
-                    state = answer.json()
-            time.sleep(0.3)
-        return state
+                    states.append(answer.json())
+            return done(states[-1])
+
+        wait_for(fetched, 90, f"the state of {object_id}", interval=0.3)
+        return states[-1]
 
     def trigger(*args: str) -> str:
         done = subprocess.run(
@@ -93,10 +88,8 @@ def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c(tmp
         assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{broker_port} KAFKA_ENABLE_IDEMPOTENCE=false" in banner
         trigger_line = next(line for line in lines if "hookstream trigger" in line).strip()
 
-        deadline = time.monotonic() + 30
-        while http_request(gateway_port, "GET", "/readyz").status != 200:  # listening once the banner shows
-            assert time.monotonic() < deadline, "gateway never became ready"
-            time.sleep(0.2)
+        # listening once the banner shows
+        wait_for(lambda: http_request(gateway_port, "GET", "/readyz").status == 200, 30, "the gateway ready")
         event_id = trigger(*shlex.split(trigger_line)[1:])
 
         # the worker applies it: the printed curl line shows the object's state moments later
