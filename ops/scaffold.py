@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +40,18 @@ def module_name(event_type: str) -> str:
     return event_type.replace(".", "_")
 
 
-def new_handler(event_type: str, root: Path) -> tuple[Path, Path]:
+def new_handler(event_type: str, root: Path, modules: Iterable[str] = ("handlers",)) -> tuple[Path, Path]:
     """Write ``handlers/<module>.py`` and ``tests/test_handler_<module>.py`` under ``root``; return both paths.
 
     Refuses (``ScaffoldError``) a type Stripe does not send, a type a handler already takes (a handler module
-    under ``root`` or a discovered one), and existing files. Writes nothing when it refuses.
+    under ``root``, or one of ``modules``: HOOKSTREAM_HANDLERS), and existing files. Writes nothing when it refuses.
     """
     module = module_name(event_type)
     if event_type not in event_types():
         raise ScaffoldError(
             f"{event_type!r} is not an event type Stripe sends (the list is ops/stripe/event-types.txt)"
         )
-    handled_by = _handled_by(event_type, root / "handlers")
+    handled_by = _handled_by(event_type, root / "handlers", modules)
     if handled_by is not None:
         raise ScaffoldError(f"{event_type} already has a handler: {handled_by}")
     handler_path = root / "handlers" / f"{module}.py"
@@ -80,14 +81,18 @@ def new_handler(event_type: str, root: Path) -> tuple[Path, Path]:
     return handler_path, test_path
 
 
-def _handled_by(event_type: str, handlers_dir: Path) -> str | None:
-    """The handler module that takes ``event_type``: one under ``handlers_dir``, or one the registry discovers."""
+def _handled_by(event_type: str, handlers_dir: Path, modules: Iterable[str]) -> str | None:
+    """The handler module that takes ``event_type``: one under ``handlers_dir``, or one the registry discovers in
+    ``modules``."""
     for path in sorted(handlers_dir.glob("*.py")):
         if not path.name.startswith("_") and event_type in _registered_types(path):
             return str(path)
-    from streams.registry import registry
+    from streams.registry import HandlerModuleError, registry
 
-    registry.discover()
+    try:
+        registry.discover(modules)
+    except HandlerModuleError as exc:
+        raise ScaffoldError(f"{exc}: fix it first (it would stop the worker too)") from None
     registration = registry.get(event_type)
     if registration is not None:
         return f"{registration.handler.__module__}.{registration.handler.__qualname__}"
@@ -210,7 +215,7 @@ import asyncio
 
 {fixtures_import}from streams.events import decode_event
 from streams.registry import Context, registry
-from streams.state import new_state, start_applying
+from streams.state import decode_state, encode_state, new_state, start_applying
 
 EVENT_TYPE = "{event_type}"
 HANDLER_MODULE = "handlers.{module}"
@@ -222,7 +227,7 @@ CREATED = {_CREATED:_}
 def test_handler_keeps_the_fields_and_the_time() -> None:
     registry.discover()  # imports handlers/*.py, which registers the handler
     registration = registry.get(EVENT_TYPE)
-    assert registration is not None
+    assert registration is not None, f"no @on({{EVENT_TYPE!r}}) found in the handler modules"
     assert registration.handler.__module__ == HANDLER_MODULE
     assert registration.object_type == OBJECT_TYPE
 {build}    # as a worker decodes it: into the handler's model= when it declares one, else a dict
@@ -231,7 +236,10 @@ def test_handler_keeps_the_fields_and_the_time() -> None:
     start_applying(state, event)  # what the worker does before the handler: the status
 
     # the handler, under a deadline as in the worker (wait_for also takes any awaitable, as mypy wants)
-    asyncio.run(asyncio.wait_for(registration.handler(event, Context(state)), timeout=10))
+    result = asyncio.run(asyncio.wait_for(registration.handler(event, Context(state)), timeout=10))
+    assert result is None  # a handler returns nothing: the worker takes anything else for a mistake
+
+    state = decode_state(encode_state(state, checked=True))  # what the next event will see, as the worker stores it
 
     assert state.object_type == OBJECT_TYPE
 {status_check}{checks}    assert state.fields["{stamp}"] == CREATED

@@ -22,6 +22,7 @@ from streams.registry import Context, HandlerRegistry, Registration
 from streams.state import (
     ObjectState,
     Outcome,
+    StateInvalid,
     StateTooLarge,
     decode_state,
     encode_state,
@@ -208,13 +209,16 @@ class EventProcessor:
             failure: Exception | None = None
             timed_out = False  # the deadline cancelled the attempt, and nothing else did
             try:
-                _, rest = eager.start(registration.handler(event, context))
-                if isinstance(rest, eager.Resume):  # the handler waits (I/O): only then does it need a deadline
+                _, result = eager.start(registration.handler(event, context))
+                if isinstance(result, eager.Resume):  # the handler waits (I/O): only then does it need a deadline
+                    rest = result
                     self._deadlines.watch(rest)
                     try:
-                        await rest
+                        result = await rest  # type: ignore[func-returns-value]  # typed None: checked below
                     finally:
                         timed_out = self._deadlines.forget(rest)
+                if result is not None:
+                    raise _returned(result)
             except asyncio.CancelledError:
                 if not timed_out and _cancelled_from_outside():
                     raise  # the worker stops: the event stays unacknowledged
@@ -243,10 +247,10 @@ class EventProcessor:
                 await asyncio.sleep(retry.delay(attempt))
                 continue
             record_applied(state, event)
-            encoded = encode_state(state)
             try:
+                encoded = encode_state(state, checked=True)
                 self._store.check(object_id, encoded)
-            except StateTooLarge as exc:  # no attempt can change what the handler made of the state
+            except (StateTooLarge, StateInvalid) as exc:  # no attempt can change what the handler made of the state
                 log.error("event %s (%s) dead-lettered, nothing emitted: %s", event.id, event.type, exc)
                 await self._dead_letter(record, headers, exc, attempt)
                 return Outcome.DEAD_LETTERED
@@ -286,6 +290,14 @@ class EventProcessor:
                 log.warning("cannot write to %s (%r); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+def _returned(result: object) -> TypeError:
+    """A handler returns None: anything else is a mistake, and a coroutine a missing ``await`` (never run)."""
+    if asyncio.iscoroutine(result):
+        result.close()  # no "never awaited" warning on top of this error
+        return TypeError("the handler returned a coroutine instead of awaiting it (a missing await?)")
+    return TypeError(f"the handler returned {type(result).__name__}; handlers return None")
 
 
 def _cancelled_from_outside() -> bool:

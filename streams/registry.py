@@ -1,5 +1,6 @@
-"""Handlers: ``@on("invoice.paid")`` registers a function for event types; every module of the packages or
-modules named in ``HOOKSTREAM_HANDLERS`` (default: ``handlers``) is imported when a worker starts.
+"""Handlers: ``@on("invoice.paid")`` registers a function for event types; every module of the packages (and
+their sub-packages) or modules named in ``HOOKSTREAM_HANDLERS`` (default: ``handlers``) is imported when a worker
+starts. What can be checked is checked then: the event types, the handler's shape.
 
 A handler is ``async def handler(event: StripeEvent, ctx: Context) -> None``. It reads the event, updates
 ``ctx.state`` (``status`` and ``fields``) and may ``ctx.emit`` follow-up records. If it raises, nothing it did
@@ -10,7 +11,9 @@ is kept: the event is retried from the stored state, and dead-lettered after the
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -29,9 +32,10 @@ class Emitted:
     value: bytes
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Context:
-    """What a handler may touch: the object's state, the attempt number and a way to emit records."""
+    """What a handler may touch: the object's state (its attributes, not the state itself: ``ctx.state = ...``
+    raises), the attempt number and a way to emit records."""
 
     state: ObjectState
     attempt: int = 1
@@ -44,7 +48,14 @@ class Context:
 
     def emit(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         """Publish a follow-up record once the handler succeeded (never for a failed attempt), before the state is
-        stored: at least once (streams/processor.py)."""
+        stored: at least once (streams/processor.py). Checked here, in the handler's attempt: a record the producer
+        cannot send would otherwise be retried after the attempt, for ever, holding its object back."""
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"emit() takes a topic name, not {topic!r}")
+        if not isinstance(value, bytes):
+            raise TypeError(f"emit() takes the value as bytes, not {type(value).__name__} (encode it first)")
+        if key is not None and not isinstance(key, bytes):
+            raise TypeError(f"emit() takes the key as bytes or None, not {type(key).__name__}")
         self.emitted.append(Emitted(topic, key, value))
 
 
@@ -79,7 +90,10 @@ class HandlerRegistry:
         if model is not None and not (isinstance(model, type) and issubclass(model, msgspec.Struct)):
             raise TypeError(f"model= takes a msgspec.Struct subclass, not {model!r}")
 
+        objects = {event_type: _object_type_of(event_type, object_type) for event_type in event_types}
+
         def register(handler: Handler) -> Handler:
+            _check_handler(handler)
             for event_type in event_types:
                 existing = self._by_type.get(event_type)
                 if existing is not None and existing.handler is not handler:
@@ -87,9 +101,7 @@ class HandlerRegistry:
                         f"{event_type} already has a handler: {_name(existing.handler)}; "
                         f"{_name(handler)} cannot take it too"
                     )
-                self._by_type[event_type] = Registration(
-                    event_type, object_type or _object_type_of(event_type), handler, model
-                )
+                self._by_type[event_type] = Registration(event_type, objects[event_type], handler, model)
             return handler
 
         return register
@@ -106,28 +118,72 @@ class HandlerRegistry:
         return sorted(self._by_type)
 
     def discover(self, modules: Iterable[str] = ("handlers",)) -> None:
-        """Import each named module, and every module of a named package, so that their ``@on`` calls run.
+        """Import each named module, and every module of a named package and of its sub-packages, so that their
+        ``@on`` calls run; HandlerModuleError names the module that does not import.
 
-        Modules whose name starts with ``_`` are helpers, not handler modules, and are not imported.
+        Modules and packages whose name starts with ``_`` are helpers, not handler modules, and are not imported.
         """
         for name in (modules,) if isinstance(modules, str) else modules:
-            module = importlib.import_module(name)
-            for info in pkgutil.iter_modules(getattr(module, "__path__", []), prefix=f"{name}."):
-                if not info.name.rsplit(".", 1)[-1].startswith("_"):
-                    importlib.import_module(info.name)
+            module = _import(name)
+            _import_package(name, getattr(module, "__path__", []))
 
 
-def _object_type_of(event_type: str) -> str:
-    from ops.fixtures import UnknownEventType, fixture_for
+class HandlerModuleError(ImportError):
+    """A handler module (HOOKSTREAM_HANDLERS) does not import: the worker cannot start without it."""
 
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # SyntaxError and a failing module body included
+        raise HandlerModuleError(f"handler module {name} does not import: {type(exc).__name__}: {exc}") from exc
+
+
+def _import_package(name: str, path: Iterable[str]) -> None:
+    for info in pkgutil.iter_modules(path, prefix=f"{name}."):
+        if not info.name.rsplit(".", 1)[-1].startswith("_"):
+            module = _import(info.name)
+            if info.ispkg:
+                _import_package(info.name, module.__path__)
+
+
+def _check_handler(handler: Any) -> None:
+    """Refuse, when the module is imported, what would fail (or silently do nothing) at every event."""
+    call = getattr(handler, "__call__", None)  # noqa: B004  # an instance with an async __call__ is a handler too
+    if not inspect.iscoroutinefunction(handler) and not inspect.iscoroutinefunction(call):
+        raise TypeError(f"{_name(handler)} is not a handler: write it as `async def handler(event, ctx) -> None`")
+    try:
+        inspect.signature(handler).bind(None, None)
+    except TypeError:
+        raise TypeError(f"{_name(handler)} must take two arguments: `async def handler(event, ctx)`") from None
+
+
+def _object_type_of(event_type: str, declared: str | None) -> str:
+    """The object type (so the topic) of ``event_type``'s events: ``declared``, else Stripe's example object's. An
+    event type missing from hookstream's list only with ``declared`` (a type newer than the list), so that a
+    misspelt one fails here instead of never seeing an event. (``declared`` is not checked against the example:
+    some types carry several kinds of object, ``customer.source.*`` a card, a bank account or a source.)"""
+    from ops.fixtures import UnknownEventType, event_types, fixture_for
+
+    known = event_types()
+    if event_type not in known and declared is None:
+        close = difflib.get_close_matches(event_type, known, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ValueError(
+            f"{event_type!r} is not an event type Stripe sends{hint}; for a type newer than hookstream's list "
+            "(ops/stripe/event-types.txt), pass object_type=... to @on()"
+        )
+    if declared is not None:
+        return declared
     try:
         return str(fixture_for(event_type)["object"])
     except UnknownEventType:
         raise ValueError(f"cannot tell which object {event_type!r} carries: pass object_type=... to @on()") from None
 
 
-def _name(handler: Callable[..., Any]) -> str:
-    return f"{handler.__module__}.{handler.__qualname__}"
+def _name(handler: Any) -> str:
+    name = getattr(handler, "__qualname__", None)
+    return f"{handler.__module__}.{name}" if name is not None else repr(handler)
 
 
 #: The registry ``@on`` writes to and the workers read.

@@ -51,8 +51,21 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ObjectState)
 
 
-def encode_state(state: ObjectState) -> bytes:
-    return _encoder.encode(state)
+class StateInvalid(ValueError):
+    """A handler left a state that cannot be stored, or would not read back (a value JSON cannot hold, a field of
+    the wrong type): stored, it would fail every later event of the object. The event is dead-lettered."""
+
+
+def encode_state(state: ObjectState, checked: bool = False) -> bytes:
+    """``state`` as stored; ``checked``: StateInvalid unless it reads back (what a handler wrote is checked)."""
+    if not checked:
+        return _encoder.encode(state)
+    try:
+        encoded = _encoder.encode(state)
+        _decoder.decode(encoded)
+    except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as exc:
+        raise StateInvalid(f"the handler left a state that cannot be stored: {exc}") from None
+    return encoded
 
 
 def decode_state(raw: bytes) -> ObjectState:

@@ -67,13 +67,19 @@ def run_worker(settings: Settings) -> int:
     import faust
     import uvloop
 
-    from streams.app import app, event_topics, table_writer
+    from streams.registry import HandlerModuleError, registry
 
+    try:
+        from streams.app import app, event_topics, table_writer
+    except HandlerModuleError as exc:
+        log.error("%s (HOOKSTREAM_HANDLERS=%s)", exc, ",".join(settings.handler_modules))
+        return 2
     if not event_topics:
         log.error(
             "no handlers registered (HOOKSTREAM_HANDLERS=%s): nothing to consume", ",".join(settings.handler_modules)
         )
         return 2
+    log.info("handling %d event types: %s", len(registry.event_types), ", ".join(registry.event_types))
     try:
         asyncio.run(prepare_topics(settings, event_topics))
     except KeyboardInterrupt:

@@ -1,0 +1,210 @@
+"""A handler author's mistakes fail where they are made: at registration (the module's import, so the worker does
+not start and the scaffolded test fails), or in the attempt that makes them (retried, then dead-lettered), never as
+an object stuck for ever or an event silently dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.envelope import to_record
+from ops.fixtures import build_event, encode
+from streams.events import StripeEvent
+from streams.metrics import WorkerMetrics
+from streams.processor import EventProcessor, RetryPolicy
+from streams.registry import Context, HandlerModuleError, HandlerRegistry
+from streams.state import ObjectState, decode_state
+from tests.support import ConsumedRecord, DictStore
+
+# --- registration ---------------------------------------------------------------------------------------------
+
+
+def test_a_misspelt_event_type_is_refused_with_the_types_it_may_mean() -> None:
+    """Registered, it would subscribe to the real topic and count the real events as unhandled for ever."""
+    with pytest.raises(ValueError, match=r"not an event type Stripe sends \(did you mean refund\.created"):
+        HandlerRegistry().on("refund.craeted")
+
+
+def test_an_event_type_newer_than_the_list_needs_its_object_type() -> None:
+    handlers = HandlerRegistry()
+    with pytest.raises(ValueError, match="pass object_type="):
+        handlers.on("refund.teleported")
+
+    @handlers.on("refund.teleported", object_type="refund")
+    async def teleported(event: StripeEvent, ctx: Context) -> None:
+        pass
+
+    registration = handlers.get("refund.teleported")
+    assert registration is not None and registration.object_type == "refund"
+
+
+def _sync(event: StripeEvent, ctx: Context) -> None:
+    pass
+
+
+async def _one_argument(event: StripeEvent) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("handler", "complaint"),
+    [
+        (_sync, "is not a handler: write it as `async def"),
+        (None, "is not a handler"),
+        (_one_argument, "must take two arguments"),
+    ],
+)
+def test_a_handler_of_the_wrong_shape_is_refused_when_registered(handler: object, complaint: str) -> None:
+    """A plain function ran its body at every attempt and failed inside hookstream's machinery; one argument
+    failed at every event."""
+    with pytest.raises(TypeError, match=complaint):
+        HandlerRegistry().on("charge.succeeded")(handler)  # type: ignore[arg-type]
+
+
+def test_handler_modules_in_sub_packages_are_found_and_private_ones_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "acme_handlers"
+    (package / "payouts").mkdir(parents=True)
+    (package / "_private").mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "payouts" / "__init__.py").write_text("")
+    (package / "payouts" / "paid.py").write_text(
+        "from streams.registry import on\n\n@on('payout.paid')\nasync def paid(event, ctx):\n    pass\n"
+    )
+    (package / "_private" / "__init__.py").write_text("raise RuntimeError('a helper package is not imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handlers = HandlerRegistry()
+    monkeypatch.setattr("streams.registry.on", handlers.on)
+    try:
+        handlers.discover(["acme_handlers"])
+    finally:
+        for name in [name for name in sys.modules if name.startswith("acme_handlers")]:
+            del sys.modules[name]
+    registration = handlers.get("payout.paid")
+    assert registration is not None and registration.handler.__module__ == "acme_handlers.payouts.paid"
+
+
+def test_a_handler_module_that_does_not_import_is_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_handlers.py").write_text("async def paid(event, ctx)\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(HandlerModuleError, match=r"handler module broken_handlers does not import: SyntaxError"):
+            HandlerRegistry().discover(["broken_handlers"])
+        with pytest.raises(HandlerModuleError, match="handler module no_such_handlers does not import"):
+            HandlerRegistry().discover(["no_such_handlers"])
+    finally:
+        sys.modules.pop("broken_handlers", None)
+
+
+def test_the_context_state_cannot_be_replaced() -> None:
+    """``ctx.state = ...`` was silently dropped: what is stored is the state the context was made with."""
+    context = Context(ObjectState(object_id="ch_1", object_type="charge"))
+    with pytest.raises(AttributeError):
+        context.state = ObjectState(object_id="ch_2", object_type="charge")  # type: ignore[misc]
+
+
+# --- in the attempt -------------------------------------------------------------------------------------------
+
+
+def _process(handlers: HandlerRegistry, store: DictStore, object_id: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """Process one ``charge.succeeded`` of ``object_id`` with 2 attempts; its outcome and what was sent."""
+    sent: list[tuple[str, bytes]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent.append((topic, dict(headers).get("error-message", b"")))
+
+    processor = EventProcessor(
+        handlers, store, send, "stripe.dlq", RetryPolicy(2, 0.001, 0.001, 1.0), WorkerMetrics(), 1 << 20
+    )
+    record = to_record(encode(build_event("charge.succeeded", object_id=object_id)), "stripe.", 0)
+    consumed = ConsumedRecord(record.topic, 0, 0, record.key, record.value, record.headers)
+    outcome = asyncio.run(asyncio.wait_for(processor.process(consumed), timeout=10))
+    return str(outcome), sent
+
+
+def test_an_emit_the_producer_cannot_send_fails_the_attempt_instead_of_holding_the_object() -> None:
+    """A str value passed the handler and then failed the send after it, retried for ever: the object's later
+    events waited behind it and nothing was committed."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def notify(event: StripeEvent, ctx: Context) -> None:
+        ctx.emit("billing.notices", '{"paid": true}')  # type: ignore[arg-type]
+
+    store = DictStore()
+    outcome, sent = _process(handlers, store, "ch_emit_str")
+    assert outcome == "dead_lettered"
+    assert sent == [("stripe.dlq", b"emit() takes the value as bytes, not str (encode it first)")]
+    assert b"ch_emit_str" not in store
+
+
+def test_a_state_that_would_not_read_back_is_dead_lettered_and_the_object_goes_on() -> None:
+    """Stored, a status of the wrong type failed the decode of every later event of the object."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def wrong_type(event: StripeEvent, ctx: Context) -> None:
+        ctx.state.status = 3  # type: ignore[assignment]
+
+    store = DictStore()
+    outcome, sent = _process(handlers, store, "ch_bad_status")
+    assert outcome == "dead_lettered"
+    assert [topic for topic, _ in sent] == ["stripe.dlq"]
+    assert b"cannot be stored" in sent[0][1] and b"$.status" in sent[0][1]
+    assert b"ch_bad_status" not in store
+
+
+def test_a_field_json_cannot_hold_is_dead_lettered_as_the_handlers_doing() -> None:
+    class Money:
+        pass
+
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def keeps_an_object(event: StripeEvent, ctx: Context) -> None:
+        ctx.fields["money"] = Money()
+
+    outcome, sent = _process(handlers, DictStore(), "ch_money")
+    assert outcome == "dead_lettered"
+    assert b"cannot be stored" in sent[0][1] and b"Money" in sent[0][1]
+
+
+def test_what_json_holds_differently_is_stored_as_it_reads_back() -> None:
+    """A datetime is kept as its ISO text: the next event's handler sees that, as the stored state says."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def keeps_a_time(event: StripeEvent, ctx: Context) -> None:
+        ctx.fields["at"] = datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+    store = DictStore()
+    assert _process(handlers, store, "ch_time")[0] == "ok"
+    assert decode_state(store[b"ch_time"]).fields["at"] == "2026-01-02T03:04:05"
+
+
+@pytest.mark.parametrize("returned", ["coroutine", "False"])
+def test_a_handler_that_returns_something_fails_its_attempt(returned: str) -> None:
+    """``return book()`` without ``await`` never ran book(), and the event counted as applied."""
+    booked: list[str] = []
+
+    async def book() -> None:
+        booked.append("booked")
+
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def forgets_await(event: StripeEvent, ctx: Context) -> None:
+        return book() if returned == "coroutine" else False  # type: ignore[return-value]
+
+    outcome, sent = _process(handlers, DictStore(), "ch_returns")
+    assert outcome == "dead_lettered"
+    reason = sent[0][1]
+    assert (b"a missing await" in reason) if returned == "coroutine" else (b"returned bool" in reason)
+    assert booked == []
