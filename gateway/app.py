@@ -52,6 +52,7 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
         self.publisher = publisher or Publisher(settings, self.metrics)
+        self.metrics.ready.set_function(lambda: self.publisher.ready)  # read at scrape time, like /readyz
         self._verifier = SignatureVerifier(settings.stripe_webhook_secrets, settings.stripe_webhook_tolerance)
         self._retry_after = b"%d" % settings.gateway_retry_after
         self._routes: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {

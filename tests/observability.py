@@ -40,6 +40,15 @@ CONTRACT: dict[str, tuple[frozenset[str], str]] = {
     "hookstream_inflight_events": (frozenset(), "gauge"),
     "hookstream_active_actors": (frozenset(), "gauge"),
 }
+#: Metrics the code exports that DESIGN.md's table does not list (yet), each with the reason rules may read it.
+#: Keep this list short and ask for each one to be added to DESIGN.md.
+BEYOND_DESIGN: dict[str, tuple[frozenset[str], str]] = {
+    # gateway/metrics.py: 1 while the gateway can publish (what /readyz answers). A Kafka outage makes /readyz
+    # fail, Kubernetes stops routing webhooks and the request counters stop: only this gauge shows it.
+    "hookstream_gateway_ready": (frozenset(), "gauge"),
+}
+#: What alert rules and panels may read.
+READABLE = CONTRACT | BEYOND_DESIGN
 #: Labels Prometheus adds to every scraped series, plus a histogram's bucket label.
 SCRAPE_LABELS = frozenset({"job", "instance"})
 OUTCOMES = frozenset({"ok", "duplicate", "stale", "unhandled", "retried", "dead_lettered"})
@@ -50,12 +59,12 @@ _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\
 
 
 def series_name_to_metric(name: str) -> str | None:
-    """The contract metric a series name belongs to (``x_bucket`` of histogram ``x``), or None."""
-    if name in CONTRACT:
+    """The contract metric (or BEYOND_DESIGN's) a series name belongs to (``x_bucket`` of histogram ``x``), or None."""
+    if name in READABLE:
         return name
     for suffix in ("_bucket", "_sum", "_count"):
         base = name.removesuffix(suffix)
-        if base != name and CONTRACT.get(base, (None, ""))[1] == "histogram":
+        if base != name and READABLE.get(base, (None, ""))[1] == "histogram":
             return base
     return None
 
@@ -66,7 +75,8 @@ def metric_names(expr: str) -> set[str]:
 
 
 def contract_violations(expr: str) -> list[str]:
-    """Names outside DESIGN.md's table, labels a metric does not have, outcomes that do not exist."""
+    """Names outside DESIGN.md's table (and BEYOND_DESIGN), labels a metric does not have, outcomes that do not
+    exist."""
     problems = []
     for name in metric_names(expr):
         if series_name_to_metric(name) is None:
@@ -75,7 +85,7 @@ def contract_violations(expr: str) -> list[str]:
         metric = series_name_to_metric(name)
         if metric is None:
             continue
-        allowed = CONTRACT[metric][0] | SCRAPE_LABELS | ({"le"} if name.endswith("_bucket") else set())
+        allowed = READABLE[metric][0] | SCRAPE_LABELS | ({"le"} if name.endswith("_bucket") else set())
         for label, op, value in _MATCHER.findall(body):
             if label not in allowed:
                 problems.append(f"{name} has no label {label!r}")

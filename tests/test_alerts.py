@@ -1,5 +1,5 @@
 """The Prometheus alert rules: valid for promtool, their unit tests pass (and can fail), and they read only
-DESIGN.md's metrics. Needs promtool (ops/setup/prometheus.sh)."""
+DESIGN.md's metrics (and tests/observability.py's BEYOND_DESIGN). Needs promtool (ops/setup/prometheus.sh)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.observability import ALERTS, ALERTS_TEST, contract_violations, metric_names, promtool
+from gateway.metrics import GatewayMetrics
+from tests.observability import ALERTS, ALERTS_TEST, BEYOND_DESIGN, contract_violations, metric_names, promtool
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -52,13 +53,22 @@ def test_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
     shutil.copy(ALERTS_TEST, tmp_path / ALERTS_TEST.name)
     text = ALERTS.read_text()
     broken = text.replace(
-        "sum by (topic) (hookstream_consumer_lag) > 1000\n", "sum by (topic) (hookstream_consumer_lag) > 100000\n"
+        "sum by (namespace, topic) (hookstream_consumer_lag) > 1000\n",
+        "sum by (namespace, topic) (hookstream_consumer_lag) > 100000\n",
     )
     assert broken != text
     (tmp_path / ALERTS.name).write_text(broken)
     result = _run("test", "rules", str(tmp_path / ALERTS_TEST.name))
     assert result.returncode != 0
     assert "HookstreamConsumerLagHigh" in result.stdout + result.stderr
+
+
+def test_metrics_beyond_design_are_really_exported() -> None:
+    """BEYOND_DESIGN lists only what the gateway exports, with its type and labels."""
+    exported = {family.name: family for family in GatewayMetrics().registry.collect()}
+    for name, (labels, kind) in BEYOND_DESIGN.items():
+        assert name in exported and exported[name].type == kind, name
+        assert {frozenset(sample.labels) for sample in exported[name].samples} == {labels}, name
 
 
 def test_rules_use_only_contract_metrics() -> None:

@@ -1,10 +1,12 @@
-"""Broker trouble is never data loss: 503 with Retry-After, never 200, and recovery without a restart."""
+"""Broker trouble is never data loss: 503 with Retry-After, never 200, and recovery without a restart; the
+hookstream_gateway_ready gauge follows /readyz."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops.broker import EmbeddedBroker
 from ops.fixtures import build_event, encode
@@ -37,6 +39,14 @@ def _assert_503(gw: GatewayProcess, body: bytes) -> None:
     assert "retry" in response.json()["error"]
 
 
+def _ready_gauge(gw: GatewayProcess) -> float:
+    """hookstream_gateway_ready as scraped; the sample must exist (GatewayProcess.metric reads 0 when absent)."""
+    text = gw.request("GET", "/metrics").body.decode()
+    families = [f for f in text_string_to_metric_families(text) if f.name == "hookstream_gateway_ready"]
+    assert len(families) == 1 and len(families[0].samples) == 1, "no hookstream_gateway_ready on /metrics"
+    return float(families[0].samples[0].value)
+
+
 def test_gateway_answers_503_while_the_broker_is_down_and_recovers_by_itself() -> None:
     port = free_port()
     broker = EmbeddedBroker(port)
@@ -47,11 +57,13 @@ def test_gateway_answers_503_while_the_broker_is_down_and_recovers_by_itself() -
             info, wait_ready=False, GATEWAY_PUBLISH_TIMEOUT=str(PUBLISH_TIMEOUT), GATEWAY_RETRY_AFTER="7"
         ) as gw:
             assert gw.request("GET", "/readyz").status == 503
+            assert _ready_gauge(gw) == 0
             _assert_503(gw, encode(build_event("invoice.paid", event_id="evt_early")))
 
             # 2. the broker comes up: the gateway connects on its own
             broker.start()
             gw.wait_until("/readyz", 200)
+            assert _ready_gauge(gw) == 1
             first = encode(build_event("invoice.paid", object_id="in_1", event_id="evt_first"))
             assert _post_until_200(gw, first)[-1] == 200
 
@@ -59,6 +71,7 @@ def test_gateway_answers_503_while_the_broker_is_down_and_recovers_by_itself() -
             broker.stop()
             _assert_503(gw, encode(build_event("invoice.paid", event_id="evt_during_outage")))
             gw.wait_until("/readyz", 503)
+            assert _ready_gauge(gw) == 0  # what the alerts see: the counters stop once Kubernetes stops routing
             assert gw.metric("hookstream_gateway_requests_total", status="503") >= 2
 
             # 4. a broker is back (empty: memory storage): the next delivery succeeds, no restart
@@ -66,6 +79,7 @@ def test_gateway_answers_503_while_the_broker_is_down_and_recovers_by_itself() -
             again = encode(build_event("invoice.paid", object_id="in_1", event_id="evt_after"))
             _post_until_200(gw, again)
             gw.wait_until("/readyz", 200)
+            assert _ready_gauge(gw) == 1
             assert gw.process.poll() is None
 
         records = consume(broker.bootstrap_servers, ["stripe.invoice"], 1)

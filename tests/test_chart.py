@@ -398,6 +398,8 @@ def test_default_values_expect_a_secret_the_user_creates() -> None:
         (["--set", "stripe.existingSecret=a", "--set", "stripe.webhookSecrets=whsec_x"], "not both"),
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.username=u"], "kafka.sasl.existingSecret"),
         (["--set", "kafka.securityProtocol=SASL_PLAINTEXT", "--set", "kafka.sasl.existingSecret=s"], "username"),
+        # NetworkPolicies that admit no Prometheus while a ServiceMonitor asks it to scrape: silent missing metrics
+        (["--set", "networkPolicy.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"], "metricsFrom"),
     ],
 )
 def test_inconsistent_values_are_refused_with_a_reason(args: list[str], message: str) -> None:
