@@ -62,7 +62,7 @@ class EmbeddedBroker:
         )
         try:
             wait_for_kafka(self.host, self.port, timeout, self.process)
-        except BrokerError:
+        except BaseException:  # Ctrl-C and SIGTERM too: in its own session, the broker would outlive us
             self.stop()
             raise
 

@@ -55,3 +55,48 @@ def test_broker_command_prints_where_it_listens_and_stops_on_sigterm() -> None:
     finally:
         stop_process(process)
         time.sleep(0)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_broker_command_stopped_while_the_broker_starts_leaves_no_broker_behind() -> None:
+    """The broker runs in its own session (Ctrl-C reaches only hookstream): stopped before the broker answered,
+    hookstream must stop it. The broker is frozen (SIGSTOP) until then, so the stop falls in that window."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "broker", "--port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    broker_pid: int | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while broker_pid is None and time.monotonic() < deadline and process.poll() is None:
+            children = _children(process.pid)
+            if children:
+                broker_pid = children[0]
+                os.kill(broker_pid, signal.SIGSTOP)
+            else:
+                time.sleep(0.01)
+        assert broker_pid is not None, "no broker process started"
+        process.send_signal(signal.SIGTERM)
+        os.kill(broker_pid, signal.SIGCONT)  # to take the stop hookstream sends it
+        assert process.wait(30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 15
+        while _alive(broker_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(broker_pid), "the broker outlived the command"
+    finally:
+        stop_process(process)
+        if broker_pid is not None and _alive(broker_pid):
+            os.kill(broker_pid, signal.SIGKILL)
