@@ -18,7 +18,7 @@ from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header
 from streams.deadlines import Deadlines
 from streams.events import BadRecord, StripeEvent, decode_event, object_field
 from streams.metrics import WorkerMetrics
-from streams.registry import Context, HandlerRegistry, Registration
+from streams.registry import Context, Emitted, HandlerRegistry, Registration
 from streams.state import (
     ObjectState,
     Outcome,
@@ -69,6 +69,10 @@ class StateStore(Protocol):
     async def put(self, key: bytes, value: bytes, partition: int) -> None: ...
 
 
+class EmitTooLarge(ValueError):
+    """A record the handler emitted is over the brokers' record size limit: the event is dead-lettered."""
+
+
 class HandlerCancelled(Exception):
     """A handler attempt ended in CancelledError that neither its deadline nor the worker caused."""
 
@@ -98,7 +102,7 @@ class EventProcessor:
         retry: RetryPolicy,
         metrics: WorkerMetrics,
         max_value_bytes: int,
-        max_dead_letter_bytes: int | None = None,
+        max_record_bytes: int | None = None,
     ) -> None:
         self._registry = registry
         self._store = store
@@ -107,7 +111,8 @@ class EventProcessor:
         self._retry = retry
         self._metrics = metrics
         self._max_value_bytes = max_value_bytes  # larger values are not events (the gateway publishes none)
-        self._max_dead_letter_bytes = max_dead_letter_bytes or max_value_bytes  # what the brokers take
+        # what the brokers take: of a dead letter, or of a record a handler emits
+        self._max_record_bytes = max_record_bytes or max_value_bytes
         self._deadlines = Deadlines(retry.timeout)
 
     async def process(self, record: Record) -> Outcome:
@@ -250,7 +255,8 @@ class EventProcessor:
             try:
                 encoded = encode_state(state, checked=True)
                 self._store.check(object_id, encoded)
-            except (StateTooLarge, StateInvalid) as exc:  # no attempt can change what the handler made of the state
+                self._check_emitted(context.emitted)
+            except (StateTooLarge, StateInvalid, EmitTooLarge) as exc:  # no attempt changes what the handler made
                 log.error("event %s (%s) dead-lettered, nothing emitted: %s", event.id, event.type, exc)
                 await self._dead_letter(record, headers, exc, attempt)
                 return Outcome.DEAD_LETTERED
@@ -266,13 +272,24 @@ class EventProcessor:
             return Outcome.OK
         raise AssertionError("unreachable")
 
+    def _check_emitted(self, emitted: list[Emitted]) -> None:
+        """EmitTooLarge if a record is over what the brokers take: the producer would refuse it at every try, and
+        the event, sent after its emits, would wait for ever."""
+        for record in emitted:
+            size = len(record.value) + len(record.key or b"") + _RECORD_OVERHEAD
+            if size > self._max_record_bytes:
+                raise EmitTooLarge(
+                    f"a record emitted to {record.topic} is {size} bytes, over the {self._max_record_bytes}-byte "
+                    "limit of a record"
+                )
+
     async def _dead_letter(
         self, record: Record, headers: list[tuple[str, bytes]], error: BaseException, attempts: int
     ) -> None:
         dlq_headers = dead_letter_headers(headers, error, attempts, record.topic, record.partition, record.offset)
         value = record.value or b""
         size = len(value) + len(record.key or b"") + sum(len(k) + len(v) for k, v in dlq_headers) + _RECORD_OVERHEAD
-        if size > self._max_dead_letter_bytes:  # over the producer's or brokers' limit: the offset points to it
+        if size > self._max_record_bytes:  # over the producer's or brokers' limit: the offset points to it
             dlq_headers.append((VALUE_OMITTED, b"%d" % len(value)))
             value = b""
         await self._send_durably(self._dlq_topic, record.key, value, dlq_headers)

@@ -95,3 +95,26 @@ def test_a_store_that_fails_after_the_emits_leaves_the_event_unfinished_not_dead
     with pytest.raises(StateNotStored, match="not stored: RuntimeError"):
         _process(handlers, FailingStore(), send, "in_lost", attempts=3)
     assert sent == ["billing.notices"]  # no dead letter
+
+
+def test_an_emitted_record_over_the_brokers_limit_dead_letters_its_event_and_nothing_is_sent() -> None:
+    """The producer refuses such a record at every try: sent, it was retried for ever and held its object back."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("invoice.paid")
+    async def emits_too_much(event: StripeEvent, ctx: Context) -> None:
+        ctx.emit("billing.small", b"ok", b"in_huge")
+        ctx.emit("billing.exports", b"x" * (1 << 20), b"in_huge")  # the processor's limit is 1 MiB
+
+    store = DictStore()
+    sent: list[tuple[str, list[tuple[str, bytes]]]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent.append((topic, headers))
+
+    assert _process(handlers, store, send, "in_huge", attempts=3) == "dead_lettered"
+    assert [topic for topic, _ in sent] == ["stripe.dlq"]  # not even the small one: the event is not applied
+    dead_letter = dict(sent[0][1])
+    assert dead_letter["error-type"] == b"EmitTooLarge"
+    assert dead_letter["attempts"] == b"1"
+    assert b"in_huge" not in store
