@@ -49,8 +49,9 @@ BEYOND_DESIGN: dict[str, tuple[frozenset[str], str]] = {
 }
 #: What alert rules and panels may read.
 READABLE = CONTRACT | BEYOND_DESIGN
-#: Labels Prometheus adds to every scraped series, plus a histogram's bucket label.
-SCRAPE_LABELS = frozenset({"job", "instance"})
+#: Labels Prometheus adds to scraped series: job and instance always, namespace where Prometheus Operator (a
+#: ServiceMonitor) or Kubernetes service discovery labels each target with its namespace (panels select on it).
+SCRAPE_LABELS = frozenset({"job", "instance", "namespace"})
 OUTCOMES = frozenset({"ok", "duplicate", "stale", "unhandled", "retried", "dead_lettered"})
 
 _HOOKSTREAM_NAME = re.compile(r"\bhookstream_[a-zA-Z0-9_]+")

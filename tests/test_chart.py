@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - a clear message instead of a ba
     ) from exc
 
 from ops.settings import Settings
+from streams.actors import CANCEL_PATIENCE
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "hookstream"
@@ -302,8 +303,9 @@ def test_every_variable_the_chart_sets_is_one_hookstream_reads(scenario: str) ->
     names = set(configmap_env(docs))
     for workload in workloads(docs).values():
         names |= set(env_of(workload)) - {"POD_NAME", "POD_NAMESPACE"}
-    assert "WORKER_DATA_DIR" in names and "STRIPE_WEBHOOK_SECRETS" in names
-    unknown = sorted(n for n in names if f'"{n}"' not in settings)
+    assert "WORKER_DATA_DIR" in names and "STRIPE_WEBHOOK_SECRETS_FILE" in names
+    # NAME_FILE is read for every NAME the settings read (ops/settings.py, _Env.optional)
+    unknown = sorted(n for n in names if f'"{n.removesuffix("_FILE")}"' not in settings)
     assert not unknown, f"set by the chart, read nowhere in ops/settings.py: {unknown}"
 
 
@@ -335,17 +337,93 @@ def test_gateway_limits_are_set_from_values_and_default_to_the_gateways_own() ->
 # secrets and Kafka
 
 
-def _secret_ref(workload: dict[str, Any], variable: str) -> tuple[str, str]:
-    ref = env_of(workload)[variable]["valueFrom"]["secretKeyRef"]
-    return ref["name"], ref["key"]
+def _secret_file(workload: dict[str, Any], variable: str) -> tuple[str, str]:
+    """The (Secret, key) that ``variable`` is read from: a file named by ``variable``_FILE in a read-only Secret
+    volume, readable by the pod's user and no one else, never the value in the environment."""
+    env = env_of(workload)
+    assert variable not in env, f"{variable} is in the environment; it must come from {variable}_FILE"
+    path = env[f"{variable}_FILE"]["value"]
+    (mount,) = [m for m in container(workload)["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mount["readOnly"] is True, mount
+    assert "subPath" not in mount, "a subPath mount never sees a rotated Secret"
+    relative = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+    pod = workload["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    if "secret" in volume:
+        mode, sources = (
+            volume["secret"].get("defaultMode", 0o644),
+            [volume["secret"] | {"name": volume["secret"]["secretName"]}],
+        )
+    else:
+        mode, sources = (
+            volume["projected"].get("defaultMode", 0o644),
+            [s["secret"] for s in volume["projected"]["sources"]],
+        )
+    # Secret files belong to root; uid 10001 reads them through the group the kubelet gives them, the fsGroup.
+    assert mode & 0o077 == 0o040, f"{oct(mode)}: group-readable only (owner root, group fsGroup)"
+    assert pod["securityContext"].get("fsGroup"), "group-readable secret files need the pod's fsGroup"
+    found = [(s["name"], item["key"]) for s in sources for item in s.get("items", []) if item["path"] == relative]
+    assert len(found) == 1, (path, sources)
+    return found[0]
+
+
+def _secret_files(workload: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        name.removesuffix("_FILE"): _secret_file(workload, name.removesuffix("_FILE"))
+        for name in env_of(workload)
+        if name in ("STRIPE_WEBHOOK_SECRETS_FILE", "KAFKA_SASL_PASSWORD_FILE")
+    }
+
+
+SASL_ON = (
+    "--set",
+    "kafka.securityProtocol=SASL_SSL",
+    "--set",
+    "kafka.sasl.username=u",
+    "--set",
+    "kafka.sasl.existingSecret=kafka-user",
+    "--set",
+    "kafka.sasl.passwordKey=pw",
+)
+STRIPE_EXISTING = ("--set", "stripe.existingSecret=signing")
+
+
+@pytest.mark.parametrize(
+    ("scenario", "extra", "stripe", "sasl"),
+    [
+        ("default", (), (f"{FULLNAME}-stripe", "webhook-secrets"), None),
+        ("default", SASL_ON, (f"{FULLNAME}-stripe", "webhook-secrets"), ("kafka-user", "pw")),
+        ("default", SASL_ON + STRIPE_EXISTING, ("signing", "webhook-secrets"), ("kafka-user", "pw")),
+        ("minimal", (), (f"{FULLNAME}-stripe", "webhook-secrets"), None),
+        ("production", (), ("hookstream-stripe-signing", "webhook-secrets"), ("hookstream", "password")),
+    ],
+    ids=["default", "sasl", "sasl-existing-stripe", "minimal", "production"],
+)
+def test_secrets_reach_the_pods_as_read_only_files_not_environment(
+    scenario: str, extra: tuple[str, ...], stripe: tuple[str, str], sasl: tuple[str, str] | None
+) -> None:
+    """Environment variables end up in /proc/<pid>/environ, crash dumps and child processes: the signing secrets
+    and the SASL password are mounted files named by NAME_FILE (ops/settings.py), for gateway and worker alike."""
+    docs = render(scenario, *extra)
+    for component, workload in workloads(docs).items():
+        c = container(workload)
+        refs = [e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+        assert not refs, f"{component}: secrets as environment variables: {refs}"
+        assert not [e for e in c.get("envFrom", []) if "secretRef" in e], component
+        expected = {} if sasl is None else {"KAFKA_SASL_PASSWORD": sasl}
+        if component == "gateway":
+            expected["STRIPE_WEBHOOK_SECRETS"] = stripe
+        assert _secret_files(workload) == expected, component
+        for name in ("STRIPE_WEBHOOK_SECRETS", "KAFKA_SASL_PASSWORD"):
+            assert name not in env_of(workload), (component, name)
 
 
 def test_production_secret_references_match_values() -> None:
     docs = render("production")
     v = values("production")
     gateway, worker = workloads(docs).values()
-    assert _secret_ref(gateway, "STRIPE_WEBHOOK_SECRETS") == (v["stripe"]["existingSecret"], "webhook-secrets")
-    assert "STRIPE_WEBHOOK_SECRETS" not in env_of(worker), "workers have no use for the signing secrets"
+    assert _secret_file(gateway, "STRIPE_WEBHOOK_SECRETS") == (v["stripe"]["existingSecret"], "webhook-secrets")
+    assert "STRIPE_WEBHOOK_SECRETS_FILE" not in env_of(worker), "workers have no use for the signing secrets"
     assert not find(docs, "Secret"), "with existingSecret the chart creates no Secret"
     config = configmap_env(docs)
     assert config["KAFKA_BOOTSTRAP_SERVERS"] == v["kafka"]["bootstrapServers"]
@@ -353,7 +431,7 @@ def test_production_secret_references_match_values() -> None:
     assert config["KAFKA_SASL_MECHANISM"] == v["kafka"]["sasl"]["mechanism"] == "SCRAM-SHA-512"
     assert config["KAFKA_SASL_USERNAME"] == v["kafka"]["sasl"]["username"]
     for workload in (gateway, worker):
-        assert _secret_ref(workload, "KAFKA_SASL_PASSWORD") == (v["kafka"]["sasl"]["existingSecret"], "password")
+        assert _secret_file(workload, "KAFKA_SASL_PASSWORD") == (v["kafka"]["sasl"]["existingSecret"], "password")
         ca_file = env_of(workload)["KAFKA_SSL_CAFILE"]["value"]
         mounts = {m["name"]: m for m in container(workload)["volumeMounts"]}
         volumes = {vol["name"]: vol for vol in workload["spec"]["template"]["spec"]["volumes"]}
@@ -369,11 +447,12 @@ def test_production_secret_references_match_values() -> None:
 def test_minimal_values_make_the_signing_secret_and_use_no_kafka_credentials() -> None:
     docs = render("minimal")
     gateway, worker = workloads(docs).values()
-    name, key = _secret_ref(gateway, "STRIPE_WEBHOOK_SECRETS")
+    name, key = _secret_file(gateway, "STRIPE_WEBHOOK_SECRETS")
     secret = one(docs, "Secret", name)
     assert secret["stringData"] == {key: values("minimal")["stripe"]["webhookSecrets"]}
     for workload in (gateway, worker):
         assert "KAFKA_SASL_PASSWORD" not in env_of(workload)
+        assert "KAFKA_SASL_PASSWORD_FILE" not in env_of(workload)
         assert "KAFKA_SSL_CAFILE" not in env_of(workload)
     config = configmap_env(docs)
     assert config["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
@@ -385,11 +464,112 @@ def test_minimal_values_make_the_signing_secret_and_use_no_kafka_credentials() -
 
 def test_default_values_expect_a_secret_the_user_creates() -> None:
     docs = render("default")
-    assert _secret_ref(workloads(docs)["gateway"], "STRIPE_WEBHOOK_SECRETS") == (
+    assert _secret_file(workloads(docs)["gateway"], "STRIPE_WEBHOOK_SECRETS") == (
         f"{FULLNAME}-stripe",
         "webhook-secrets",
     )
     assert not find(docs, "Secret"), "the chart must not invent a signing secret"
+
+
+def test_a_chart_made_signing_secret_rolls_the_gateways_when_it_changes() -> None:
+    """The gateway reads the mounted file at start only: a changed Secret needs new pods (checksum annotation)."""
+
+    def checksum(secret: str) -> str:
+        gateway = one(render("minimal", "--set", f"stripe.webhookSecrets={secret}"), "Deployment", GATEWAY)
+        annotation: str = gateway["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+        return annotation
+
+    assert checksum("whsec_one") != checksum("whsec_two")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# grace periods
+
+
+def _grace_needs(docs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each component's longest stop, computed from what the pods are given, as the code reads it."""
+    config = configmap_env(docs)
+    needs = {}
+    for component, workload in workloads(docs).items():
+        plain = {
+            n: e["value"]
+            for n, e in env_of(workload).items()
+            if "value" in e and "$(" not in e["value"] and not n.endswith("_FILE")  # secret files: not here
+        }
+        settings = Settings.from_env({**config, **plain})
+        if component == "gateway":
+            pre_stop = container(workload).get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+            sleep = float(pre_stop[1]) if pre_stop else 0.0
+            publish = settings.gateway_publish_timeout
+            # preStop, uvicorn's graceful shutdown (gateway/server.py), the producer's close (gateway/publisher.py)
+            needs[component] = sleep + int(publish) + 5 + publish
+        else:
+            needs[component] = settings.handler_timeout + CANCEL_PATIENCE
+    return needs
+
+
+@pytest.mark.parametrize(
+    ("scenario", "extra"),
+    [
+        ("default", ()),
+        ("production", ()),
+        ("minimal", ()),
+        (
+            "default",
+            ("--set-string", "worker.env.HANDLER_TIMEOUT=100", "--set", "worker.terminationGracePeriodSeconds=120"),
+        ),
+        ("default", ("--set-json", "gateway.publishTimeout=2.5", "--set", "gateway.terminationGracePeriodSeconds=20")),
+    ],
+)
+def test_grace_periods_cover_the_stops_they_bound(scenario: str, extra: tuple[str, ...]) -> None:
+    docs = render(scenario, *extra)
+    for component, need in _grace_needs(docs).items():
+        grace = workloads(docs)[component]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > need, f"{component}: grace period {grace} s, its stop may take {need} s"
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (
+            ["--set", "gateway.terminationGracePeriodSeconds=30"],
+            ["gateway.terminationGracePeriodSeconds", "gateway.publishTimeout", "at least 35"],
+        ),
+        (
+            ["--set", "gateway.publishTimeout=20"],
+            ["gateway.terminationGracePeriodSeconds", "gateway.publishTimeout", "at least 55"],
+        ),
+        (
+            ["--set-string", "gateway.env.GATEWAY_PUBLISH_TIMEOUT=20"],
+            ["gateway.terminationGracePeriodSeconds", "gateway.env.GATEWAY_PUBLISH_TIMEOUT"],
+        ),
+        (
+            ["--set-json", "gateway.publishTimeout=2.5", "--set", "gateway.terminationGracePeriodSeconds=19"],
+            ["at least 20"],
+        ),
+        (
+            ["--set", "gateway.preStopSleepSeconds=15"],
+            ["gateway.terminationGracePeriodSeconds", "gateway.preStopSleepSeconds (15)"],
+        ),
+        (
+            ["--set", "worker.terminationGracePeriodSeconds=45"],
+            ["worker.terminationGracePeriodSeconds", "HANDLER_TIMEOUT", "at least 50"],
+        ),
+        (
+            ["--set-string", "worker.env.HANDLER_TIMEOUT=50"],
+            ["worker.terminationGracePeriodSeconds", "worker.env.HANDLER_TIMEOUT", "at least 70"],
+        ),
+        (
+            ["--set-string", "config.extra.HANDLER_TIMEOUT=40.5"],
+            ["worker.terminationGracePeriodSeconds", "config.extra.HANDLER_TIMEOUT", "at least 61"],
+        ),
+    ],
+)
+def test_grace_periods_shorter_than_the_timeouts_need_are_refused(args: list[str], names: list[str]) -> None:
+    result = helm("template", RELEASE, str(CHART), *args)
+    assert result.returncode != 0, f"{args} was accepted"
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
 
 
 @pytest.mark.parametrize(
@@ -634,6 +814,18 @@ def test_notes_name_the_webhook_url_and_objects_endpoint() -> None:
     assert f"create secret generic {FULLNAME}-stripe --from-literal=webhook-secrets=" in default
     crowded = _notes("--set", "worker.replicaCount=10")
     assert "2 worker(s) will get no partition" in crowded
+
+
+def test_notes_say_that_unlabelled_monitoring_objects_are_ignored_by_kube_prometheus_stack() -> None:
+    enabled = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true")
+    unlabelled = _notes(*enabled)
+    for key in ("serviceMonitor", "prometheusRule"):
+        assert f"--set-string metrics.{key}.labels.release=kube-prometheus-stack" in unlabelled, key
+    labelled = _notes(*enabled, "-f", str(VALUES_DIR / "production.yaml"))
+    assert "labels.release=" not in labelled
+    assert "labels.release=" not in _notes()
+    readme = (CHART / "README.md").read_text()
+    assert "metrics.serviceMonitor.labels.release" in readme and "metrics.prometheusRule.labels.release" in readme
 
 
 # ---------------------------------------------------------------------------------------------------------------

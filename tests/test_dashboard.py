@@ -23,6 +23,10 @@ from tests.support import REPO, SECRET, WEBHOOK, BrokerInfo, GatewayProcess, sta
 
 #: What Grafana would put in for its built-in variables (scrape interval 1s here).
 BUILTINS = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m"}
+#: Every selector of every panel query (and of the topic variable) must carry this matcher.
+NAMESPACE_MATCHER = 'namespace=~"$namespace"'
+#: A series a panel reads (a hookstream metric or a scrape's ``up``), with its matchers if any.
+_SERIES = re.compile(r"\b(hookstream_[a-zA-Z0-9_]+|up)\b(\{[^}]*\})?")
 
 
 def _dashboard() -> dict[str, Any]:
@@ -48,12 +52,19 @@ def _grafana_regex_escape(value: str) -> str:
     return re.sub(r"([$^*{}\[\]'+?.()|])", r"\\\\\1", value)
 
 
-def _substitute(expr: str, topic: str) -> str:
+def _substitute(expr: str, topic: str, namespace: str = ".*") -> str:
+    """Grafana's interpolation: built-ins, and ``$topic`` / ``$namespace`` as All (``.*``) or one escaped value."""
     for name, value in BUILTINS.items():
         expr = expr.replace(name, value)
     expr = expr.replace("${topic}", topic).replace("$topic", topic)
+    expr = expr.replace("${namespace}", namespace).replace("$namespace", namespace)
     assert "$" not in expr, f"unknown variable left in {expr}"
     return expr
+
+
+def _selectors_without_namespace(expr: str) -> list[str]:
+    """The series selectors of an expression that do not select on ``$namespace``."""
+    return [m.group(0) for m in _SERIES.finditer(expr) if NAMESPACE_MATCHER not in (m.group(2) or "")]
 
 
 # --- static checks: fast, no processes ---------------------------------------------------------------------
@@ -72,11 +83,20 @@ def test_dashboard_variables_and_datasources() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    topic = variables["topic"]
-    assert topic["type"] == "query" and topic["includeAll"] and topic["multi"] and topic["allValue"] == ".*"
-    assert topic["datasource"]["uid"] == "${datasource}"
-    assert re.fullmatch(r"label_values\(hookstream_\w+, topic\)", topic["definition"])
-    assert topic["query"]["query"] == topic["definition"]
+    for name in ("namespace", "topic"):
+        variable = variables[name]
+        assert variable["type"] == "query" and variable["includeAll"] and variable["multi"], name
+        assert variable["allValue"] == ".*", f"{name}: All must also match series without the label"
+        assert variable["datasource"]["uid"] == "${datasource}", name
+        assert variable["query"]["query"] == variable["definition"], name
+    namespace, topic = variables["namespace"], variables["topic"]
+    assert re.fullmatch(r"label_values\((hookstream_\w+|up)(\{[^}]*\})?, namespace\)", namespace["definition"])
+    assert "$" not in namespace["definition"]
+    # the topics of the selected namespaces: topic comes after namespace, which it reads
+    assert re.fullmatch(r"label_values\(hookstream_\w+\{[^}]*\}, topic\)", topic["definition"])
+    assert _selectors_without_namespace(topic["definition"]) == []
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names.index("datasource") < names.index("namespace") < names.index("topic")
 
     panels = _panels(dashboard)
     ids = [p["id"] for p in dashboard["panels"]] + [p["id"] for p in panels if p not in dashboard["panels"]]
@@ -102,10 +122,35 @@ def test_dashboard_variables_and_datasources() -> None:
         "hookstream_gateway_signature_failures_total",
         "hookstream_inflight_events",
         "hookstream_active_actors",
+        "hookstream_gateway_ready",
     ):
         assert metric in exprs, f"no panel shows {metric}"
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}," in exprs
+
+
+def test_every_panel_query_selects_on_the_namespace_variable() -> None:
+    """In a Prometheus that watches several releases (prod, staging), no panel sums across them: every series
+    every panel reads is selected by ``$namespace``."""
+    targets = _targets(_dashboard())
+    for name, expr in targets:
+        assert _SERIES.search(expr), f"{name} reads no series: {expr}"
+        assert _selectors_without_namespace(expr) == [], (name, expr)
+    assert _selectors_without_namespace('sum(rate(hookstream_gateway_requests_total{status="500"}[1m]))')
+    assert _selectors_without_namespace("sum(hookstream_inflight_events)")
+
+
+def test_gateway_readiness_panel_is_with_the_gateway_panels() -> None:
+    dashboard = _dashboard()
+    panels = dashboard["panels"]
+    titles = [p["title"] for p in panels]
+    ready = panels[titles.index("Gateways ready")]
+    exprs = [t["expr"] for t in ready["targets"]]
+    assert any(e.startswith("sum(hookstream_gateway_ready{") for e in exprs), exprs
+    assert any(e.startswith("count(hookstream_gateway_ready{") for e in exprs), exprs
+    rows = [i for i, p in enumerate(panels) if p["type"] == "row"]
+    row = max(i for i in rows if i < titles.index("Gateways ready"))
+    assert panels[row]["title"] == "Gateway"
 
 
 # --- against a running stack -------------------------------------------------------------------------------
@@ -188,7 +233,8 @@ def test_every_panel_and_alert_query_works_against_a_running_stack(broker: Broke
             time.sleep(2)  # two more scrapes
 
             _check_panels(prometheus, charge_topic)
-            _check_topic_variable(prometheus, charge_topic)
+            _check_namespace_matcher(prometheus)
+            _check_variables(prometheus, charge_topic)
             _check_alert_rules(prometheus, charge_topic)
 
 
@@ -204,12 +250,21 @@ def _wait_for_targets(prometheus: PrometheusProcess, jobs: set[str]) -> None:
 
 
 def _check_panels(prometheus: PrometheusProcess, charge_topic: str) -> None:
-    """Every target of every panel, with $topic as All (.*) and as one real topic, returns a finite sample."""
+    """Every target of every panel, with $namespace as All (its allValue: here no series has a namespace label)
+    and $topic as All and as one real topic, returns a finite sample; also without a final ``or vector(0)``,
+    which would hide a selector that matches nothing."""
+    dashboard = _dashboard()
+    all_namespaces = next(v for v in dashboard["templating"]["list"] if v["name"] == "namespace")["allValue"]
     queries = []
-    for name, expr in _targets(_dashboard()):
-        queries.append((name, _substitute(expr, ".*")))
-        if "$topic" in expr:
-            queries.append((f"{name} topic={charge_topic}", _substitute(expr, _grafana_regex_escape(charge_topic))))
+    for name, expr in _targets(dashboard):
+        variants = [(name, expr)]
+        if expr.endswith(" or vector(0)"):
+            variants.append((f"{name} without 'or vector(0)'", expr.removesuffix(" or vector(0)")))
+        for label, text in variants:
+            queries.append((label, _substitute(text, ".*", all_namespaces)))
+            if "$topic" in text:
+                escaped = _grafana_regex_escape(charge_topic)
+                queries.append((f"{label} topic={charge_topic}", _substitute(text, escaped, all_namespaces)))
     pending = dict(queries)
     answers: dict[str, Any] = {}
     deadline = time.monotonic() + 20
@@ -224,13 +279,34 @@ def _check_panels(prometheus: PrometheusProcess, charge_topic: str) -> None:
     assert not empty, "panels without data:\n" + "\n".join(f"{n}: {q}\n  -> {a}" for n, (q, a) in empty.items())
 
 
-def _check_topic_variable(prometheus: PrometheusProcess, charge_topic: str) -> None:
-    topic = next(v for v in _dashboard()["templating"]["list"] if v["name"] == "topic")
-    match = re.fullmatch(r"label_values\((.+), (\w+)\)", topic["definition"])
-    assert match
-    metric, label = match.groups()
-    answer = prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": metric})
-    assert answer["status"] == "success" and charge_topic in answer["data"], answer
+def _check_namespace_matcher(prometheus: PrometheusProcess) -> None:
+    """A plain Prometheus (this one) adds no namespace label; ``namespace=~".*"`` (All) still matches every
+    series, since an absent label is the empty string."""
+    names = sorted({m.group(1) for _, expr in _targets(_dashboard()) for m in _SERIES.finditer(expr)})
+    labelled = prometheus.query('count({__name__=~"hookstream_.+|up", namespace!=""})')
+    assert labelled["status"] == "success" and labelled["data"]["result"] == [], labelled
+    for name in names:
+        bare = prometheus.query(f"count({name})")
+        selected = prometheus.query(f'count({name}{{namespace=~".*"}})')
+        assert bare["status"] == selected["status"] == "success", (name, bare, selected)
+        assert bare["data"]["result"], f"no series of {name}"
+        assert selected["data"]["result"][0]["value"][1] == bare["data"]["result"][0]["value"][1], name
+
+
+def _check_variables(prometheus: PrometheusProcess, charge_topic: str) -> None:
+    """The variables' label_values queries work: no namespace here (All is then .*), and this run's topic."""
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+
+    def label_values(name: str) -> dict[str, Any]:
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", _substitute(variables[name]["definition"], ".*"))
+        assert match, variables[name]["definition"]
+        series, label = match.groups()
+        return prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": series})
+
+    namespaces = label_values("namespace")
+    assert namespaces["status"] == "success" and namespaces["data"] == [], namespaces
+    topics = label_values("topic")
+    assert topics["status"] == "success" and charge_topic in topics["data"], topics
 
 
 def _check_alert_rules(prometheus: PrometheusProcess, charge_topic: str) -> None:

@@ -8,7 +8,9 @@ edit this file and run it, never the JSON by hand. ``--check`` exits non-zero wh
     .venv/bin/python ops/grafana/build.py          # rewrite hookstream.json
     .venv/bin/python ops/grafana/build.py --check  # is it up to date?
 
-Every query uses the ``$datasource`` and ``$topic`` variables where they apply; metric names are DESIGN.md's.
+Every query uses the ``$datasource`` variable, every selector the ``$namespace`` variable (``sel`` adds it: in a
+Prometheus that watches several releases, panels never sum across them) and ``$topic`` where it applies; metric
+names are DESIGN.md's (and ``hookstream_gateway_ready``, tests/observability.py's BEYOND_DESIGN).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from typing import Any
 OUTPUT = Path(__file__).with_name("hookstream.json")
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
+#: In every selector (``sel``). All is ``.*``, which also matches series without a namespace label (a plain
+#: Prometheus: an absent label is the empty string).
+NAMESPACE = 'namespace=~"$namespace"'
 TOPIC = 'topic=~"$topic"'
 DEAD = 'outcome="dead_lettered"'
 RETRIED = 'outcome="retried"'
@@ -58,8 +63,8 @@ class Row:
 
 
 def sel(metric: str, *matchers: str) -> str:
-    """``metric{m1, m2}`` (or the bare name without matchers)."""
-    return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
+    """``metric{namespace=~"$namespace", m1, m2}``: every series a panel reads is selected by namespace."""
+    return f"{metric}{{{', '.join((NAMESPACE, *matchers))}}}"
 
 
 def rate(selector: str) -> str:
@@ -79,6 +84,9 @@ LAG = "hookstream_consumer_lag"
 REQUESTS = "hookstream_gateway_requests_total"
 SIGNATURE_FAILURES = "hookstream_gateway_signature_failures_total"
 PUBLISHED = "hookstream_events_published_total"
+READY = "hookstream_gateway_ready"
+#: Prometheus job names of our targets (as in ops/prometheus/alerts.yaml).
+JOBS = 'job=~".*hookstream.*(gateway|worker).*"'
 
 ROWS = [
     Row(
@@ -125,7 +133,8 @@ ROWS = [
                 "Share of gateway answers that were 5xx (503: Kafka did not acknowledge in time; Stripe retries).",
                 [
                     Target(
-                        f"(sum({rate(sel(REQUESTS, FIVE_XX))}) or vector(0)) / clamp_min(sum({rate(REQUESTS)}), 1e-9)"
+                        f"(sum({rate(sel(REQUESTS, FIVE_XX))}) or vector(0))"
+                        f" / clamp_min(sum({rate(sel(REQUESTS))}), 1e-9)"
                     )
                 ],
                 unit="percentunit",
@@ -137,7 +146,7 @@ ROWS = [
             Panel(
                 "Signature failures / s",
                 "Deliveries refused because of their Stripe-Signature (any reason).",
-                [Target(f"sum({rate(SIGNATURE_FAILURES)}) or vector(0)")],
+                [Target(f"sum({rate(sel(SIGNATURE_FAILURES))}) or vector(0)")],
                 unit="reqps",
                 kind="stat",
                 width=4,
@@ -213,7 +222,7 @@ ROWS = [
             Panel(
                 "Handler latency",
                 "Time in a handler per attempt (all event types), from hookstream_handler_seconds.",
-                quantiles("hookstream_handler_seconds_bucket", "handler"),
+                quantiles(sel("hookstream_handler_seconds_bucket"), "handler"),
                 unit="s",
                 width=8,
             ),
@@ -239,16 +248,25 @@ ROWS = [
             Panel(
                 "Gateway requests / s by status",
                 "Every answer of the gateway (webhooks, and also /healthz, /readyz, /metrics).",
-                [Target(f"sum by (status) ({rate(REQUESTS)})", "{{status}}")],
+                [Target(f"sum by (status) ({rate(sel(REQUESTS))})", "{{status}}")],
                 unit="reqps",
                 stack=True,
+                width=8,
             ),
             Panel(
                 "Signature failures / s by reason",
                 "missing_header, malformed_header, no_v1_signature, no_matching_signature (wrong secret? "
                 "rotation?), timestamp_outside_tolerance (clock skew, replays).",
-                [Target(f"sum by (reason) ({rate(SIGNATURE_FAILURES)})", "{{reason}}")],
+                [Target(f"sum by (reason) ({rate(sel(SIGNATURE_FAILURES))})", "{{reason}}")],
                 unit="reqps",
+                width=8,
+            ),
+            Panel(
+                "Gateways ready",
+                "Gateways that can publish to Kafka (what /readyz answers) against all gateways. In a Kafka outage "
+                "/readyz fails, Kubernetes stops routing webhooks and the request counters stop: only this shows it.",
+                [Target(f"sum({sel(READY)})", "ready"), Target(f"count({sel(READY)})", "gateways")],
+                width=8,
             ),
         ],
     ),
@@ -258,19 +276,19 @@ ROWS = [
             Panel(
                 "In-flight events per worker",
                 "Events taken from Kafka and not yet finished (bounded by WORKER_MAX_INFLIGHT: back-pressure).",
-                [Target("sum by (instance) (hookstream_inflight_events)", "{{instance}}")],
+                [Target(f"sum by (instance) ({sel('hookstream_inflight_events')})", "{{instance}}")],
                 width=8,
             ),
             Panel(
                 "Active actors per worker",
                 "Objects with events queued or running.",
-                [Target("sum by (instance) (hookstream_active_actors)", "{{instance}}")],
+                [Target(f"sum by (instance) ({sel('hookstream_active_actors')})", "{{instance}}")],
                 width=8,
             ),
             Panel(
                 "Targets up",
                 "Prometheus scrape health of the gateway and worker targets (1 up, 0 down).",
-                [Target('up{job=~".*hookstream.*(gateway|worker).*"}', "{{job}} {{instance}}")],
+                [Target(sel("up", JOBS), "{{job}} {{instance}}")],
                 width=8,
                 thresholds=[(None, "red"), (1, "green")],
             ),
@@ -339,8 +357,31 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     }
 
 
+def _query_variable(name: str, label: str, query: str) -> dict[str, Any]:
+    """A variable listing ``query``'s label values, several or All (``.*``: also matches a series without it)."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"qryType": 1, "query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "hide": 0,
+        "includeAll": True,
+        "allValue": ".*",
+        "multi": True,
+        "options": [],
+        "refresh": 2,
+        "regex": "",
+        "sort": 1,
+    }
+
+
 def _templating() -> dict[str, Any]:
-    topic_query = f"label_values({PUBLISHED}, topic)"
+    # namespace: of our scrape targets (also before any event); none without a namespace label, All is then .*
+    namespace_query = f"label_values(up{{{JOBS}}}, namespace)"
+    topic_query = f"label_values({sel(PUBLISHED)}, topic)"  # the topics of the selected namespaces
     return {
         "list": [
             {
@@ -356,23 +397,8 @@ def _templating() -> dict[str, Any]:
                 "refresh": 1,
                 "regex": "",
             },
-            {
-                "name": "topic",
-                "label": "Topic",
-                "type": "query",
-                "datasource": DATASOURCE,
-                "definition": topic_query,
-                "query": {"qryType": 1, "query": topic_query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-                "hide": 0,
-                "includeAll": True,
-                "allValue": ".*",
-                "multi": True,
-                "options": [],
-                "refresh": 2,
-                "regex": "",
-                "sort": 1,
-            },
+            _query_variable("namespace", "Namespace", namespace_query),
+            _query_variable("topic", "Topic", topic_query),
         ]
     }
 

@@ -91,6 +91,120 @@ stripe.webhookSecrets is given, by the user otherwise). */}}
 {{- default (printf "%s-stripe" (include "hookstream.fullname" .)) .Values.stripe.existingSecret }}
 {{- end }}
 
+{{/* Secrets reach the pods as files, never as environment variables (those show in /proc/<pid>/environ, crash
+dumps and child processes): one read-only projected volume per pod, mounted at hookstream.secretsDir, and
+NAME_FILE variables naming the files (ops/settings.py reads NAME from the file NAME_FILE names). */}}
+{{- define "hookstream.secretsDir" -}}
+/etc/hookstream/secrets
+{{- end }}
+
+{{/* The secret files of a component, as a JSON list of {env, secret, key, file}. The gateway reads the signing
+secrets; both components read the SASL password with a SASL_* protocol. Call with (list $ "gateway"). */}}
+{{- define "hookstream.secretFiles" -}}
+{{- $ := index . 0 }}
+{{- $files := list }}
+{{- if eq (index . 1) "gateway" }}
+{{- $files = append $files (dict "env" "STRIPE_WEBHOOK_SECRETS_FILE" "secret" (include "hookstream.stripe.secretName" $) "key" $.Values.stripe.secretKey "file" "stripe-webhook-secrets") }}
+{{- end }}
+{{- if and (hasPrefix "SASL_" $.Values.kafka.securityProtocol) $.Values.kafka.sasl.existingSecret }}
+{{- $files = append $files (dict "env" "KAFKA_SASL_PASSWORD_FILE" "secret" $.Values.kafka.sasl.existingSecret "key" $.Values.kafka.sasl.passwordKey "file" "kafka-sasl-password") }}
+{{- end }}
+{{- toJson $files }}
+{{- end }}
+
+{{- define "hookstream.secretFiles.env" -}}
+{{- $dir := include "hookstream.secretsDir" (index . 0) }}
+{{- range fromJsonArray (include "hookstream.secretFiles" .) }}
+- name: {{ .env }}
+  value: {{ printf "%s/%s" $dir .file | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "hookstream.secretFiles.volumeMounts" -}}
+{{- if fromJsonArray (include "hookstream.secretFiles" .) }}
+- name: secrets
+  mountPath: {{ include "hookstream.secretsDir" (index . 0) }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Mode 0440: owner root, group the pod's fsGroup (podSecurityContext.fsGroup, the image's gid 10001 by default),
+which the kubelet gives the files and the container's user belongs to; nobody else reads them. */}}
+{{- define "hookstream.secretFiles.volumes" -}}
+{{- $files := fromJsonArray (include "hookstream.secretFiles" .) }}
+{{- if $files }}
+- name: secrets
+  projected:
+    defaultMode: 288  # 0440
+    sources:
+      {{- range $files }}
+      - secret:
+          name: {{ .secret }}
+          items:
+            - key: {{ .key }}
+              path: {{ .file }}
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Grace periods must cover the stops they bound (the kubelet kills a pod whose grace period runs out).
+A seconds setting NAME and the value it comes from, as JSON {value, from}: the component's extra env (container
+env wins over the ConfigMap), else config.extra, else the default.
+Call with (list $ componentEnv "component.env" "NAME" default "the value holding the default"). */}}
+{{- define "hookstream.secondsSetting" -}}
+{{- $ := index . 0 }}
+{{- $env := index . 1 | default dict }}
+{{- $extra := $.Values.config.extra | default dict }}
+{{- $envPath := printf "%s.%s" (index . 2) (index . 3) }}
+{{- $name := index . 3 }}
+{{- $value := index . 4 }}
+{{- $from := index . 5 }}
+{{- if hasKey $extra $name }}
+{{- $value = index $extra $name }}
+{{- $from = printf "config.extra.%s" $name }}
+{{- end }}
+{{- if hasKey $env $name }}
+{{- $value = index $env $name }}
+{{- $from = $envPath }}
+{{- end }}
+{{- toJson (dict "value" (float64 $value) "from" $from) }}
+{{- end }}
+
+{{/* Gateway: the preStop sleep, then uvicorn's graceful shutdown (int(GATEWAY_PUBLISH_TIMEOUT) + 5 s,
+gateway/server.py), then the producer's close (up to GATEWAY_PUBLISH_TIMEOUT, gateway/publisher.py), then 5 s
+to close the admin client and exit. */}}
+{{- define "hookstream.gateway.checkGrace" -}}
+{{- $v := .Values.gateway }}
+{{- $t := fromJson (include "hookstream.secondsSetting" (list . $v.env "gateway.env" "GATEWAY_PUBLISH_TIMEOUT" $v.publishTimeout "gateway.publishTimeout")) }}
+{{- $publish := float64 $t.value }}
+{{- $pre := int $v.preStopSleepSeconds }}
+{{- $drain := add (int (floor $publish)) 5 }}
+{{- $close := int (ceil $publish) }}
+{{- $need := add $pre $drain $close 5 }}
+{{- $grace := int $v.terminationGracePeriodSeconds }}
+{{- if lt $grace (int $need) }}
+{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) is shorter than a gateway's stop may take with GATEWAY_PUBLISH_TIMEOUT %v s (%s): %d s = gateway.preStopSleepSeconds (%d) + uvicorn's graceful shutdown (%d: the publish timeout + 5) + the producer's close (%d: the publish timeout) + 5 to exit. Raise gateway.terminationGracePeriodSeconds to at least %d, or lower %s." $grace $publish $t.from $need $pre $drain $close $need $t.from) }}
+{{- end }}
+{{- end }}
+
+{{/* Worker: events in flight get HANDLER_TIMEOUT to finish, cancelled ones CANCEL_PATIENCE (5 s,
+streams/actors.py) to end, then 15 s to commit, flush the changelog producer, leave the group and exit. */}}
+{{- define "hookstream.worker.checkGrace" -}}
+{{- $v := .Values.worker }}
+{{- $t := fromJson (include "hookstream.secondsSetting" (list . $v.env "worker.env" "HANDLER_TIMEOUT" 30 "worker.env.HANDLER_TIMEOUT")) }}
+{{- $handler := float64 $t.value }}
+{{- $run := int (ceil $handler) }}
+{{- $need := add $run 5 15 }}
+{{- $from := $t.from }}{{- /* the value to change; where the current one comes from: */}}
+{{- if not (or (hasKey ($v.env | default dict) "HANDLER_TIMEOUT") (hasKey (.Values.config.extra | default dict) "HANDLER_TIMEOUT")) }}
+{{- $from = "the default of ops/settings.py" }}
+{{- end }}
+{{- $grace := int $v.terminationGracePeriodSeconds }}
+{{- if lt $grace (int $need) }}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%d) is shorter than a worker's stop may take with HANDLER_TIMEOUT %v s (%s): %d s = the handler timeout (%d) + cancelled handlers' patience (5, CANCEL_PATIENCE) + 15 to commit, flush and leave the group. Raise worker.terminationGracePeriodSeconds to at least %d, or lower %s." $grace $handler $from $need $run $need $t.from) }}
+{{- end }}
+{{- end }}
+
 {{- define "hookstream.kafka.caDir" -}}
 /etc/hookstream/kafka-ca
 {{- end }}
@@ -105,11 +219,7 @@ stripe.webhookSecrets is given, by the user otherwise). */}}
 {{- if not .Values.kafka.sasl.existingSecret }}
 {{- fail (printf "kafka.sasl.existingSecret (the Secret holding the SASL password) is required with kafka.securityProtocol=%s" $protocol) }}
 {{- end }}
-- name: KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.kafka.sasl.existingSecret }}
-      key: {{ .Values.kafka.sasl.passwordKey }}
+{{- /* the password itself: KAFKA_SASL_PASSWORD_FILE, see hookstream.secretFiles */}}
 {{- end }}
 {{- if .Values.kafka.tls.caSecret }}
 - name: KAFKA_SSL_CAFILE
