@@ -169,6 +169,9 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.server import serve
 
+    # uvicorn handles SIGTERM itself, and once it has shut down it raises the signal again for the handler that was
+    # there before it: main()'s would report a graceful stop as "stopped by SIGTERM" (143). Ignored, it is exit 0.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     serve(settings)
     return 0
 
@@ -233,19 +236,19 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     if not _embedded_broker_installed():
         return 2
     broker = EmbeddedBroker(args.port, args.host)
+    received: list[int] = []  # from here on a signal is noted, so that the broker, once started, is stopped
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
         broker.start()
     except BrokerError as exc:
         print(f"hookstream: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"hookstream: Kafka broker listening on {broker.bootstrap_servers} (memory storage); Ctrl-C stops it",
-        flush=True,
-    )
-    received: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
+        print(
+            f"hookstream: Kafka broker listening on {broker.bootstrap_servers} (memory storage); Ctrl-C stops it",
+            flush=True,
+        )
         while not received and broker.process is not None and broker.process.poll() is None:
             time.sleep(0.2)
     finally:

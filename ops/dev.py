@@ -38,6 +38,15 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
     # Local by default: the dev stack accepts the publicly known development secret, so it listens on loopback
     # only, unless told otherwise.
     env = LOCAL_ONLY_ENV | dict(environ)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    # from here on a signal is noted, not raised: whatever starts below is stopped by the finally
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     broker: EmbeddedBroker | None = None
     if not is_configured("KAFKA_BOOTSTRAP_SERVERS", environ):  # KAFKA_BOOTSTRAP_SERVERS_FILE counts too
         try:
@@ -52,14 +61,6 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
         print(f"hookstream: embedded Kafka broker listening on {broker.bootstrap_servers}", flush=True)
     gateway: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
     status = 0
     try:
         handlers = HandlerSources(settings.handler_modules)

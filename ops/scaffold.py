@@ -87,7 +87,7 @@ def _handled_by(event_type: str, handlers_dir: Path, modules: Iterable[str]) -> 
     for path in sorted(handlers_dir.glob("*.py")):
         if not path.name.startswith("_") and event_type in _registered_types(path):
             return str(path)
-    from streams.registry import HandlerModuleError, registry
+    from streams.registry import HandlerModuleError, handler_name, registry
 
     try:
         registry.discover(modules)
@@ -95,7 +95,7 @@ def _handled_by(event_type: str, handlers_dir: Path, modules: Iterable[str]) -> 
         raise ScaffoldError(f"{exc}: fix it first (it would stop the worker too)") from None
     registration = registry.get(event_type)
     if registration is not None:
-        return f"{registration.handler.__module__}.{registration.handler.__qualname__}"
+        return handler_name(registration.handler)
     return None
 
 

@@ -155,7 +155,8 @@ processor = EventProcessor(
     ),
     metrics,
     settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
-    min(settings.gateway_max_body_bytes, settings.kafka_max_message_bytes),  # and a dead letter must fit the brokers
+    # what the producer sends and the brokers store, for a dead letter or a record a handler emits
+    min(_MAX_REQUEST_BYTES, settings.kafka_max_message_bytes),
 )
 
 

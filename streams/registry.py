@@ -32,7 +32,7 @@ class Emitted:
     value: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Context:
     """What a handler may touch: the object's state (its attributes, not the state itself: ``ctx.state = ...``
     raises), the attempt number and a way to emit records."""
@@ -52,11 +52,11 @@ class Context:
         cannot send would otherwise be retried after the attempt, for ever, holding its object back."""
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"emit() takes a topic name, not {topic!r}")
-        if not isinstance(value, bytes):
+        if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError(f"emit() takes the value as bytes, not {type(value).__name__} (encode it first)")
-        if key is not None and not isinstance(key, bytes):
+        if key is not None and not isinstance(key, bytes | bytearray | memoryview):
             raise TypeError(f"emit() takes the key as bytes or None, not {type(key).__name__}")
-        self.emitted.append(Emitted(topic, key, value))
+        self.emitted.append(Emitted(topic, None if key is None else bytes(key), bytes(value)))
 
 
 Handler = Callable[[StripeEvent, Context], Coroutine[Any, Any, None]]
@@ -98,8 +98,8 @@ class HandlerRegistry:
                 existing = self._by_type.get(event_type)
                 if existing is not None and existing.handler is not handler:
                     raise ValueError(
-                        f"{event_type} already has a handler: {_name(existing.handler)}; "
-                        f"{_name(handler)} cannot take it too"
+                        f"{event_type} already has a handler: {handler_name(existing.handler)}; "
+                        f"{handler_name(handler)} cannot take it too"
                     )
                 self._by_type[event_type] = Registration(event_type, objects[event_type], handler, model)
             return handler
@@ -150,12 +150,13 @@ def _import_package(name: str, path: Iterable[str]) -> None:
 def _check_handler(handler: Any) -> None:
     """Refuse, when the module is imported, what would fail (or silently do nothing) at every event."""
     call = getattr(handler, "__call__", None)  # noqa: B004  # an instance with an async __call__ is a handler too
-    if not inspect.iscoroutinefunction(handler) and not inspect.iscoroutinefunction(call):
-        raise TypeError(f"{_name(handler)} is not a handler: write it as `async def handler(event, ctx) -> None`")
+    wrapped = inspect.unwrap(handler) if callable(handler) else None  # a plain decorator (functools.wraps) of one
+    if not any(inspect.iscoroutinefunction(f) for f in (handler, call, wrapped)):
+        raise TypeError(f"{handler_name(handler)} is not a handler: write it as `async def handler(event, ctx)`")
     try:
         inspect.signature(handler).bind(None, None)
     except TypeError:
-        raise TypeError(f"{_name(handler)} must take two arguments: `async def handler(event, ctx)`") from None
+        raise TypeError(f"{handler_name(handler)} must take two arguments: `async def handler(event, ctx)`") from None
 
 
 def _object_type_of(event_type: str, declared: str | None) -> str:
@@ -181,7 +182,8 @@ def _object_type_of(event_type: str, declared: str | None) -> str:
         raise ValueError(f"cannot tell which object {event_type!r} carries: pass object_type=... to @on()") from None
 
 
-def _name(handler: Any) -> str:
+def handler_name(handler: Any) -> str:
+    """``module.qualname`` of a handler (its repr for callables without a name: an instance, a partial)."""
     name = getattr(handler, "__qualname__", None)
     return f"{handler.__module__}.{name}" if name is not None else repr(handler)
 

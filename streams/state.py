@@ -63,7 +63,7 @@ def encode_state(state: ObjectState, checked: bool = False) -> bytes:
     try:
         encoded = _encoder.encode(state)
         _decoder.decode(encoded)
-    except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as exc:
+    except (TypeError, UnicodeEncodeError, msgspec.EncodeError, msgspec.ValidationError) as exc:
         raise StateInvalid(f"the handler left a state that cannot be stored: {exc}") from None
     return encoded
 

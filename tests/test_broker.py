@@ -72,7 +72,7 @@ def _alive(pid: int) -> bool:
 
 def test_broker_command_stopped_while_the_broker_starts_leaves_no_broker_behind() -> None:
     """The broker runs in its own session (Ctrl-C reaches only hookstream): stopped before the broker answered,
-    hookstream must stop it. The broker is frozen (SIGSTOP) until then, so the stop falls in that window."""
+    hookstream must stop it. The broker is frozen (SIGSTOP) until the stop was sent, so it falls in that window."""
     process = subprocess.Popen(
         [sys.executable, "-m", "ops.cli", "broker", "--port", str(free_port())],
         stdout=subprocess.DEVNULL,
@@ -91,7 +91,7 @@ def test_broker_command_stopped_while_the_broker_starts_leaves_no_broker_behind(
         assert broker_pid is not None, "no broker process started"
         process.send_signal(signal.SIGTERM)
         os.kill(broker_pid, signal.SIGCONT)  # to take the stop hookstream sends it
-        assert process.wait(30) == 128 + signal.SIGTERM
+        assert process.wait(30) == 0  # noted during the start, the stop came once the broker answered
         deadline = time.monotonic() + 15
         while _alive(broker_pid) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -576,6 +576,7 @@ def test_grace_periods_shorter_than_the_timeouts_need_are_refused(args: list[str
     ("args", "message"),
     [
         (["--set", "stripe.existingSecret=a", "--set", "stripe.webhookSecrets=whsec_x"], "not both"),
+        (["--set-string", "config.extra.GATEWAY_PUBLISH_TIMEOUT=20"], "GATEWAY_PUBLISH_TIMEOUT: the chart sets"),
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.username=u"], "kafka.sasl.existingSecret"),
         (["--set", "kafka.securityProtocol=SASL_PLAINTEXT", "--set", "kafka.sasl.existingSecret=s"], "username"),
         # NetworkPolicies that admit no Prometheus while a ServiceMonitor asks it to scrape: silent missing metrics

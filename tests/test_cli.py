@@ -15,7 +15,7 @@ from typing import IO
 import pytest
 
 from ops.process import free_port, stop_process
-from tests.support import REPO, wait_for
+from tests.support import REPO, http_request, wait_for
 
 
 @pytest.mark.parametrize("command", ["audit", "replay"])
@@ -79,6 +79,32 @@ def test_sigterm_stops_a_worker_that_waits_for_kafka(tmp_path: Path) -> None:
     assert status == 143, output  # 128 + SIGTERM, not killed by the signal (-15)
     assert "hookstream: stopped by SIGTERM" in output
     assert "Traceback" not in output
+
+
+def _answers(port: int) -> bool:
+    try:
+        return http_request(port, "GET", "/healthz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def test_a_gateway_stopped_by_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
+    """uvicorn stops on SIGTERM, then raises it again for the handler it found: main()'s would have turned every
+    graceful stop into "stopped by SIGTERM" and 143."""
+    port = free_port()
+    env = {**_worker_env(tmp_path), "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1"}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen([HOOKSTREAM, "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: _answers(port) or process.poll() is not None, 60, "the gateway listening")
+            assert process.poll() is None, _read(log)
+            process.send_signal(signal.SIGTERM)
+            status = process.wait(60)  # a liveness bound: the drain has nothing to wait for
+        finally:
+            stop_process(process, timeout=5)
+        output = _read(log)
+    assert status == 0, output
+    assert "stopped by SIGTERM" not in output and "Traceback" not in output
 
 
 def _pid_namespaces_work() -> bool:

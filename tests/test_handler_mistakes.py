@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,29 @@ def test_a_handler_of_the_wrong_shape_is_refused_when_registered(handler: object
         HandlerRegistry().on("charge.succeeded")(handler)  # type: ignore[arg-type]
 
 
+def test_a_handler_behind_a_plain_decorator_is_accepted() -> None:
+    """A synchronous wrapper (functools.wraps) that returns the handler's coroutine works at every event."""
+    import functools
+
+    def logged(handler: Any) -> Any:
+        @functools.wraps(handler)
+        def wrapper(event: StripeEvent, ctx: Context) -> Any:
+            return handler(event, ctx)
+
+        return wrapper
+
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    @logged
+    async def noted(event: StripeEvent, ctx: Context) -> None:
+        ctx.fields["noted"] = True
+
+    store = DictStore()
+    assert _process(handlers, store, "ch_wrapped")[0] == "ok"
+    assert decode_state(store[b"ch_wrapped"]).fields == {"noted": True}
+
+
 def test_handler_modules_in_sub_packages_are_found_and_private_ones_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -104,10 +128,20 @@ def test_a_handler_module_that_does_not_import_is_named_in_one_line(
 
 
 def test_the_context_state_cannot_be_replaced() -> None:
-    """``ctx.state = ...`` was silently dropped: what is stored is the state the context was made with."""
+    """``ctx.state = ...`` was silently dropped: what is stored is the state the context was made with. Nor does a
+    context take attributes of its own (they would be lost with it), and the error says which."""
     context = Context(ObjectState(object_id="ch_1", object_type="charge"))
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="'state'"):
         context.state = ObjectState(object_id="ch_2", object_type="charge")  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="'note'"):
+        context.note = "x"  # type: ignore[attr-defined]
+
+
+def test_emit_takes_any_bytes_like_value_and_keeps_bytes() -> None:
+    context = Context(ObjectState(object_id="ch_1", object_type="charge"))
+    context.emit("notices", bytearray(b"paid"), memoryview(b"ch_1"))
+    assert (context.emitted[0].value, context.emitted[0].key) == (b"paid", b"ch_1")
+    assert type(context.emitted[0].value) is bytes
 
 
 # --- in the attempt -------------------------------------------------------------------------------------------
@@ -174,6 +208,19 @@ def test_a_field_json_cannot_hold_is_dead_lettered_as_the_handlers_doing() -> No
     outcome, sent = _process(handlers, DictStore(), "ch_money")
     assert outcome == "dead_lettered"
     assert b"cannot be stored" in sent[0][1] and b"Money" in sent[0][1]
+
+
+def test_text_json_cannot_encode_is_dead_lettered_as_the_handlers_doing() -> None:
+    """A lone surrogate (from decoding bytes with surrogateescape, say) fails the encode with a UnicodeEncodeError."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def keeps_broken_text(event: StripeEvent, ctx: Context) -> None:
+        ctx.fields["name"] = b"caf\xe9".decode(errors="surrogateescape")
+
+    outcome, sent = _process(handlers, DictStore(), "ch_surrogate")
+    assert outcome == "dead_lettered"
+    assert b"cannot be stored" in sent[0][1]
 
 
 def test_what_json_holds_differently_is_stored_as_it_reads_back() -> None:

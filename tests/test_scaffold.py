@@ -184,7 +184,7 @@ def test_refuses_a_type_a_module_of_hookstream_handlers_takes(
     monkeypatch.setattr("streams.registry.on", fresh.on)
     try:
         with pytest.raises(ScaffoldError, match=r"topup\.reversed already has a handler: acme_handlers\.reversed_"):
-            new_handler("topup.reversed", project, ["handlers", "acme_handlers"])
+            new_handler("topup.reversed", project, ["acme_handlers"])
         with pytest.raises(ScaffoldError, match="handler module broken_handlers does not import: SyntaxError"):
             new_handler("topup.reversed", project, ["broken_handlers"])
     finally:
