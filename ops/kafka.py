@@ -32,6 +32,17 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """Configs of every topic hookstream creates (event topics, dead letters, the table's changelog).
+
+    ``min.insync.replicas``: with acks=all, how many replicas hold a record before it is acknowledged. The brokers'
+    default (Kafka's: 1) acknowledges with the leader alone in sync, and a 200 would then survive no broker loss.
+    """
+    if settings.topic_min_insync_replicas:
+        return {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+    return {}
+
+
 async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: Iterable[str]) -> None:
     """Create event topics with ``TOPIC_PARTITIONS`` partitions; existing ones are left as they are.
 
@@ -39,7 +50,10 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: 
     that forbids topic creation (topics managed elsewhere, e.g. Strimzi KafkaTopic resources) is logged once
     and otherwise ignored.
     """
-    new = [NewTopic(t, settings.topic_partitions, settings.topic_replication_factor) for t in topics]
+    configs = topic_configs(settings)
+    new = [
+        NewTopic(t, settings.topic_partitions, settings.topic_replication_factor, topic_configs=configs) for t in topics
+    ]
     if not new:
         return
     response = await admin.create_topics(new)

@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     topic_prefix: str = "stripe."
     topic_partitions: int = 8
     topic_replication_factor: int = 1
+    topic_min_insync_replicas: int = 0  # 0: the brokers' default (Kafka's is 1)
     worker_web_port: int = 6066
     worker_web_bind: str = "0.0.0.0"
     worker_web_host: str | None = None
@@ -101,6 +102,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         prefix = env.text("TOPIC_PREFIX", "stripe.")
         if not _TOPIC_PREFIX_RE.match(prefix):
             raise ConfigError(f"TOPIC_PREFIX: {prefix!r} may only hold letters, digits, '.', '_' and '-'")
+        replication = env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1)
+        min_insync = env.integer("TOPIC_MIN_INSYNC_REPLICAS", 0, minimum=0)
+        if min_insync > replication:
+            raise ConfigError(
+                f"TOPIC_MIN_INSYNC_REPLICAS: {min_insync} is above TOPIC_REPLICATION_FACTOR ({replication}): "
+                "the brokers could never acknowledge a write to the topics hookstream creates"
+            )
         settings = cls(
             kafka_bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             kafka_security_protocol=env.text("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
@@ -129,7 +137,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             producer_compression=env.choice("PRODUCER_COMPRESSION", "lz4", COMPRESSION_CODECS),
             topic_prefix=prefix,
             topic_partitions=env.integer("TOPIC_PARTITIONS", 8, minimum=1),
-            topic_replication_factor=env.integer("TOPIC_REPLICATION_FACTOR", 1, minimum=1),
+            topic_replication_factor=replication,
+            topic_min_insync_replicas=min_insync,
             worker_web_port=env.integer("WORKER_WEB_PORT", 6066, minimum=0, maximum=_MAX_PORT),
             worker_web_bind=env.text("WORKER_WEB_BIND", "0.0.0.0"),
             worker_web_host=env.optional("WORKER_WEB_HOST"),

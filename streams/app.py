@@ -18,7 +18,7 @@ from faust.types import ConsumerT, Message
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ops.kafka import client_options, faust_broker_options
+from ops.kafka import client_options, faust_broker_options, topic_configs
 from ops.settings import Settings
 from streams.actors import ActorPool
 from streams.consumer import BatchingConsumer
@@ -129,6 +129,7 @@ objects = app.Table(
     value_type=bytes,
     partitions=settings.topic_partitions,
     options=ROCKSDB_OPTIONS,  # used by the rocksdb:// store only
+    extra_topic_configs=topic_configs(settings),  # its changelog's, as every topic hookstream creates
 )
 
 event_topics = sorted(settings.topic_prefix + object_type for object_type in registry.object_types)

@@ -319,6 +319,16 @@ def test_partitions_reach_gateway_and_workers_alike() -> None:
         assert "TOPIC_PARTITIONS" not in env_of(workload), component
 
 
+@pytest.mark.parametrize(("scenario", "replicas", "in_sync"), [("default", 3, 2), ("minimal", 1, 1)])
+def test_topics_are_created_with_two_replicas_in_sync_where_there_are_three(
+    scenario: str, replicas: int, in_sync: int
+) -> None:
+    """A 200 means the brokers acknowledged the event (acks=all): with Kafka's default min.insync.replicas of 1,
+    that is the leader alone, and the event does not survive its loss."""
+    settings = Settings.from_env(configmap_env(render(scenario)))
+    assert (settings.topic_replication_factor, settings.topic_min_insync_replicas) == (replicas, in_sync)
+
+
 def test_gateway_limits_are_set_from_values_and_default_to_the_gateways_own() -> None:
     defaults = Settings.from_env({})
     config = configmap_env(render("default"))
@@ -577,6 +587,7 @@ def test_grace_periods_shorter_than_the_timeouts_need_are_refused(args: list[str
     [
         (["--set", "stripe.existingSecret=a", "--set", "stripe.webhookSecrets=whsec_x"], "not both"),
         (["--set-string", "config.extra.GATEWAY_PUBLISH_TIMEOUT=20"], "GATEWAY_PUBLISH_TIMEOUT: the chart sets"),
+        (["--set", "config.topicReplicationFactor=1"], "config.topicMinInsyncReplicas (2) is above"),
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.username=u"], "kafka.sasl.existingSecret"),
         (["--set", "kafka.securityProtocol=SASL_PLAINTEXT", "--set", "kafka.sasl.existingSecret=s"], "username"),
         # NetworkPolicies that admit no Prometheus while a ServiceMonitor asks it to scrape: silent missing metrics

@@ -67,6 +67,7 @@ def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path)
     [
         ({"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
         ({"TOPIC_PARTITIONS": "0"}, "TOPIC_PARTITIONS"),
+        ({"TOPIC_MIN_INSYNC_REPLICAS": "2"}, "TOPIC_MIN_INSYNC_REPLICAS"),  # above the replication factor (1)
         ({"STRIPE_WEBHOOK_SECRETS": " , "}, "STRIPE_WEBHOOK_SECRETS"),
         ({"KAFKA_ENABLE_IDEMPOTENCE": "maybe"}, "KAFKA_ENABLE_IDEMPOTENCE"),
         ({"GATEWAY_PUBLISH_TIMEOUT": "0"}, "GATEWAY_PUBLISH_TIMEOUT"),

@@ -23,6 +23,29 @@ pytestmark = pytest.mark.integration
 BASE = 1_790_000_000
 
 
+def topic_config(bootstrap: str, topics: list[str], name: str = "min.insync.replicas") -> dict[str, dict[str, str]]:
+    """``name``'s value in each topic's config, as the brokers describe it."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    async def describe() -> dict[str, dict[str, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+        finally:
+            await admin.close()
+        return {
+            resource[3]: {entry[0]: entry[1] for entry in resource[4] if entry[0] == name}
+            for response in responses
+            for resource in response.resources
+        }
+
+    return asyncio.run(describe())
+
+
 def handler_log(path: Path) -> list[list[str]]:
     if not path.exists():
         return []
@@ -87,7 +110,7 @@ def test_duplicates_and_late_older_snapshots_leave_the_newest_state(broker: Brok
     older = charge(prefix, "ch_dup", 0, BASE + 5, event_id="evt_older")  # Stripe does not promise order
     same_second = charge(prefix, "ch_dup", 3, BASE + 20, event_id="evt_same_second")
     produce(broker.bootstrap_servers, [first, second, first, older, second, same_second, first])
-    with start_worker(broker, app_id, prefix) as worker:
+    with start_worker(broker, app_id, prefix, TOPIC_MIN_INSYNC_REPLICAS="1") as worker:
         wait_for(lambda: worker.metric_sum("hookstream_events_processed_total") >= 7, 60, "7 events finished")
         state = worker.state("ch_dup")
         assert state is not None
@@ -111,6 +134,12 @@ def test_duplicates_and_late_older_snapshots_leave_the_newest_state(broker: Brok
             assert name in exposed, name
         assert worker.metric("hookstream_handler_seconds_count", event_type="charge.updated") == 3
         assert worker.metric("hookstream_end_to_end_seconds_count", topic=prefix + "charge") == 7
+    # the topics the worker created (dead letters, the table's changelog) carry TOPIC_MIN_INSYNC_REPLICAS
+    created = topic_config(broker.bootstrap_servers, [prefix + "dlq", f"{app_id}-objects-changelog"])
+    assert created == {
+        prefix + "dlq": {"min.insync.replicas": "1"},
+        f"{app_id}-objects-changelog": {"min.insync.replicas": "1"},
+    }
 
 
 def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo, tmp_path: Path) -> None:
