@@ -108,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
         help="only show the dead letters not replayed yet (event, source, attempts, the error and its message): "
         "nothing is sent or committed",
     )
+    replay.add_argument(
+        "--discard",
+        action="append",
+        default=[],
+        metavar="EVENT_ID",
+        help="do not re-publish the dead letters of this event (repeatable): passed over and committed, so that no "
+        "later replay takes them either; exit status 1 if none was found",
+    )
     replay.set_defaults(run=_replay)
 
     audit = commands.add_parser(
@@ -185,7 +193,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from ops.replay import run_replay
 
-    return run_replay(settings, args.limit, args.list)
+    return run_replay(settings, args.limit, args.list, args.discard)
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, UnknownError
@@ -23,13 +24,24 @@ from streams.dead_letters import VALUE_OMITTED, header, original_headers
 log = logging.getLogger(__name__)
 
 
-async def replay(settings: Settings, limit: int | None = None, idle_timeout: float = 3.0) -> tuple[int, int]:
-    """Re-publish up to ``limit`` dead letters; return (replayed, skipped: no source-topic or no value)."""
+class Replayed(NamedTuple):
+    replayed: int
+    skipped: int  # no source-topic, or stored without its value
+    discarded: list[str]  # the event ids asked to be discarded, and found
+
+
+async def replay(
+    settings: Settings, limit: int | None = None, idle_timeout: float = 3.0, discard: Collection[str] = ()
+) -> Replayed:
+    """Re-publish up to ``limit`` dead letters, except those of the events in ``discard``: those are passed over
+    and committed like the others, so that no later replay takes them (an event that can never apply, once the
+    team has decided so)."""
     consumer = _consumer(settings)
     producer = AIOKafkaProducer(
         **client_options(settings), acks="all", enable_idempotence=settings.kafka_enable_idempotence
     )
     replayed = skipped = 0
+    discarded: list[str] = []
     try:
         await producer.start()
         await consumer.start()
@@ -37,7 +49,11 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
         async for tp, record, headers in _dead_letters(consumer, limit, idle_timeout):
             source = header(headers, "source-topic")
             omitted = header(headers, VALUE_OMITTED)
-            if not source:
+            event_id = _text(headers, "event-id")
+            if event_id in discard:
+                log.warning("dead letter %s@%d of event %s discarded, as asked", tp, record.offset, event_id)
+                discarded.append(event_id)
+            elif not source:
                 log.warning("dead letter %s@%d has no source-topic header: skipped", tp, record.offset)
                 skipped += 1
             elif omitted:
@@ -59,7 +75,7 @@ async def replay(settings: Settings, limit: int | None = None, idle_timeout: flo
     finally:
         await consumer.stop()
         await producer.stop()
-    return replayed, skipped
+    return Replayed(replayed, skipped, discarded)
 
 
 async def pending(settings: Settings, show: Callable[[str], None], idle_timeout: float = 3.0) -> int:
@@ -132,13 +148,14 @@ def describe(where: str, headers: list[tuple[str, bytes]]) -> str:
     )
 
 
-def run_replay(settings: Settings, limit: int | None, list_only: bool = False) -> int:
-    """The command: 0 when every dead letter was replayed or skipped, 2 when Kafka failed it (commits so far hold)."""
+def run_replay(settings: Settings, limit: int | None, list_only: bool = False, discard: Collection[str] = ()) -> int:
+    """The command: 0 when every dead letter was replayed, skipped or discarded, 1 when an event to discard was not
+    found among them, 2 when Kafka failed it (commits so far hold)."""
     try:
         if list_only:
             print(f"{asyncio.run(pending(settings, print))} dead letter(s) in {settings.dlq_topic} not replayed yet")
             return 0
-        replayed, skipped = asyncio.run(replay(settings, limit))
+        done = asyncio.run(replay(settings, limit, discard=discard))
     except KafkaError as exc:
         print(f"hookstream replay: Kafka at {settings.kafka_bootstrap_servers}: {exc!r}", file=sys.stderr)
         if settings.kafka_enable_idempotence and isinstance(exc, UnknownError):  # how the embedded broker refuses
@@ -148,5 +165,13 @@ def run_replay(settings: Settings, limit: int | None, list_only: bool = False) -
                 file=sys.stderr,
             )
         return 2
-    print(f"replayed {replayed} dead letter(s) from {settings.dlq_topic}" + (f", skipped {skipped}" if skipped else ""))
+    print(
+        f"replayed {done.replayed} dead letter(s) from {settings.dlq_topic}"
+        + (f", skipped {done.skipped}" if done.skipped else "")
+        + (f", discarded {len(done.discarded)}" if done.discarded else "")
+    )
+    missing = sorted(set(discard) - set(done.discarded))
+    if missing:
+        print(f"hookstream replay: no dead letter to discard for {', '.join(missing)}", file=sys.stderr)
+        return 1
     return 0

@@ -227,20 +227,23 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
         assert listed.stdout.count("RuntimeError: ") == 5 and "3 attempt(s)" in listed.stdout
         assert worker.metric_sum("hookstream_events_processed_total", outcome="ok") == len(records) - 5
 
-        done = replay()
+        dropped = dict(poison[-1].headers)["event-id"].decode()  # ch_single_1's: the team decides it never applies
+        done = replay("--discard", dropped)
         assert done.returncode == 0, done.stderr
-        assert "replayed 5 dead letter" in done.stdout
+        assert "replayed 4 dead letter(s)" in done.stdout and "discarded 1" in done.stdout
         wait_for(
-            lambda: worker.metric_sum("hookstream_events_processed_total", outcome="ok") >= len(records),
+            lambda: worker.metric_sum("hookstream_events_processed_total", outcome="ok") >= len(records) - 1,
             60,
             "replayed events applied",
         )
         for i in range(3):
             state = worker.state(f"ch_{i}")
             assert state is not None and state["fields"]["seqs"] == [0, 1, 2]
-        assert worker.state("ch_single_1") is not None
-        again = replay()
-        assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed once
+        assert worker.state("ch_single_0") is not None
+        assert worker.state("ch_single_1") is None  # discarded: never sent back
+        again = replay("--discard", "evt_not_dead_lettered")
+        assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed (or discarded) once
+        assert again.returncode == 1 and "no dead letter to discard for evt_not_dead_lettered" in again.stderr
         # the listing starts where the group's commits are (it reads beside the group, without joining it)
         assert "0 dead letter(s) in " in replay("--list").stdout
 
