@@ -102,7 +102,7 @@ def _consumer(settings: Settings) -> AIOKafkaConsumer:
     """A consumer of the replay group (``<app id>-replay``), its topic not chosen yet (subscribed or assigned)."""
     return AIOKafkaConsumer(
         **client_options(settings),
-        group_id=f"{settings.worker_app_id}-replay",
+        group_id=settings.replay_group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=int(settings.worker_session_timeout * 1000),

@@ -81,6 +81,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.topic_prefix}dlq"
 
     @property
+    def replay_group(self) -> str:
+        """The consumer group of ``hookstream replay``: its commits say which dead letters were taken."""
+        return f"{self.worker_app_id}-replay"
+
+    @property
     def changelog_topic(self) -> str:
         """The objects table's changelog (Faust's name for it): the workers' record of every applied event."""
         return f"{self.worker_app_id}-objects-changelog"

@@ -22,7 +22,7 @@ from ops.kafka import client_options, faust_broker_options, topic_configs
 from ops.settings import Settings
 from streams.actors import ActorPool
 from streams.consumer import BatchingConsumer
-from streams.lag import LagReporter
+from streams.lag import DeadLetterBacklog, LagReporter
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, RetryPolicy, StateNotStored
 from streams.registry import registry
@@ -222,11 +222,17 @@ async def process_events(stream: faust.Stream[Any]) -> None:
 
 
 lag = LagReporter(app, metrics, set(event_topics))
+dead_letters = DeadLetterBacklog(app, metrics, settings.dlq_topic, settings.replay_group, client_options(settings))
 
 
 @app.timer(interval=settings.worker_lag_interval)
 async def refresh_lag() -> None:
     await lag.refresh()
+
+
+@app.timer(interval=settings.worker_lag_interval * 6)  # a probe consumer each time: less often than the lag
+async def count_dead_letters() -> None:
+    await dead_letters.refresh()
 
 
 @app.page("/objects/{object_id}")

@@ -1,4 +1,5 @@
-"""``hookstream_consumer_lag``: log end offset minus committed offset for each assigned event partition.
+"""``hookstream_consumer_lag``: log end offset minus committed offset for each assigned event partition; and
+``hookstream_dead_letters_pending``, the same for the dead-letter topic and the replay group.
 
 Refreshed on a timer, so it is right when no record arrives. The end offset is the larger of the listed one
 (ListOffsets) and the high watermark of the consumer's last fetch: the embedded broker under-reports the former
@@ -12,6 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.types import TP
 
 from streams.metrics import WorkerMetrics
 
@@ -63,3 +68,52 @@ class LagReporter:
                 self._earliest.update(await consumer.earliest_offsets(*missing))
         except Exception as exc:  # rebalancing or broker trouble: the next tick tries again
             log.debug("offsets not listed: %r", exc)
+
+
+class DeadLetterBacklog:
+    """Dead letters that no replay has taken yet: the dead-letter topic's end offsets minus the replay group's
+    commits (``hookstream replay`` commits each one it re-publishes or discards), or its log start where it has
+    none. Every worker reports the same number, for the alerts to take the largest. Measured in the background: a
+    metadata and an offsets request with a short-lived admin client, and end offsets as table recovery reads them
+    (the embedded broker under-lists them)."""
+
+    def __init__(self, app: Any, metrics: WorkerMetrics, topic: str, group: str, options: dict[str, Any]) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._topic = topic
+        self._group = group
+        self._options = options
+        self._measuring: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        if self._measuring is None or self._measuring.done():
+            self._measuring = asyncio.create_task(self._measure())
+
+    async def _measure(self) -> None:
+        try:
+            self._metrics.dead_letters_pending.set(await self.pending())
+        except Exception as exc:  # not started yet, rebalancing or broker trouble: the next tick tries again
+            log.debug("dead letters not counted: %r", exc)
+
+    async def pending(self) -> int:
+        admin = AIOKafkaAdminClient(**self._options)
+        await admin.start()
+        try:
+            cluster = await admin._client.fetch_all_metadata()
+            partitions = [TP(self._topic, p) for p in sorted(cluster.partitions_for_topic(self._topic) or ())]
+            if not partitions:
+                return 0
+            commits = await admin.list_consumer_group_offsets(
+                self._group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in partitions]
+            )
+        finally:
+            await admin.close()
+        consumer = self._app.consumer
+        ends = await consumer.highwaters(*partitions)
+        starts = await consumer.earliest_offsets(*partitions)
+        total = 0
+        for tp in partitions:
+            commit = commits.get(TopicPartition(tp.topic, tp.partition))
+            taken = max(commit.offset if commit is not None else -1, starts.get(tp) or 0)
+            total += max((ends.get(tp) or 0) - taken, 0)
+        return total

@@ -46,6 +46,9 @@ BEYOND_DESIGN: dict[str, tuple[frozenset[str], str]] = {
     # gateway/metrics.py: 1 while the gateway can publish (what /readyz answers). A Kafka outage makes /readyz
     # fail, Kubernetes stops routing webhooks and the request counters stop: only this gauge shows it.
     "hookstream_gateway_ready": (frozenset(), "gauge"),
+    # streams/metrics.py: dead letters no replay has taken. The dead-letter alert fires when one is written and ends
+    # 10 minutes later; this gauge is what stays until someone replays or discards them.
+    "hookstream_dead_letters_pending": (frozenset(), "gauge"),
 }
 #: What alert rules and panels may read.
 READABLE = CONTRACT | BEYOND_DESIGN

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from gateway.metrics import GatewayMetrics
+from streams.metrics import WorkerMetrics
 from tests.observability import ALERTS, ALERTS_TEST, BEYOND_DESIGN, contract_violations, metric_names, promtool
 
 
@@ -64,8 +65,10 @@ def test_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
 
 
 def test_metrics_beyond_design_are_really_exported() -> None:
-    """BEYOND_DESIGN lists only what the gateway exports, with its type and labels."""
-    exported = {family.name: family for family in GatewayMetrics().registry.collect()}
+    """BEYOND_DESIGN lists only what the gateway and the workers export, with its type and labels."""
+    exported = {
+        family.name: family for metrics in (GatewayMetrics(), WorkerMetrics()) for family in metrics.registry.collect()
+    }
     for name, (labels, kind) in BEYOND_DESIGN.items():
         assert name in exported and exported[name].type == kind, name
         assert {frozenset(sample.labels) for sample in exported[name].samples} == {labels}, name

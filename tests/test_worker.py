@@ -205,6 +205,9 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
             assert abs(int(headers["failed-at"]) / 1000 - time.time()) < 600
             assert headers["event-type"] == "charge.updated"
 
+        pending = "hookstream_dead_letters_pending"  # counted beside the replay group, not from the worker's own
+        wait_for(lambda: worker.metric(pending) == 5, 30, "5 dead letters counted as waiting")
+
         fixed.touch()  # the handler is fixed: replay brings the dead letters back
         replay_env = {**os.environ, **broker.env(), "HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix}
 
@@ -241,6 +244,7 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
             assert state is not None and state["fields"]["seqs"] == [0, 1, 2]
         assert worker.state("ch_single_0") is not None
         assert worker.state("ch_single_1") is None  # discarded: never sent back
+        wait_for(lambda: worker.metric(pending) == 0, 30, "no dead letter waiting once replayed or discarded")
         again = replay("--discard", "evt_not_dead_lettered")
         assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed (or discarded) once
         assert again.returncode == 1 and "no dead letter to discard for evt_not_dead_lettered" in again.stderr

@@ -202,6 +202,15 @@ ROWS = [
                     )
                 ],
                 unit="reqps",
+                width=8,
+            ),
+            Panel(
+                "Dead letters waiting",
+                "Dead letters no replay has taken yet (every worker counts them all: the largest count). "
+                "`hookstream replay --list` shows them; replay them, or --discard an event that must never apply.",
+                [Target(f"max({sel('hookstream_dead_letters_pending')})", "waiting")],
+                width=8,
+                thresholds=[(None, "green"), (1, "orange")],
             ),
             Panel(
                 "Retries / s by topic and event type",
@@ -213,6 +222,7 @@ ROWS = [
                     )
                 ],
                 unit="reqps",
+                width=8,
             ),
         ],
     ),
