@@ -102,13 +102,14 @@ def _parser() -> argparse.ArgumentParser:
         "replayed once however often this runs. Stops once it has caught up. Exit status 2 when Kafka failed it.",
     )
     replay.add_argument("--limit", type=int, default=None, help="replay at most N dead letters (default: all)")
-    replay.add_argument(
+    replay_mode = replay.add_mutually_exclusive_group()
+    replay_mode.add_argument(
         "--list",
         action="store_true",
         help="only show the dead letters not replayed yet (event, source, attempts, the error and its message): "
         "nothing is sent or committed",
     )
-    replay.add_argument(
+    replay_mode.add_argument(
         "--discard",
         action="append",
         default=[],

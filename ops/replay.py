@@ -28,6 +28,7 @@ class Replayed(NamedTuple):
     replayed: int
     skipped: int  # no source-topic, or stored without its value
     discarded: list[str]  # the event ids asked to be discarded, and found
+    read: int  # dead letters read (at most the limit)
 
 
 async def replay(
@@ -49,8 +50,8 @@ async def replay(
         async for tp, record, headers in _dead_letters(consumer, limit, idle_timeout):
             source = header(headers, "source-topic")
             omitted = header(headers, VALUE_OMITTED)
-            event_id = _text(headers, "event-id")
-            if event_id in discard:
+            event_id = (header(headers, "event-id") or b"").decode(errors="replace")
+            if event_id and event_id in discard:  # a dead letter without an event id is never one asked for
                 log.warning("dead letter %s@%d of event %s discarded, as asked", tp, record.offset, event_id)
                 discarded.append(event_id)
             elif not source:
@@ -75,7 +76,7 @@ async def replay(
     finally:
         await consumer.stop()
         await producer.stop()
-    return Replayed(replayed, skipped, discarded)
+    return Replayed(replayed, skipped, discarded, replayed + skipped + len(discarded))
 
 
 async def pending(settings: Settings, show: Callable[[str], None], idle_timeout: float = 3.0) -> int:
@@ -172,6 +173,9 @@ def run_replay(settings: Settings, limit: int | None, list_only: bool = False, d
     )
     missing = sorted(set(discard) - set(done.discarded))
     if missing:
-        print(f"hookstream replay: no dead letter to discard for {', '.join(missing)}", file=sys.stderr)
+        print(
+            f"hookstream replay: no dead letter to discard for {', '.join(missing)} among the {done.read} read",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -10,8 +10,9 @@ own) takes Faust's path unchanged.
 End offsets: table recovery reads a changelog up to the end offset the broker lists. The embedded broker lists
 the last *batch's* base offset + 1 (DESIGN.md), so recovery would stop short after multi-record batches; the
 high watermark a fetch returns is right. ``highwaters`` therefore takes the larger of the two, probing with a
-short-lived consumer of its own: a fetch per partition, once per recovery, and nothing to give up on real Kafka,
-where both agree. Producers can then batch changelog records normally on every broker.
+short-lived consumer of its own (``fetched_high_watermarks``): a fetch per partition, once per recovery, and
+nothing to give up on real Kafka, where both agree (the dead-letter count, streams/lag.py, probes the same
+way). Producers can then batch changelog records normally on every broker.
 """
 
 from __future__ import annotations
@@ -251,9 +252,9 @@ async def fetched_high_watermarks(
     """High watermarks from one fetch per partition, starting just before the offsets in ``near``."""
     wanted = {TopicPartition(tp.topic, tp.partition): tp for tp in partitions}
     consumer = PlainConsumer(**options, group_id=None, enable_auto_commit=False)
-    await consumer.start()
     found: dict[TP, int] = {}
     try:
+        await consumer.start()  # in the try: a start that fails must close what it opened too
         consumer.assign(list(wanted))
         for aio_tp, tp in wanted.items():
             consumer.seek(aio_tp, max((near.get(tp) or 0) - 1, 0))

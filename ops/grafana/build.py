@@ -206,9 +206,9 @@ ROWS = [
             ),
             Panel(
                 "Dead letters waiting",
-                "Dead letters no replay has taken yet (every worker counts them all: the largest count). "
+                "Dead letters no replay has taken yet (every worker of a release counts them all: its largest count). "
                 "`hookstream replay --list` shows them; replay them, or --discard an event that must never apply.",
-                [Target(f"max({sel('hookstream_dead_letters_pending')})", "waiting")],
+                [Target(f"sum(max by (namespace) ({sel('hookstream_dead_letters_pending')}))", "waiting")],
                 width=8,
                 thresholds=[(None, "green"), (1, "orange")],
             ),
