@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
 from ops.logs import described, stack
 from streams import eager
 from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header
@@ -71,6 +73,10 @@ class StateStore(Protocol):
 
 class EmitTooLarge(ValueError):
     """A record the handler emitted is over the brokers' record size limit: the event is dead-lettered."""
+
+
+class EmitRefused(Exception):
+    """The brokers refuse a record the handler emitted for good: the event is dead-lettered."""
 
 
 class HandlerCancelled(Exception):
@@ -264,7 +270,12 @@ class EventProcessor:
             # applied again (and emits again: at least once); stored first, it would be a duplicate next time and
             # its records lost
             for emitted in context.emitted:
-                await self._send_durably(emitted.topic, emitted.key, emitted.value, [])
+                try:
+                    await self._send_durably(emitted.topic, emitted.key, emitted.value, [], give_up=True)
+                except EmitRefused as exc:  # records emitted before it stay sent: at least once, as on a replay
+                    log.error("event %s (%s) dead-lettered: %s", event.id, event.type, exc)
+                    await self._dead_letter(record, headers, exc, attempt)
+                    return Outcome.DEAD_LETTERED
             try:
                 await self._store.put(object_id, encoded, record.partition)
             except Exception as exc:
@@ -295,18 +306,29 @@ class EventProcessor:
         await self._send_durably(self._dlq_topic, record.key, value, dlq_headers)
 
     async def _send_durably(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], give_up: bool = False
     ) -> None:
-        """Send until the broker acknowledges: the event is not acked before what it produced is stored."""
+        """Send until the broker acknowledges: the event is not acked before what it produced is stored. With
+        ``give_up``, EmitRefused when the brokers refuse the record for good (no ACL for the topic, an invalid
+        topic): retried, it would hold its object and the partition's commits for ever. A dead letter has nowhere
+        else to go: it is retried whatever the error."""
         delay = 0.5
         while True:
             try:
                 await self._send(topic, key, value, headers)
                 return
             except Exception as exc:
+                if give_up and _refused_for_good(exc):
+                    raise EmitRefused(f"the brokers refuse records for {topic}: {described(exc)}") from exc
                 log.warning("cannot write to %s (%r); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+def _refused_for_good(error: Exception) -> bool:
+    """Kafka says retrying cannot help. Except a timeout: aiokafka raises one (not retriable) for a topic whose
+    metadata did not come in time, which is also what a broker outage looks like."""
+    return isinstance(error, KafkaError) and not error.retriable and not isinstance(error, KafkaTimeoutError)
 
 
 def _returned(result: object) -> TypeError:

@@ -15,6 +15,7 @@ import difflib
 import importlib
 import inspect
 import pkgutil
+import re
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,9 @@ import msgspec
 
 from streams.events import StripeEvent
 from streams.state import ObjectState
+
+#: Kafka's rule for a topic name (anything else the brokers refuse for good).
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 @dataclass
@@ -50,8 +54,8 @@ class Context:
         """Publish a follow-up record once the handler succeeded (never for a failed attempt), before the state is
         stored: at least once (streams/processor.py). Checked here, in the handler's attempt: a record the producer
         cannot send would otherwise be retried after the attempt, for ever, holding its object back."""
-        if not isinstance(topic, str) or not topic:
-            raise TypeError(f"emit() takes a topic name, not {topic!r}")
+        if not isinstance(topic, str) or not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+            raise TypeError(f"emit() takes a Kafka topic name (letters, digits, '.', '_', '-'), not {topic!r}")
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError(f"emit() takes the value as bytes, not {type(value).__name__} (encode it first)")
         if key is not None and not isinstance(key, bytes | bytearray | memoryview):

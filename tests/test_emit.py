@@ -12,6 +12,7 @@ from streams.events import StripeEvent
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, RetryPolicy, Send, StateNotStored
 from streams.registry import Context, HandlerRegistry
+from streams.state import ObjectState
 from tests.support import ConsumedRecord, DictStore
 
 
@@ -118,3 +119,44 @@ def test_an_emitted_record_over_the_brokers_limit_dead_letters_its_event_and_not
     assert dead_letter["error-type"] == b"EmitTooLarge"
     assert dead_letter["attempts"] == b"1"
     assert b"in_huge" not in store
+
+
+def test_an_emit_the_brokers_refuse_for_good_dead_letters_its_event_and_a_passing_failure_is_retried() -> None:
+    """Retried for ever, a record the brokers never take (no ACL for its topic) held its object and the partition's
+    commits; a connection lost for a moment must not dead-letter anything. (``send`` is the worker's producer here:
+    these are the errors aiokafka raises.)"""
+    from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+
+    handlers = HandlerRegistry()
+
+    @handlers.on("invoice.paid")
+    async def notify(event: StripeEvent, ctx: Context) -> None:
+        ctx.emit("billing.notices", b"paid", event.object["id"].encode())
+        ctx.emit("audit.locked", b"paid", event.object["id"].encode())
+
+    store = DictStore()
+    sent: list[tuple[str, bytes]] = []
+    blips = [KafkaConnectionError("connection lost")]  # once, then the broker is back
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        if topic == "audit.locked" and key == b"in_acl":
+            raise TopicAuthorizationFailedError("audit.locked")
+        if topic == "billing.notices" and key == b"in_blip" and blips:
+            raise blips.pop()
+        sent.append((topic, dict(headers).get("error-type", b"")))
+
+    assert _process(handlers, store, send, "in_acl", attempts=3) == "dead_lettered"
+    assert sent == [("billing.notices", b""), ("stripe.dlq", b"EmitRefused")]  # the first emit went: at least once
+    assert b"in_acl" not in store
+    sent.clear()
+    assert _process(handlers, store, send, "in_blip", attempts=3) == "ok"
+    assert sent == [("billing.notices", b""), ("audit.locked", b"")]
+    assert b"in_blip" in store
+
+
+def test_an_emit_to_a_name_kafka_refuses_fails_the_attempt() -> None:
+    context = Context(ObjectState(object_id="in_1", object_type="invoice"))
+    for topic in ("billing notices", "", ".", "x" * 250, "billing/notices"):
+        with pytest.raises(TypeError, match="Kafka topic name"):
+            context.emit(topic, b"paid")
+    context.emit("billing.notices_v2-eu", b"paid")
