@@ -23,6 +23,7 @@ from ops.settings import Settings
 from streams.actors import ActorPool
 from streams.consumer import BatchingConsumer
 from streams.lag import DeadLetterBacklog, LagReporter
+from streams.loop_watch import watch_loop
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, RetryPolicy, StateNotStored
 from streams.registry import registry
@@ -228,6 +229,11 @@ dead_letters = DeadLetterBacklog(app, metrics, settings.dlq_topic, settings.repl
 @app.timer(interval=settings.worker_lag_interval)
 async def refresh_lag() -> None:
     await lag.refresh()
+
+
+@app.task
+async def watch_event_loop() -> None:
+    await watch_loop(metrics.loop_lag)
 
 
 @app.timer(interval=settings.worker_lag_interval * 6)  # a probe consumer each time: less often than the lag

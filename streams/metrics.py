@@ -54,6 +54,11 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.dead_letters_pending.set(float("nan"))
+        self.loop_lag = Gauge(
+            "hookstream_event_loop_lag_seconds",
+            "How late the event loop ran a 0.25 s timer, the worst over 5 s: a blocking handler stalls every object.",
+            registry=self.registry,
+        )
         self._processed_children: dict[tuple[str, str], dict[Outcome, Any]] = {}
         self.active_actors = Gauge(
             "hookstream_active_actors", "Objects with events queued or running.", registry=self.registry

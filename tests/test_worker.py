@@ -130,6 +130,7 @@ def test_duplicates_and_late_older_snapshots_leave_the_newest_state(broker: Brok
             "hookstream_consumer_lag{",
             "hookstream_inflight_events ",
             "hookstream_active_actors ",
+            "hookstream_event_loop_lag_seconds ",
         ):
             assert name in exposed, name
         assert worker.metric("hookstream_handler_seconds_count", event_type="charge.updated") == 3

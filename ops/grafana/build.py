@@ -296,6 +296,15 @@ ROWS = [
                 width=8,
             ),
             Panel(
+                "Event loop lag per worker",
+                "How late the worker's event loop ran a 0.25 s timer (worst over 5 s). Seconds mean a handler blocks "
+                "it (time.sleep, a synchronous client): every object of that worker waits.",
+                [Target(f"max by (instance) ({sel('hookstream_event_loop_lag_seconds')})", "{{instance}}")],
+                unit="s",
+                width=8,
+                thresholds=[(None, "green"), (1, "orange")],
+            ),
+            Panel(
                 "Targets up",
                 "Prometheus scrape health of the gateway and worker targets (1 up, 0 down).",
                 [Target(sel("up", JOBS), "{{job}} {{instance}}")],

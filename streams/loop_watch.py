@@ -1,0 +1,32 @@
+"""``hookstream_event_loop_lag_seconds``: how late the worker's event loop runs a short timer.
+
+Every object shares one event loop. A handler that blocks it (``time.sleep``, a synchronous HTTP client, heavy CPU
+work without an ``await``) stalls every other object, and no deadline can interrupt it: ``HANDLER_TIMEOUT`` is
+kept by the same loop. The worker's own batches hold the loop too, for a fetch at a time (about 0.1 s for 5,000
+records), so only seconds of lateness mean trouble.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+#: Seconds between the timer's wake-ups, and over which the worst lateness is reported.
+TICK = 0.25
+WINDOW = 5.0
+
+
+async def watch_loop(gauge: Any, tick: float = TICK, window: float = WINDOW) -> None:
+    """Set ``gauge`` to the worst lateness of a ``tick``-second sleep over each ``window`` seconds, for ever."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    window_ends = loop.time() + window
+    while True:
+        due = loop.time() + tick
+        await asyncio.sleep(tick)
+        now = loop.time()
+        worst = max(worst, now - due)
+        if now >= window_ends:
+            gauge.set(worst)
+            worst = 0.0
+            window_ends = now + window
