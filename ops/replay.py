@@ -28,7 +28,11 @@ class Replayed(NamedTuple):
     replayed: int
     skipped: int  # no source-topic, or stored without its value
     discarded: list[str]  # the event ids asked to be discarded, and found
-    read: int  # dead letters read (at most the limit)
+
+    @property
+    def read(self) -> int:
+        """Dead letters read (at most the limit)."""
+        return self.replayed + self.skipped + len(self.discarded)
 
 
 async def replay(
@@ -76,7 +80,7 @@ async def replay(
     finally:
         await consumer.stop()
         await producer.stop()
-    return Replayed(replayed, skipped, discarded, replayed + skipped + len(discarded))
+    return Replayed(replayed, skipped, discarded)
 
 
 async def pending(settings: Settings, show: Callable[[str], None], idle_timeout: float = 3.0) -> int:

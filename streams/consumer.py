@@ -11,8 +11,8 @@ End offsets: table recovery reads a changelog up to the end offset the broker li
 the last *batch's* base offset + 1 (DESIGN.md), so recovery would stop short after multi-record batches; the
 high watermark a fetch returns is right. ``highwaters`` therefore takes the larger of the two, probing with a
 short-lived consumer of its own (``fetched_high_watermarks``): a fetch per partition, once per recovery, and
-nothing to give up on real Kafka, where both agree (the dead-letter count, streams/lag.py, probes the same
-way). Producers can then batch changelog records normally on every broker.
+nothing to give up on real Kafka, where both agree (the dead-letter count, streams/lag.py, reads them here too).
+Producers can then batch changelog records normally on every broker.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ class BatchingConsumer(AIOKafkaConsumer):
         return await super().highwaters(*partitions)
 
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
-        """End offsets for table recovery: the larger of the listed one and a fetch's high watermark."""
+        """End offsets for table recovery (and the dead-letter count): the larger of the listed one and a fetch's
+        high watermark. A correction is logged at DEBUG: it is the embedded broker's known defect, and the
+        dead-letter count meets it every time it counts."""
         listed = dict(await self.listed_end_offsets(*partitions))
         if self.probe_options is None or not partitions:
             return listed
@@ -112,7 +114,7 @@ class BatchingConsumer(AIOKafkaConsumer):
         corrected = {tp: max(listed.get(tp) or 0, fetched.get(tp, 0)) for tp in partitions}
         for tp in partitions:
             if corrected[tp] != (listed.get(tp) or 0):
-                log.info(
+                log.debug(
                     "end offset of %s[%d]: listed %s, fetched %d", tp.topic, tp.partition, listed.get(tp), corrected[tp]
                 )
         return corrected

@@ -18,7 +18,6 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
-from streams.consumer import fetched_high_watermarks
 from streams.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -80,8 +79,9 @@ class DeadLetterBacklog:
     commits (``hookstream replay`` commits each one it re-publishes or discards), or its log start where it has
     none. Every worker reports the same number, for the alerts to take the largest. Measured in the background: a
     metadata and an offsets request with a short-lived admin client, and end offsets as table recovery reads them
-    (listed, and probed with a fetch: the embedded broker under-lists them). A count that keeps failing (an ACL
-    on the replay group, say) is logged once and makes the gauge NaN (unknown), not the last count."""
+    (``BatchingConsumer.highwaters``: listed, and probed with a fetch, since the embedded broker under-lists them).
+    A count that keeps failing (an ACL on the replay group, say) is logged once and makes the gauge NaN (unknown),
+    not the last count."""
 
     def __init__(self, app: Any, metrics: WorkerMetrics, topic: str, group: str, options: dict[str, Any]) -> None:
         self._app = app
@@ -124,9 +124,7 @@ class DeadLetterBacklog:
         finally:
             await admin.close()
         consumer = self._app.consumer
-        listed = await consumer.listed_end_offsets(*partitions)
-        fetched = await fetched_high_watermarks(self._options, partitions, listed)  # the embedded broker's lists
-        ends = {tp: max(listed.get(tp) or 0, fetched.get(tp, 0)) for tp in partitions}
+        ends = await consumer.highwaters(*partitions)  # as recovery reads them: the embedded broker under-lists them
         starts = await consumer.earliest_offsets(*partitions)
         total = 0
         for tp in partitions:

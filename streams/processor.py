@@ -9,7 +9,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
@@ -287,7 +287,7 @@ class EventProcessor:
         """EmitTooLarge if a record is over what the brokers take: the producer would refuse it at every try, and
         the event, sent after its emits, would wait for ever."""
         for record in emitted:
-            size = len(record.value) + len(record.key or b"") + _RECORD_OVERHEAD
+            size = _record_size(record.key, record.value, ())
             if size > self._max_record_bytes:
                 raise EmitTooLarge(
                     f"a record emitted to {record.topic} is {size} bytes, over the {self._max_record_bytes}-byte "
@@ -299,8 +299,8 @@ class EventProcessor:
     ) -> None:
         dlq_headers = dead_letter_headers(headers, error, attempts, record.topic, record.partition, record.offset)
         value = record.value or b""
-        size = len(value) + len(record.key or b"") + sum(len(k) + len(v) for k, v in dlq_headers) + _RECORD_OVERHEAD
-        if size > self._max_record_bytes:  # over the producer's or brokers' limit: the offset points to it
+        # over the producer's or brokers' limit: stored without the value, the source offset points to it
+        if _record_size(record.key, value, dlq_headers) > self._max_record_bytes:
             dlq_headers.append((VALUE_OMITTED, b"%d" % len(value)))
             value = b""
         await self._send_durably(self._dlq_topic, record.key, value, dlq_headers)
@@ -323,6 +323,11 @@ class EventProcessor:
                 log.warning("cannot write to %s (%r); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+def _record_size(key: bytes | None, value: bytes, headers: Iterable[tuple[str, bytes]]) -> int:
+    """What a record takes of a produce request's limit, framing included."""
+    return len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers) + _RECORD_OVERHEAD
 
 
 def _refused_for_good(error: Exception) -> bool:
