@@ -326,6 +326,12 @@ def produce(
     asyncio.run(run())
 
 
+def children(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s child processes (Linux: /proc)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -376,6 +382,12 @@ class ConsumedRecord:
     key: bytes | None
     value: bytes | None
     headers: Any
+
+    @classmethod
+    def of_event(cls, event_type: str, object_id: str, offset: int = 0) -> ConsumedRecord:
+        """A realistic event of ``object_id``, as the gateway publishes it and a worker consumes it."""
+        record = to_record(encode(build_event(event_type, object_id=object_id)), "stripe.", 0)
+        return cls(record.topic, 0, offset, record.key, record.value, record.headers)
 
 
 class DictStore(dict[bytes, bytes]):

@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from ops.broker import BrokerError, EmbeddedBroker, wait_for_kafka
 from ops.process import free_port, stop_process
-from tests.support import partition_count
+from tests.support import children, partition_count, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +58,6 @@ def test_broker_command_prints_where_it_listens_and_stops_on_sigterm() -> None:
         time.sleep(0)
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(child) for child in f.read().split()]
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -73,30 +69,33 @@ def _alive(pid: int) -> bool:
 def test_broker_command_stopped_while_the_broker_starts_leaves_no_broker_behind() -> None:
     """The broker runs in its own session (Ctrl-C reaches only hookstream): stopped before the broker answered,
     hookstream must stop it. The broker is frozen (SIGSTOP) until the stop was sent, so it falls in that window."""
+    output = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "broker", "--port", str(free_port())],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "ops.cli", "broker", "--port", str(free_port())], stdout=output, stderr=output
     )
-    broker_pid: int | None = None
+    frozen: list[int] = []
+
+    def freeze_the_broker() -> bool:
+        started = children(process.pid)
+        for pid in started:
+            os.kill(pid, signal.SIGSTOP)
+        frozen.extend(started)
+        return bool(started) or process.poll() is not None
+
     try:
-        deadline = time.monotonic() + 30
-        while broker_pid is None and time.monotonic() < deadline and process.poll() is None:
-            children = _children(process.pid)
-            if children:
-                broker_pid = children[0]
-                os.kill(broker_pid, signal.SIGSTOP)
-            else:
-                time.sleep(0.01)
-        assert broker_pid is not None, "no broker process started"
+        wait_for(freeze_the_broker, 30, "the broker process", interval=0.01)
+        assert frozen, "no broker process started"
+        (broker_pid,) = frozen
+        output.seek(0)
+        assert b"listening" not in output.read()  # the stop falls in the start: the broker never answered yet
         process.send_signal(signal.SIGTERM)
         os.kill(broker_pid, signal.SIGCONT)  # to take the stop hookstream sends it
         assert process.wait(30) == 0  # noted during the start, the stop came once the broker answered
-        deadline = time.monotonic() + 15
-        while _alive(broker_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: not _alive(broker_pid), 15, "the broker gone")
         assert not _alive(broker_pid), "the broker outlived the command"
     finally:
+        output.close()
         stop_process(process)
-        if broker_pid is not None and _alive(broker_pid):
-            os.kill(broker_pid, signal.SIGKILL)
+        for pid in frozen:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

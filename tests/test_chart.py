@@ -320,7 +320,7 @@ def test_partitions_reach_gateway_and_workers_alike() -> None:
 
 
 @pytest.mark.parametrize(("scenario", "replicas", "in_sync"), [("default", 3, 2), ("minimal", 1, 1)])
-def test_topics_are_created_with_two_replicas_in_sync_where_there_are_three(
+def test_the_chart_asks_for_two_replicas_in_sync_where_there_are_three(
     scenario: str, replicas: int, in_sync: int
 ) -> None:
     """A 200 means the brokers acknowledged the event (acks=all): with Kafka's default min.insync.replicas of 1,

@@ -15,7 +15,7 @@ from typing import IO
 import pytest
 
 from ops.process import free_port, stop_process
-from tests.support import REPO, http_request, wait_for
+from tests.support import REPO, children, start_gateway, wait_for
 
 
 @pytest.mark.parametrize("command", ["audit", "replay"])
@@ -81,28 +81,14 @@ def test_sigterm_stops_a_worker_that_waits_for_kafka(tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
-def _answers(port: int) -> bool:
-    try:
-        return http_request(port, "GET", "/healthz", timeout=2).status == 200
-    except OSError:
-        return False
-
-
-def test_a_gateway_stopped_by_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
+def test_a_gateway_stopped_by_sigterm_drains_and_exits_0() -> None:
     """uvicorn stops on SIGTERM, then raises it again for the handler it found: main()'s would have turned every
     graceful stop into "stopped by SIGTERM" and 143."""
-    port = free_port()
-    env = {**_worker_env(tmp_path), "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1"}
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([HOOKSTREAM, "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: _answers(port) or process.poll() is not None, 60, "the gateway listening")
-            assert process.poll() is None, _read(log)
-            process.send_signal(signal.SIGTERM)
-            status = process.wait(60)  # a liveness bound: the drain has nothing to wait for
-        finally:
-            stop_process(process, timeout=5)
-        output = _read(log)
+    nowhere = f"127.0.0.1:{free_port()}"  # no broker needed: the gateway listens (unready) all the same
+    with start_gateway(None, wait_ready=False, KAFKA_BOOTSTRAP_SERVERS=nowhere) as gateway:
+        gateway.process.send_signal(signal.SIGTERM)
+        status = gateway.process.wait(60)  # a liveness bound: the drain has nothing to wait for
+        output = gateway.output()
     assert status == 0, output
     assert "stopped by SIGTERM" not in output and "Traceback" not in output
 
@@ -130,10 +116,9 @@ def test_sigterm_stops_a_worker_that_is_pid_1(tmp_path: Path) -> None:
         try:
             wait_for(lambda: "cannot reach Kafka" in _read(log) or unshare.poll() is not None, 60, "the retry line")
             assert unshare.poll() is None, _read(log)
-            with open(f"/proc/{unshare.pid}/task/{unshare.pid}/children") as children:
-                (worker,) = map(int, children.read().split())
-            with open(f"/proc/{worker}/status") as status:
-                assert next(line for line in status if line.startswith("NSpid:")).split()[-1] == "1"
+            (worker,) = children(unshare.pid)
+            with open(f"/proc/{worker}/status") as proc_status:
+                assert next(line for line in proc_status if line.startswith("NSpid:")).split()[-1] == "1"
             os.kill(worker, signal.SIGTERM)
             try:
                 status = unshare.wait(30)  # a liveness bound; the old worker ignored SIGTERM for good

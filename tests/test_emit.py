@@ -6,8 +6,6 @@ import asyncio
 
 import pytest
 
-from gateway.envelope import to_record
-from ops.fixtures import build_event, encode
 from streams.events import StripeEvent
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, RetryPolicy, Send, StateNotStored
@@ -21,9 +19,7 @@ def _process(handlers: HandlerRegistry, store: DictStore, send: Send, object_id:
     processor = EventProcessor(
         handlers, store, send, "stripe.dlq", RetryPolicy(attempts, 0.001, 0.001, 1.0), WorkerMetrics(), 1 << 20
     )
-    record = to_record(encode(build_event("invoice.paid", object_id=object_id)), "stripe.", 0)
-    consumed = ConsumedRecord(record.topic, 0, 0, record.key, record.value, record.headers)
-    return str(asyncio.run(processor.process(consumed)))
+    return str(asyncio.run(processor.process(ConsumedRecord.of_event("invoice.paid", object_id))))
 
 
 def test_emitted_records_go_out_once_for_the_attempt_that_succeeded_and_before_the_state_is_stored() -> None:
@@ -154,9 +150,11 @@ def test_an_emit_the_brokers_refuse_for_good_dead_letters_its_event_and_a_passin
     assert b"in_blip" in store
 
 
-def test_an_emit_to_a_name_kafka_refuses_fails_the_attempt() -> None:
+def test_an_emit_to_a_name_kafka_refuses_raises_in_the_handler() -> None:
+    """Raised in the handler, it fails the attempt like any handler error (the processor's tests above)."""
     context = Context(ObjectState(object_id="in_1", object_type="invoice"))
     for topic in ("billing notices", "", ".", "x" * 250, "billing/notices"):
         with pytest.raises(TypeError, match="Kafka topic name"):
             context.emit(topic, b"paid")
     context.emit("billing.notices_v2-eu", b"paid")
+    assert [record.topic for record in context.emitted] == ["billing.notices_v2-eu"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.envelope import to_record
-from ops.fixtures import build_event, encode
 from streams.actors import ActorPool
 from streams.events import StripeEvent
 from streams.metrics import WorkerMetrics
@@ -16,11 +14,7 @@ from tests.support import ConsumedRecord, DictStore
 
 
 def _records(*object_ids: str) -> list[ConsumedRecord]:
-    records = []
-    for offset, object_id in enumerate(object_ids):
-        record = to_record(encode(build_event("charge.succeeded", object_id=object_id)), "stripe.", 0)
-        records.append(ConsumedRecord(record.topic, 0, offset, record.key, record.value, record.headers))
-    return records
+    return [ConsumedRecord.of_event("charge.succeeded", object_id, n) for n, object_id in enumerate(object_ids)]
 
 
 def _processor(handlers: HandlerRegistry, letters: list[dict[str, bytes]], timeout: float) -> EventProcessor:

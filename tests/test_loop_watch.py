@@ -14,7 +14,8 @@ from streams.loop_watch import watch_loop
 def _run(block: float) -> float:
     """Watch the loop (0.05 s ticks, 0.5 s windows) while it is blocked once for ``block`` seconds; the worst
     lateness reported."""
-    gauge = Gauge("lag", "test", registry=CollectorRegistry())
+    registry = CollectorRegistry()
+    gauge = Gauge("lag", "test", registry=registry)
     reported: list[float] = []
 
     async def main() -> None:
@@ -23,7 +24,7 @@ def _run(block: float) -> float:
         time.sleep(block)  # noqa: ASYNC251  # a blocking handler, on purpose
         for _ in range(20):  # two windows at least, sampled as a scrape would
             await asyncio.sleep(0.05)
-            reported.append(gauge._value.get())
+            reported.append(registry.get_sample_value("lag") or 0.0)
         watcher.cancel()
 
     asyncio.run(main())
