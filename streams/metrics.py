@@ -44,6 +44,14 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=self.registry,
         )
+        # Not in DESIGN.md's table (yet): lag alone cannot tell a held partition from a busy one.
+        self.commit_stalled_seconds = Gauge(
+            "hookstream_commit_stalled_seconds",
+            "Seconds the committed offset has not moved while records waited behind it (0 when it moves or none "
+            "wait): an event that does not finish holds its partition's commits.",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
         self.inflight = Gauge(
             "hookstream_inflight_events", "Events taken from Kafka and not yet finished.", registry=self.registry
         )

@@ -229,14 +229,18 @@ class WorkerProcess:
 
     def metric_sum(self, name: str, **labels: str) -> float:
         """Sum of every sample of ``name`` whose labels include ``labels``."""
+        return sum(self.metric_values(name, **labels))
+
+    def metric_values(self, name: str, **labels: str) -> list[float]:
+        """Every sample of ``name`` whose labels include ``labels``."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        total = 0.0
-        for family in text_string_to_metric_families(self.request("/metrics").body.decode()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return [
+            sample.value
+            for family in text_string_to_metric_families(self.request("/metrics").body.decode())
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
 
     def output(self) -> str:
         self.log.flush()

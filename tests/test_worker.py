@@ -128,6 +128,7 @@ def test_duplicates_and_late_older_snapshots_leave_the_newest_state(broker: Brok
             "hookstream_handler_seconds_bucket{",
             "hookstream_end_to_end_seconds_bucket{",
             "hookstream_consumer_lag{",
+            "hookstream_commit_stalled_seconds{",
             "hookstream_inflight_events ",
             "hookstream_active_actors ",
             "hookstream_event_loop_lag_seconds ",
@@ -333,6 +334,12 @@ def test_a_worker_stops_cleanly_while_an_event_is_stuck_and_the_event_stays_unpr
         )
         line, times = running
         wait_for(lambda: log.read_text().count(line) >= times, 60, f"the stuck event's log: {line.strip()} x{times}")
+        # its partition's commit is held, and said so (lag alone is 1 there: under every threshold); the others' not
+        wait_for(
+            lambda: max(worker.metric_values("hookstream_commit_stalled_seconds")) >= 2, 30, "the held commit seen"
+        )
+        held = worker.metric_values("hookstream_commit_stalled_seconds")
+        assert len([seconds for seconds in held if seconds > 0]) == 1, held
         assert worker.stop() == 0, worker.output()[-5000:]  # not killed after stop_process's 30 s
         assert said in worker.output()
     assert any((tmp_path / "state").rglob("clean-stop"))  # its RocksDB state is trusted on restart
@@ -340,6 +347,14 @@ def test_a_worker_stops_cleanly_while_an_event_is_stuck_and_the_event_stays_unpr
     with start_worker(broker, app_id, prefix, **env) as worker:
         wait_for(lambda: worker.state("ch_stuck") is not None, 60, "the event processed by the next worker")
         assert worker.metric_sum("hookstream_events_processed_total", outcome="ok") == 1  # only it: the rest committed
+        wait_for(
+            lambda: (
+                worker.metric_sum("hookstream_consumer_lag") == 0
+                and max(worker.metric_values("hookstream_commit_stalled_seconds"), default=1) == 0
+            ),
+            30,
+            "no commit held once the event finished",
+        )
         assert "did not stop cleanly" not in worker.output()
 
 

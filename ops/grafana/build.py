@@ -10,7 +10,7 @@ edit this file and run it, never the JSON by hand. ``--check`` exits non-zero wh
 
 Every query uses the ``$datasource`` variable, every selector the ``$namespace`` variable (``sel`` adds it: in a
 Prometheus that watches several releases, panels never sum across them) and ``$topic`` where it applies; metric
-names are DESIGN.md's (and ``hookstream_gateway_ready``, tests/observability.py's BEYOND_DESIGN).
+names are DESIGN.md's (and those of tests/observability.py's BEYOND_DESIGN).
 """
 
 from __future__ import annotations
@@ -181,11 +181,22 @@ ROWS = [
                 "Consumer lag per topic",
                 "Log end offset minus committed offset, summed over partitions (refreshed even when idle).",
                 [Target(f"sum by (topic) ({sel(LAG, TOPIC)})", "{{topic}}")],
+                width=8,
             ),
             Panel(
                 "Max partition lag per topic",
                 "The worst partition: one stuck object (a handler retrying) holds back its whole partition.",
                 [Target(f"max by (topic) ({sel(LAG, TOPIC)})", "{{topic}}")],
+                width=8,
+            ),
+            Panel(
+                "Longest held commit per topic",
+                "How long the worst partition's commit has not moved while records wait behind it: one event that "
+                "does not finish (a handler retrying, an emit that never goes through). Minutes are not normal.",
+                [Target(f"max by (topic) ({sel('hookstream_commit_stalled_seconds', TOPIC)})", "{{topic}}")],
+                unit="s",
+                width=8,
+                thresholds=[(None, "green"), (600, "orange")],
             ),
         ],
     ),
