@@ -320,7 +320,7 @@ class EventProcessor:
             except Exception as exc:
                 if give_up and _refused_for_good(exc):
                     raise EmitRefused(f"the brokers refuse records for {topic}: {described(exc)}") from exc
-                log.warning("cannot write to %s (%r); retrying in %.1fs", topic, exc, delay)
+                log.warning("cannot write to %s (%s); retrying in %.1fs", topic, _why_not_sent(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
@@ -334,6 +334,15 @@ def _refused_for_good(error: Exception) -> bool:
     """Kafka says retrying cannot help. Except a timeout: aiokafka raises one (not retriable) for a topic whose
     metadata did not come in time, which is also what a broker outage looks like."""
     return isinstance(error, KafkaError) and not error.retriable and not isinstance(error, KafkaTimeoutError)
+
+
+def _why_not_sent(error: Exception) -> str:
+    if isinstance(error, KafkaTimeoutError):  # aiokafka waited for the topic's metadata: the message says only that
+        return (
+            f"{error!r}: the topic does not exist and the brokers do not create topics, or the brokers are away; "
+            "nothing after this event is committed until it goes"
+        )
+    return repr(error)
 
 
 def _returned(result: object) -> TypeError:

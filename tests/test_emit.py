@@ -150,6 +150,34 @@ def test_an_emit_the_brokers_refuse_for_good_dead_letters_its_event_and_a_passin
     assert b"in_blip" in store
 
 
+def test_an_emit_whose_topic_metadata_never_comes_is_retried_and_the_log_says_what_that_means(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka says only "Unable to update metadata" for a topic that does not exist (auto-create off), which is
+    also what brokers that are away look like: the emit waits, and the log says both."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    handlers = HandlerRegistry()
+
+    @handlers.on("invoice.paid")
+    async def notify(event: StripeEvent, ctx: Context) -> None:
+        ctx.emit("billing.notices", b"paid")
+
+    store = DictStore()
+    timeouts = [KafkaTimeoutError("Unable to update metadata from [0]")]
+    sent: list[str] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        if timeouts:
+            raise timeouts.pop()
+        sent.append(topic)
+
+    assert _process(handlers, store, send, "in_wait", attempts=1) == "ok"
+    assert sent == ["billing.notices"] and b"in_wait" in store
+    (line,) = [r.getMessage() for r in caplog.records if "cannot write to billing.notices" in r.getMessage()]
+    assert "the topic does not exist and the brokers do not create topics, or the brokers are away" in line
+
+
 def test_an_emit_to_a_name_kafka_refuses_raises_in_the_handler() -> None:
     """Raised in the handler, it fails the attempt like any handler error (the processor's tests above)."""
     context = Context(ObjectState(object_id="in_1", object_type="invoice"))
