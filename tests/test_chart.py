@@ -591,7 +591,11 @@ def test_grace_periods_shorter_than_the_timeouts_need_are_refused(args: list[str
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.username=u"], "kafka.sasl.existingSecret"),
         (["--set", "kafka.securityProtocol=SASL_PLAINTEXT", "--set", "kafka.sasl.existingSecret=s"], "username"),
         # NetworkPolicies that admit no Prometheus while a ServiceMonitor asks it to scrape: silent missing metrics
-        (["--set", "networkPolicy.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"], "metricsFrom"),
+        (
+            ["--set", "networkPolicy.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"]
+            + ["--api-versions", "monitoring.coreos.com/v1"],
+            "metricsFrom",
+        ),
     ],
 )
 def test_inconsistent_values_are_refused_with_a_reason(args: list[str], message: str) -> None:
@@ -692,6 +696,14 @@ def test_monitoring_needs_the_operator_api_or_force() -> None:
         forced = render("default", "--set", f"metrics.{key}.enabled=true", "--set", f"metrics.{key}.force=true")
         assert [d["kind"] for d in forced if d["kind"] in MONITORING_KINDS] == [kind]
         assert not [d for d in render("default", "--set", f"metrics.{key}.force=true") if d["kind"] == kind]
+
+
+def test_network_policies_without_metrics_from_render_where_no_service_monitor_does() -> None:
+    """Without the Operator's API no ServiceMonitor is rendered, so no Prometheus is told to scrape: values that
+    enable one for the clusters that have it must not fail on those that do not (the refusal is above)."""
+    args = ("--set", "networkPolicy.enabled=true", "--set", "metrics.serviceMonitor.enabled=true")
+    docs = render("default", *args)
+    assert len(find(docs, "NetworkPolicy")) == 2 and not find(docs, "ServiceMonitor")
 
 
 def test_service_monitor_scrapes_both_components() -> None:
