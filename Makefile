@@ -5,14 +5,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HELM := .tools/bin/helm
 
-.PHONY: run test lint audit bench soak chart clean prometheus
+LOCK := requirements.lock
 
-$(STAMP): pyproject.toml
+.PHONY: run test lint audit bench soak chart clean prometheus lock
+
+# The runtime dependencies at the versions in $(LOCK), the image's; the tools of the dev extra as resolved
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hookstream needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint $(LOCK) -e '.[dev]'
 	touch $(STAMP)
+
+# Resolve pyproject.toml's runtime dependencies afresh in a scratch venv and pin what it installed into $(LOCK)
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet .
+	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude hookstream; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv
 
 run: $(STAMP)
 	$(BIN)/hookstream dev

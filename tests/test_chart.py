@@ -592,8 +592,10 @@ def test_grace_periods_shorter_than_the_timeouts_need_are_refused(args: list[str
         (["--set", "kafka.securityProtocol=SASL_PLAINTEXT", "--set", "kafka.sasl.existingSecret=s"], "username"),
         # NetworkPolicies that admit no Prometheus while a ServiceMonitor asks it to scrape: silent missing metrics
         (
-            ["--set", "networkPolicy.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"]
-            + ["--api-versions", "monitoring.coreos.com/v1"],
+            [
+                *("--set", "networkPolicy.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"),
+                *("--api-versions", "monitoring.coreos.com/v1"),
+            ],
             "metricsFrom",
         ),
     ],
@@ -885,7 +887,8 @@ def test_dockerfile_is_multi_stage_with_a_slim_non_root_final_stage() -> None:
     stages = _dockerfile_stages()
     assert len(stages) >= 2
     builder, final = stages[0], stages[-1]
-    assert re.search(r"\bpip install \.(\s|$)", " ".join(_instructions(builder, "RUN"))), "pip install . of the project"
+    builder_runs = " ".join(_instructions(builder, "RUN"))
+    assert re.search(r"\bpip install (--constraint \S+ )?\.(\s|$)", builder_runs), "pip install . of the project"
     assert any("--from=builder" in c for c in _instructions(final, "COPY")), "final stage copies the built venv"
     (user,) = _instructions(final, "USER")
     assert user.split(":")[0] not in ("root", "0") and user.split(":")[0] == "10001"
@@ -895,6 +898,37 @@ def test_dockerfile_is_multi_stage_with_a_slim_non_root_final_stage() -> None:
     for tool in ("build-essential", "gcc", "g++", "clang", "make", "apt-get install", "pip install"):
         assert not re.search(rf"(^|\s){re.escape(tool)}(\s|$)", final_runs), f"{tool} in the final stage"
     assert "build-essential" in " ".join(_instructions(builder, "RUN")), "compilers belong in the builder"
+
+
+def test_the_image_and_the_suite_install_the_locked_versions() -> None:
+    """requirements.lock pins every runtime dependency inside pyproject.toml's ranges; the image installs with it,
+    and so does make test: this suite's environment holds exactly those versions, so CI tests what ships."""
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not a pin: {line}"
+            pins[canonicalize_name(name)] = version.strip()
+    for dependency in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements.lock"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} outside {requirement.specifier}"
+        for extra in requirement.extras:  # e.g. aiokafka[lz4]: what the extra pulls in is pinned too
+            for needed in importlib.metadata.requires(requirement.name) or []:
+                if f'extra == "{extra}"' in needed:
+                    assert canonicalize_name(Requirement(needed).name) in pins, needed
+    for name, version in pins.items():
+        assert importlib.metadata.version(name) == version, f"{name}: the suite runs {importlib.metadata.version(name)}"
+    dockerfile_runs = " ".join(_instructions(_dockerfile_stages()[0], "RUN"))
+    assert "--constraint requirements.lock ." in dockerfile_runs
+    assert "--constraint $(LOCK)" in (ROOT / "Makefile").read_text()
 
 
 def test_image_can_run_the_charts_default_state_store() -> None:
@@ -910,6 +944,6 @@ def test_dockerignore_keeps_the_context_small_but_buildable() -> None:
         line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and line[0] != "#"
     }
     assert {".git", ".venv", ".tools"} <= ignored
-    needed = {"pyproject.toml", "README.md", "gateway", "streams", "handlers", "ops"}
+    needed = {"pyproject.toml", "README.md", "requirements.lock", "gateway", "streams", "handlers", "ops"}
     assert not needed & ignored
     assert "*" not in ignored
