@@ -360,7 +360,8 @@ def _cancelled_from_outside() -> bool:
 
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:
+    """The record's headers as (str, bytes) pairs. Kafka allows a header without a value (aiokafka gives None):
+    read as empty, or sizing and writing its dead letter would raise, and the record be acked unprocessed."""
     raw = record.headers or ()
-    if hasattr(raw, "items"):  # a mapping (Faust's own records)
-        return [(k if isinstance(k, str) else k.decode(), v or b"") for k, v in raw.items()]
-    return list(raw)  # aiokafka's (str, bytes) pairs, as they are
+    pairs = raw.items() if hasattr(raw, "items") else raw  # a mapping (Faust's own records), or aiokafka's pairs
+    return [(k if isinstance(k, str) else k.decode(), v if v is not None else b"") for k, v in pairs]

@@ -32,7 +32,7 @@ def _charge_body(event_id: str, created: int, **fields: Any) -> bytes:
 
 
 def _run(
-    handlers: HandlerRegistry, bodies: list[bytes], headers: dict[str, bytes] | None = None
+    handlers: HandlerRegistry, bodies: list[bytes], headers: dict[str, bytes | None] | None = None
 ) -> tuple[list[str], DictStore, list[list[tuple[str, bytes]]]]:
     store = DictStore()
     letters: list[list[tuple[str, bytes]]] = []
@@ -228,3 +228,20 @@ def test_a_record_whose_received_at_header_is_not_a_number_is_still_applied() ->
     outcomes, store, letters = _run(handlers, [body], {"received-at": b"soon"})
     assert outcomes == ["ok"] and letters == []
     assert decode_state(store[b"ch_1"]).fields == {"kept": True}
+
+
+def test_headers_without_a_value_are_read_as_empty_and_the_event_still_dead_lettered() -> None:
+    """Kafka allows a header with no value (aiokafka gives None), from a producer other than the gateway. Sizing its
+    dead letter raised TypeError, twice (the processor's last net dead-letters too), and the record was acked with
+    neither its state nor a dead letter."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def broken(event: StripeEvent, ctx: Context) -> None:
+        raise RuntimeError("the handler fails")
+
+    body = _charge_body("evt_1", 100, amount=5, currency="usd")
+    outcomes, store, letters = _run(handlers, [body], {"livemode": None, "received-at": None})
+    assert outcomes == ["dead_lettered"] and not store
+    (letter,) = letters
+    assert dict(letter)["livemode"] == b"" and dict(letter)["error-type"] == b"RuntimeError"
