@@ -39,6 +39,9 @@ _web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.w
 #: headers, and for a full changelog batch (what the brokers take is KAFKA_MAX_MESSAGE_BYTES: records are kept to it)
 _MAX_REQUEST_BYTES = max(settings.worker_producer_max_batch_size, settings.gateway_max_body_bytes + 65_536)
 _data_dir: dict[str, Any] = {"datadir": settings.worker_data_dir} if settings.worker_data_dir else {}
+#: Of WORKER_REBALANCE_TIMEOUT, what running events get at a rebalance; the rest is for the commit, the changelog's
+#: flush and the join.
+_REBALANCE_GRACE_SHARE = 0.5
 
 
 class HookstreamApp(faust.App):
@@ -64,21 +67,27 @@ class HookstreamApp(faust.App):
         return consumer
 
     async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
-        """Faust waits, without a bound, for every record it handed out to be acked, at a rebalance (right: none
-        may run on once its partition is another worker's) and at stop, where an event between retries outlasted
-        a pod's grace period (the worker was killed, its RocksDB state rebuilt). At stop the actors get
-        ``HANDLER_TIMEOUT`` to finish, the rest are cancelled unacknowledged (uncommitted: the next worker
-        processes them), and Faust stops waiting for acks that cannot come any more."""
+        """Faust waits, without a bound, for every record it handed out to be acked, at stop and at a rebalance.
+        At stop, an event between retries outlasted a pod's grace period (the worker was killed, its RocksDB state
+        rebuilt). At a rebalance, Kafka gives the partitions of a member that has not rejoined within the rebalance
+        timeout to the others: an event running longer ran on (and stored its state, and emitted) while another
+        worker had its partition and ran it too. (The embedded broker waits for such a member instead, and the whole
+        group with it.) So the actors get ``HANDLER_TIMEOUT`` at stop, half of ``WORKER_REBALANCE_TIMEOUT`` at a
+        rebalance; the rest are cancelled unacknowledged (uncommitted: the partition's next owner processes them),
+        and Faust stops waiting for acks that cannot come any more."""
         if self.should_stop:
-            unfinished = await actors.stop(settings.handler_timeout)
-            if unfinished:
-                logger.warning(
-                    "%d events unfinished %gs after the stop began: stopped unacknowledged (uncommitted: the next "
-                    "worker processes them)",
-                    unfinished,
-                    settings.handler_timeout,
-                )
-            cast(BatchingConsumer, consumer).forget_unfinished()
+            grace, cancelled = settings.handler_timeout, "after the stop began: stopped"
+        else:
+            grace, cancelled = settings.worker_rebalance_timeout * _REBALANCE_GRACE_SHARE, "into a rebalance: cancelled"
+        unfinished = await actors.stop(grace)
+        if unfinished:  # not to ``logger``: at a rebalance it is Faust's flight recorder, which keeps it unless stuck
+            log.warning(
+                "%d events unfinished %gs %s unacknowledged (uncommitted: their partition's next owner processes them)",
+                unfinished,
+                grace,
+                cancelled,
+            )
+        cast(BatchingConsumer, consumer).forget_unfinished()
         await super()._consumer_wait_empty(consumer, logger)  # commits what finished
 
 

@@ -396,6 +396,41 @@ def test_worker_killed_mid_stream_loses_nothing(broker: BrokerInfo, tmp_path: Pa
     assert len(pids) == 2, "both workers processed events"
 
 
+def test_an_event_running_at_a_rebalance_never_runs_on_while_another_worker_has_its_partition(
+    broker: BrokerInfo, tmp_path: Path
+) -> None:
+    """The group gives a member that has not rejoined within WORKER_REBALANCE_TIMEOUT's partitions to the others.
+    Faust waits for every running record before it rejoins, without a bound: an event running longer kept running
+    (and would have stored its state and emitted) while another worker had its partition and ran it too. Now what
+    still runs after half the rebalance timeout is cancelled unacknowledged, and the partition's owner runs it."""
+    app_id, prefix = unique("revoke")
+    log, fixed = tmp_path / "handlers.log", tmp_path / "fixed"
+    env = {"HOOKSTREAM_TEST_LOG": str(log), "HOOKSTREAM_TEST_FIXED": str(fixed), "HANDLER_TIMEOUT": "600"}
+    with start_worker(broker, app_id, prefix, **env) as first:
+        produce(broker.bootstrap_servers, [charge(prefix, "ch_slow", 0, BASE, hang=True)])
+        wait_for(lambda: log.exists() and "hang " in log.read_text(), 60, "the slow event running")
+        with start_worker(broker, app_id, prefix, **env) as second:
+            # the embedded broker waits for a member that has not rejoined instead of evicting it: there, the whole
+            # group waited for the event (up to HANDLER_TIMEOUT)
+            wait_for(lambda: _assigned(first) and _assigned(second), 60, "both workers assigned after the rebalance")
+            wait_for(lambda: log.read_text().count("hang ") >= 2, 60, "the slow event running again, once assigned")
+            time.sleep(2)  # time for a run left behind to show
+            fixed.touch()
+            wait_for(lambda: second.state("ch_slow") is not None, 60, "the event applied by its partition's owner")
+            state = second.state("ch_slow")  # any worker answers: the owner's
+            assert state is not None and state["fields"]["seqs"] == [0] and state["events_applied"] == 1
+        said = first.output()
+    lines = [line.split()[:2] for line in log.read_text().splitlines()]
+    running: set[str] = set()
+    for kind, pid in lines:
+        if kind == "hang":
+            assert not running, f"the event ran in {pid} while still running in {running}: {lines}"
+            running.add(pid)
+        elif kind == "cancelled":
+            running.discard(pid)
+    assert "into a rebalance: cancelled unacknowledged" in said
+
+
 def _assigned(worker: WorkerProcess) -> bool:
     return worker.request("/readyz").status == 200
 

@@ -5,7 +5,8 @@ They write one line per handler start and end to the file named by HOOKSTREAM_TE
 lines are atomic), so a test can check order per object and overlap across objects from the handlers' own
 record, not from timing.
 Events whose object has ``metadata.fail == "true"`` fail until the file named by HOOKSTREAM_TEST_FIXED exists;
-those with ``metadata.hang == "true"`` wait an hour (for HANDLER_TIMEOUT); those with ``metadata.stubborn == "true"``
+those with ``metadata.hang == "true"`` wait an hour, or until that file exists (for HANDLER_TIMEOUT and rebalances),
+with a ``cancelled`` line when cancelled; those with ``metadata.stubborn == "true"``
 wait, swallowing every cancellation (a ``swallowed`` line each), until that file exists (a handler bug the worker's
 stop must survive).
 """
@@ -45,7 +46,13 @@ async def record_charge(event: StripeEvent, ctx: Context) -> None:
         raise RuntimeError(f"poison event {event.id}")
     if obj.get("metadata", {}).get("hang") == "true":
         _write(f"hang {_pid} {obj['id']} {seq} {event.id}")
-        await asyncio.sleep(3600)
+        try:
+            async with asyncio.timeout(3600):
+                while not _fixed():  # noqa: ASYNC110  # a file another process creates, not an Event
+                    await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            _write(f"cancelled {_pid} {obj['id']} {seq} {event.id}")
+            raise
     if obj.get("metadata", {}).get("stubborn") == "true":
         _write(f"stubborn {_pid} {obj['id']} {seq} {event.id}")
         while not _fixed():
