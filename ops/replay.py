@@ -2,7 +2,8 @@
 
 Reads the dead-letter topic as consumer group ``<app id>-replay`` and commits after each re-publish is
 acknowledged, so every dead letter is replayed once however often the command runs. A replayed event keeps its
-key, value and original headers; workers apply it (or count it a duplicate if it was applied meanwhile).
+key, value and original headers; workers judge it like any delivery: applied, or counted a duplicate (applied
+meanwhile) or stale (its object applied a newer event meanwhile, whose snapshot already holds what it would set).
 """
 
 from __future__ import annotations
