@@ -216,8 +216,10 @@ class BatchingConsumer(AIOKafkaConsumer):
             gap = self._follow(tp, offset, read_offset)
             if gap is not None:
                 await self._add_gap(tp, gap, offset - 1)  # may yield: the only point a rebalance can begin
-                if message.generation_id != self.app.consumer_generation_id:
-                    return  # a rebalance began meanwhile: its seek decides where reading resumes, not this fetch
+                if self._outdated(message.generation_id):
+                    # a rebalance began (the flow paused; the generation changes only once it ends): its seek decides
+                    # where reading resumes, and the revoke dropped the commit base the next record would set again
+                    return
             message.tracked = True
             unacked_add(message)  # pending ack: graceful shutdown and rebalances wait for it
             batch.append(message)

@@ -132,6 +132,28 @@ def test_a_fetch_overtaken_by_a_rebalance_is_dropped_and_the_partitions_sought_b
     assert [message.offset for message in consumer.sunk] == [0, 1, 2]  # only the fetch made in its generation
 
 
+class _RevokedInAGap(_ScriptedConsumer):
+    """A rebalance begins while the records' gap is noted (the one point collecting yields): the revoke pauses the
+    flow and forgets the partition's commit base, as Faust's and ours do."""
+
+    async def _add_gap(self, tp: TP, start: int, end: int) -> None:
+        await asyncio.sleep(0)
+        self.flow_active = False
+        self._commit_bases.pop(tp, None)
+
+
+def test_a_rebalance_that_begins_at_a_gap_stops_collecting_and_leaves_no_commit_base_behind() -> None:
+    """A record after the gap would have set a new commit base in the old generation, kept by the next one: a base
+    above the committed offset lets commits pass unfinished records, one below a newer commit stalls them."""
+    consumer = _RevokedInAGap([])  # no fetch: one fetch's records are collected directly
+    batch: list[Any] = []
+    asyncio.run(consumer._collect(TP0, [SimpleNamespace(offset=offset) for offset in (0, 1, 5, 6)], batch))
+    assert [message.offset for message in batch] == [0, 1]  # collected before the rebalance: the actors drop them
+    assert TP0 not in consumer._commit_bases
+    assert {message.offset for message in consumer._unacked_messages} == {0, 1}
+    assert consumer._read_offset[TP0] is None  # not advanced by this fetch: the rebalance's seek decides
+
+
 def test_a_rebalance_that_begins_while_a_fetch_is_processed_stops_it_at_the_next_partition() -> None:
     """What was collected before goes on (the actors drop records of an old generation, streams/app.py); the
     other partitions' records are neither handed over nor tracked, and the fetch asked ahead is dropped."""
