@@ -190,7 +190,7 @@ class BatchingConsumer(AIOKafkaConsumer):
             await cast(Any, self)._thread.seek_to_beginning(*fresh)
         return committed
 
-    def _outdated(self, generation: int) -> bool:
+    def _outdated(self, generation: int | None) -> bool:
         """True if a rebalance has paused the flow, or began (and maybe ended), since a fetch in ``generation``."""
         return not self.flow_active or self.app.consumer_generation_id != generation
 
