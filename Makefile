@@ -19,13 +19,14 @@ $(STAMP): pyproject.toml $(LOCK)
 
 # Resolve pyproject.toml's runtime dependencies afresh in a scratch venv and pin what it installed into $(LOCK)
 lock:
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "lock on Python 3.11, the image'"'"'s"'
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
 	.lock-venv/bin/python -m pip install --quiet .
 	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude hookstream; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
-	rm -rf .lock-venv
+	rm -rf .lock-venv build
 
 run: $(STAMP)
 	$(BIN)/hookstream dev

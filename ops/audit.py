@@ -41,7 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from ops.kafka import client_options
 from ops.settings import Settings
-from streams.dead_letters import header
+from streams.dead_letters import header, header_pairs
 from streams.registry import HandlerRegistry, registry
 from streams.state import decode_state
 
@@ -101,7 +101,7 @@ class _Evidence:
             self.applied_created[record.key][state.last_event_id] = state.last_event_created
 
     def read_dead_letter(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        headers = [(k, bytes(v)) for k, v in record.headers]
+        headers = header_pairs(record.headers)
         topic, partition, offset = (
             header(headers, name) for name in ("source-topic", "source-partition", "source-offset")
         )
@@ -213,9 +213,9 @@ def _delivery(record: ConsumerRecord[bytes, bytes]) -> tuple[str, _Delivery]:
 
     A record that is not a Stripe event (it bypassed the gateway) is identified by its position.
     """
-    headers = [(k, bytes(v)) for k, v in record.headers]
+    headers = header_pairs(record.headers)
     event_id, event_type, created = (header(headers, name) for name in ("event-id", "event-type", "event-created"))
-    if event_id is None:
+    if not event_id:  # no such header, or one without a value
         try:
             body = msgspec.json.decode(record.value or b"", type=_Envelope)
             event_id, event_type, created = body.id.encode(), body.type.encode(), str(body.created).encode()

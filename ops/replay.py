@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError, UnknownError
 
 from ops.kafka import client_options
 from ops.settings import Settings
-from streams.dead_letters import VALUE_OMITTED, header, original_headers
+from streams.dead_letters import VALUE_OMITTED, header, header_pairs, original_headers
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ async def _dead_letters(
         for tp, records in batch.items():
             for record in records:
                 count += 1
-                yield tp, record, [(k, bytes(v)) for k, v in record.headers]
+                yield tp, record, header_pairs(record.headers)
 
 
 def _source(headers: list[tuple[str, bytes]]) -> str:

@@ -63,7 +63,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_web_host: str | None = None
     worker_app_id: str = "hookstream"
     worker_max_inflight: int = 1000
-    worker_rebalance_timeout: float = 30.0
+    worker_rebalance_timeout: float = 60.0
     worker_session_timeout: float = 30.0
     worker_producer_max_batch_size: int = 1_048_576
     worker_lag_interval: float = 5.0
@@ -89,6 +89,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def changelog_topic(self) -> str:
         """The objects table's changelog (Faust's name for it): the workers' record of every applied event."""
         return f"{self.worker_app_id}-objects-changelog"
+
+    @property
+    def rebalance_grace(self) -> float:
+        """What events still running at a rebalance get before they are cancelled: ``HANDLER_TIMEOUT``, at most half
+        of ``WORKER_REBALANCE_TIMEOUT``. The group gives a member that has not rejoined within that timeout's
+        partitions to the others, and no event may run on once its partition is another worker's; the other half is
+        for the changelog's flush and the join."""
+        return min(self.handler_timeout, self.worker_rebalance_timeout / 2)
 
     @property
     def using_dev_secret(self) -> bool:
@@ -149,7 +157,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             worker_web_host=env.optional("WORKER_WEB_HOST"),
             worker_app_id=env.text("HOOKSTREAM_APP_ID", "hookstream"),
             worker_max_inflight=env.integer("WORKER_MAX_INFLIGHT", 1000, minimum=1),
-            worker_rebalance_timeout=env.seconds("WORKER_REBALANCE_TIMEOUT", 30.0),
+            worker_rebalance_timeout=env.seconds("WORKER_REBALANCE_TIMEOUT", 60.0),
             worker_session_timeout=env.seconds("WORKER_SESSION_TIMEOUT", 30.0),
             worker_producer_max_batch_size=env.integer("WORKER_PRODUCER_MAX_BATCH_SIZE", 1_048_576, minimum=1),
             worker_lag_interval=env.seconds("WORKER_LAG_INTERVAL", 5.0),

@@ -39,9 +39,6 @@ _web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.w
 #: headers, and for a full changelog batch (what the brokers take is KAFKA_MAX_MESSAGE_BYTES: records are kept to it)
 _MAX_REQUEST_BYTES = max(settings.worker_producer_max_batch_size, settings.gateway_max_body_bytes + 65_536)
 _data_dir: dict[str, Any] = {"datadir": settings.worker_data_dir} if settings.worker_data_dir else {}
-#: Of WORKER_REBALANCE_TIMEOUT, what running events get at a rebalance; the rest is for the commit, the changelog's
-#: flush and the join.
-_REBALANCE_GRACE_SHARE = 0.5
 
 
 class HookstreamApp(faust.App):
@@ -72,13 +69,14 @@ class HookstreamApp(faust.App):
         rebuilt). At a rebalance, Kafka gives the partitions of a member that has not rejoined within the rebalance
         timeout to the others: an event running longer ran on (and stored its state, and emitted) while another
         worker had its partition and ran it too. (The embedded broker waits for such a member instead, and the whole
-        group with it.) So the actors get ``HANDLER_TIMEOUT`` at stop, half of ``WORKER_REBALANCE_TIMEOUT`` at a
-        rebalance; the rest are cancelled unacknowledged (uncommitted: the partition's next owner processes them),
-        and Faust stops waiting for acks that cannot come any more."""
+        group with it.) So the actors get ``HANDLER_TIMEOUT`` at stop, ``Settings.rebalance_grace`` at a rebalance
+        (the same, at most half of ``WORKER_REBALANCE_TIMEOUT``); the rest are cancelled unacknowledged
+        (uncommitted: the partition's next owner processes them), and Faust stops waiting for acks that cannot come
+        any more."""
         if self.should_stop:
             grace, cancelled = settings.handler_timeout, "after the stop began: stopped"
         else:
-            grace, cancelled = settings.worker_rebalance_timeout * _REBALANCE_GRACE_SHARE, "into a rebalance: cancelled"
+            grace, cancelled = settings.rebalance_grace, "into a rebalance: cancelled"
         unfinished = await actors.stop(grace)
         if unfinished:  # not to ``logger``: at a rebalance it is Faust's flight recorder, which keeps it unless stuck
             log.warning(
@@ -88,7 +86,8 @@ class HookstreamApp(faust.App):
                 cancelled,
             )
         cast(BatchingConsumer, consumer).forget_unfinished()
-        await super()._consumer_wait_empty(consumer, logger)  # commits what finished
+        # commits what finished; at a rebalance nothing of the revoked partitions (BatchingConsumer: no commit base)
+        await super()._consumer_wait_empty(consumer, logger)
 
 
 app = HookstreamApp(
@@ -195,11 +194,19 @@ async def _finish(message: Message) -> None:
     except StateNotStored:  # not acked: the partition's commits stop short of it, and a restart processes it again
         raise  # (a lost changelog batch has the worker crash anyway; logged by the actor pool)
     except Exception:  # a bug of ours past the processor's own net: acked still, or the partition's commits would
-        app.consumer.ack(message)  # stop at this record for good (the error is logged by the actor pool)
+        _ack(message)  # stop at this record for good (the error is logged by the actor pool)
         raise
     # Not acked on CancelledError (the worker stops: uncommitted, processed again on restart) nor on GeneratorExit
     # (an actor cancelled before it ran leaves its first record to the collector, which closes it).
-    app.consumer.ack(message)
+    _ack(message)
+
+
+def _ack(message: Message) -> None:
+    """Ack a finished record, unless a rebalance came between (an actor left behind because its handler swallowed
+    the cancellation): its partition may be this worker's again, whose new generation runs the record afresh, and a
+    late ack would count that run finished before it is."""
+    if message.generation_id == app.consumer_generation_id:
+        app.consumer.ack(message)
 
 
 #: An actor per object id: the agent submits to it, the app stops it (``HookstreamApp._consumer_wait_empty``).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 
 DLQ_HEADERS = (
     "error-type",
@@ -43,6 +44,15 @@ def dead_letter_headers(
 def original_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """Headers of a dead letter without the DLQ ones: what the record had when it first arrived."""
     return [(k, v) for k, v in headers if k not in DLQ_HEADERS and k != VALUE_OMITTED]
+
+
+def header_pairs(
+    raw: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str | bytes, bytes | None] | None,
+) -> list[tuple[str, bytes]]:
+    """A record's headers as (str, bytes) pairs: from aiokafka's pairs or Faust's mapping. Kafka allows a header
+    without a value (aiokafka gives None): read as empty, or whatever sizes or copies it raises."""
+    pairs = raw.items() if isinstance(raw, Mapping) else (raw or ())
+    return [(k if isinstance(k, str) else k.decode(), bytes(v) if v is not None else b"") for k, v in pairs]
 
 
 def header(headers: list[tuple[str, bytes]], name: str) -> bytes | None:

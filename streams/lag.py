@@ -1,6 +1,7 @@
 """``hookstream_consumer_lag``: log end offset minus committed offset for each assigned event partition, and
-``hookstream_commit_stalled_seconds``, how long that committed offset has not moved while records waited behind it;
-``hookstream_dead_letters_pending``, the lag of the dead-letter topic and the replay group.
+``hookstream_committed_offset``, that committed offset (an alert tells a held partition, whose commit does not move
+while records wait, from a busy one); ``hookstream_dead_letters_pending``, the lag of the dead-letter topic and the
+replay group.
 
 Refreshed on a timer, so it is right when no record arrives. The end offset is the larger of the listed one
 (ListOffsets) and the high watermark of the consumer's last fetch: the embedded broker under-reports the former
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -31,12 +31,15 @@ class LagReporter:
         self._metrics = metrics
         self._topics = topics
         self._reported: set[tuple[str, str]] = set()
-        self._held: dict[Any, tuple[int, float]] = {}  # partition -> (its commit, when it last moved or nothing waited)
         self._listed: dict[Any, int] = {}
         self._earliest: dict[Any, int] = {}
         self._listing: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
+        """Not while a rebalance runs: Faust forgets the revoked partitions' commits first, and their lag would read
+        the whole log, their committed offset its start, until the next assignment seeks to the commits again."""
+        if self._app.rebalancing:
+            return
         consumer = self._app.consumer
         try:
             partitions = [tp for tp in consumer.assignment() if tp.topic in self._topics]
@@ -46,7 +49,6 @@ class LagReporter:
         if partitions and (self._listing is None or self._listing.done()):
             self._listing = asyncio.create_task(self._list_offsets(partitions))
         reported: set[tuple[str, str]] = set()
-        now = time.monotonic()
         for tp in partitions:
             try:
                 fetched = consumer.highwater(tp) or 0
@@ -56,26 +58,14 @@ class LagReporter:
             committed = consumer._committed_offset.get(tp)
             if committed is None:
                 committed = self._earliest.get(tp, end)  # nothing committed yet: all of the log is behind
-            lag = max(end - committed, 0)
             labels = (tp.topic, str(tp.partition))
-            self._metrics.consumer_lag.labels(*labels).set(lag)
-            self._metrics.commit_stalled_seconds.labels(*labels).set(self._stalled(tp, committed, lag, now))
+            self._metrics.consumer_lag.labels(*labels).set(max(end - committed, 0))
+            self._metrics.committed_offset.labels(*labels).set(committed)
             reported.add(labels)
         for labels in self._reported - reported:  # partitions that moved to another worker
             self._metrics.consumer_lag.remove(*labels)
-            self._metrics.commit_stalled_seconds.remove(*labels)
-        self._held = {tp: held for tp, held in self._held.items() if tp in partitions}
+            self._metrics.committed_offset.remove(*labels)
         self._reported = reported
-
-    def _stalled(self, tp: Any, committed: int, lag: int, now: float) -> float:
-        """Seconds since the partition's commit last moved or nothing waited behind it. Faust commits only up to the
-        first unfinished event, so this is at least how long one event has been unfinished: the one that holds its
-        object and every commit of its partition (a handler retrying, an emit that never goes through)."""
-        held = self._held.get(tp)
-        if lag == 0 or held is None or held[0] != committed:
-            self._held[tp] = (committed, now)
-            return 0.0
-        return now - held[1]
 
     async def _list_offsets(self, partitions: list[Any]) -> None:
         consumer = self._app.consumer

@@ -44,11 +44,12 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=self.registry,
         )
-        # Not in DESIGN.md's table (yet): lag alone cannot tell a held partition from a busy one.
-        self.commit_stalled_seconds = Gauge(
-            "hookstream_commit_stalled_seconds",
-            "Seconds the committed offset has not moved while records waited behind it (0 when it moves or none "
-            "wait): an event that does not finish holds its partition's commits.",
+        # Not in DESIGN.md's table (yet): lag alone cannot tell a held partition (one event that does not finish,
+        # its commit still) from a busy one (its commit moving); this, over time, can.
+        self.committed_offset = Gauge(
+            "hookstream_committed_offset",
+            "The consumer group's committed offset (the log start where none yet): Faust commits only up to the "
+            "first unfinished event.",
             ["topic", "partition"],
             registry=self.registry,
         )

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from ops.logs import described, stack
 from streams import eager
-from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header
+from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header, header_pairs
 from streams.deadlines import Deadlines
 from streams.events import BadRecord, StripeEvent, decode_event, object_field
 from streams.metrics import WorkerMetrics
@@ -337,10 +337,10 @@ def _refused_for_good(error: Exception) -> bool:
 
 
 def _why_not_sent(error: Exception) -> str:
-    if isinstance(error, KafkaTimeoutError):  # aiokafka waited for the topic's metadata: the message says only that
+    if isinstance(error, KafkaTimeoutError):  # for the topic's metadata, or the record's acknowledgement
         return (
-            f"{error!r}: the topic does not exist and the brokers do not create topics, or the brokers are away; "
-            "nothing after this event is committed until it goes"
+            f"{error!r}: the topic does not exist and the brokers do not create topics, or the brokers are away or "
+            "slow; nothing after this event is committed until it goes"
         )
     return repr(error)
 
@@ -360,8 +360,5 @@ def _cancelled_from_outside() -> bool:
 
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:
-    """The record's headers as (str, bytes) pairs. Kafka allows a header without a value (aiokafka gives None):
-    read as empty, or sizing and writing its dead letter would raise, and the record be acked unprocessed."""
-    raw = record.headers or ()
-    pairs = raw.items() if hasattr(raw, "items") else raw  # a mapping (Faust's own records), or aiokafka's pairs
-    return [(k if isinstance(k, str) else k.decode(), v if v is not None else b"") for k, v in pairs]
+    # a header without a value would make sizing and writing its dead letter raise: the record acked unprocessed
+    return header_pairs(record.headers)

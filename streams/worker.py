@@ -80,6 +80,14 @@ def run_worker(settings: Settings) -> int:
         )
         return 2
     log.info("handling %d event types: %s", len(registry.event_types), ", ".join(registry.event_types))
+    if settings.rebalance_grace < settings.handler_timeout:  # told, not warned: the embedded broker's 3 s does it
+        log.info(
+            "HANDLER_TIMEOUT (%gs) is over half of WORKER_REBALANCE_TIMEOUT (%gs): at a rebalance, a handler still "
+            "running after %gs is cancelled, and its event runs again on the partition's next owner",
+            settings.handler_timeout,
+            settings.worker_rebalance_timeout,
+            settings.rebalance_grace,
+        )
     try:
         asyncio.run(prepare_topics(settings, event_topics))
     except KeyboardInterrupt:

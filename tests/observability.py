@@ -52,9 +52,9 @@ BEYOND_DESIGN: dict[str, tuple[frozenset[str], str]] = {
     # streams/loop_watch.py: a handler that blocks the event loop stalls every object of its worker, and no
     # deadline can stop it (they are kept by that loop): nothing else shows it.
     "hookstream_event_loop_lag_seconds": (frozenset(), "gauge"),
-    # streams/lag.py: how long a partition's commit has not moved while records wait behind it. An event that never
-    # finishes holds its partition; at low traffic its lag stays under every threshold and its topic still moves.
-    "hookstream_commit_stalled_seconds": (frozenset({"topic", "partition"}), "gauge"),
+    # streams/lag.py: the committed offset. An event that never finishes holds its partition's commit; at low traffic
+    # its lag stays under every threshold and its topic still moves: only a commit that does not move shows it.
+    "hookstream_committed_offset": (frozenset({"topic", "partition"}), "gauge"),
 }
 #: What alert rules and panels may read.
 READABLE = CONTRACT | BEYOND_DESIGN

@@ -229,14 +229,14 @@ class WorkerProcess:
 
     def metric_sum(self, name: str, **labels: str) -> float:
         """Sum of every sample of ``name`` whose labels include ``labels``."""
-        return sum(self.metric_values(name, **labels))
+        return sum(value for _, value in self.metric_samples(name, **labels))
 
-    def metric_values(self, name: str, **labels: str) -> list[float]:
-        """Every sample of ``name`` whose labels include ``labels``."""
+    def metric_samples(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        """Every sample of ``name`` whose labels include ``labels``, with all its labels."""
         from prometheus_client.parser import text_string_to_metric_families
 
         return [
-            sample.value
+            (sample.labels, sample.value)
             for family in text_string_to_metric_families(self.request("/metrics").body.decode())
             for sample in family.samples
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())

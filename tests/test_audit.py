@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from gateway.envelope import Record, to_record
-from ops.audit import parse_since
+from ops.audit import _delivery, parse_since
 from ops.fixtures import build_event, encode
 from streams.state import ObjectState, encode_state
 from tests.support import REPO, BrokerInfo, charge, produce, start_worker, unique
@@ -184,3 +184,15 @@ async def send(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
         await producer.send_and_wait(topic, value, key=key)
     finally:
         await producer.stop()
+
+
+def test_a_record_whose_headers_have_no_value_is_identified_by_its_body() -> None:
+    """Kafka allows a header without a value (aiokafka gives None), from a producer other than the gateway: the
+    audit crashed on such a record (the workers now apply it)."""
+    from aiokafka.structs import ConsumerRecord
+
+    body = encode(build_event("charge.succeeded", object_id="ch_1", event_id="evt_1", created=1_700_000_000))
+    headers = [("event-id", None), ("event-type", None), ("x-trace", None)]
+    record = ConsumerRecord("stripe.charge", 0, 7, 0, 0, b"ch_1", body, None, 4, len(body), headers)
+    name, where = _delivery(record)
+    assert name == "evt_1" and where.event_type == "charge.succeeded" and where.created == 1_700_000_000

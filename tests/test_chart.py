@@ -915,15 +915,21 @@ def test_the_image_and_the_suite_install_the_locked_versions() -> None:
             name, _, version = line.partition("==")
             assert version, f"not a pin: {line}"
             pins[canonicalize_name(name)] = version.strip()
-    for dependency in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
-        requirement = Requirement(dependency)
+    # every runtime dependency, transitive ones and extras' included, as installed here: pinned, inside its range
+    wanted = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    walked: set[tuple[str, str]] = set()  # (package, extra) whose requirements were added
+    while wanted:
+        requirement = wanted.pop()
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} is not in requirements.lock"
+        assert name in pins, f"{name} (needed by a runtime dependency) is not in requirements.lock"
         assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} outside {requirement.specifier}"
-        for extra in requirement.extras:  # e.g. aiokafka[lz4]: what the extra pulls in is pinned too
-            for needed in importlib.metadata.requires(requirement.name) or []:
-                if f'extra == "{extra}"' in needed:
-                    assert canonicalize_name(Requirement(needed).name) in pins, needed
+        for extra in {"", *requirement.extras} - {e for n, e in walked if n == name}:
+            walked.add((name, extra))
+            for needed in map(Requirement, importlib.metadata.requires(name) or []):
+                if needed.marker is None or needed.marker.evaluate({"extra": extra}):
+                    if extra == "" or (needed.marker is not None and "extra" in str(needed.marker)):
+                        wanted.append(needed)
+    assert {n for n, _ in walked} == set(pins), f"pinned, not needed: {set(pins) - {n for n, _ in walked}}"
     for name, version in pins.items():
         assert importlib.metadata.version(name) == version, f"{name}: the suite runs {importlib.metadata.version(name)}"
     dockerfile_runs = " ".join(_instructions(_dockerfile_stages()[0], "RUN"))

@@ -96,3 +96,12 @@ def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path)
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env(env)
+
+
+def test_events_running_at_a_rebalance_get_the_handler_timeout_at_most_half_the_rebalance_timeout() -> None:
+    """The group hands a member's partitions to the others when it has not rejoined within the rebalance timeout:
+    the other half is for the changelog's flush and the join."""
+    assert Settings.from_env({}).rebalance_grace == Settings.from_env({}).handler_timeout == 30
+    short = Settings.from_env({"WORKER_REBALANCE_TIMEOUT": "3"})
+    assert short.rebalance_grace == 1.5
+    assert Settings.from_env({"HANDLER_TIMEOUT": "5"}).rebalance_grace == 5
