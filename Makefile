@@ -7,7 +7,7 @@ HELM := .tools/bin/helm
 
 LOCK := requirements.lock
 
-.PHONY: run test lint audit bench soak chart clean prometheus lock
+.PHONY: run test lint audit bench soak chart clean prometheus wrk lock
 
 # The runtime dependencies at the versions in $(LOCK), the image's; the tools of the dev extra as resolved
 $(STAMP): pyproject.toml $(LOCK)
@@ -58,8 +58,12 @@ PIP_AUDIT_IGNORE :=
 audit: $(STAMP)
 	$(BIN)/python -m ops.depaudit $(if $(AUDIT_REQUIRE),--require) $(PIP_AUDIT_IGNORE)
 
+# wrk (Debian's package) for the gateway benchmark
+wrk:
+	@sh ops/setup/apt-install.sh wrk wrk
+
 # hookstream against its baselines in one run; QUICK=1 for a short run. Writes bench/results.json.
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	PYTHONPATH=. QUICK=$(QUICK) $(BIN)/python -m bench
 
 # Signed traffic through the whole stack while workers are killed, the gateway restarted and the broker paused,

@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import sys
 import time
 import traceback
 import uuid
@@ -286,6 +288,8 @@ def main() -> None:
     unknown = set(chosen) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    if "gateway" in chosen and shutil.which("wrk") is None:  # before minutes of the other workloads, not after
+        parser.error("the gateway workload needs wrk on PATH (`make bench` installs Debian's wrk)")
     mode = QUICK if os.environ.get("QUICK", "") not in ("", "0") else FULL
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     print(f"hookstream bench, {mode.name} mode, {os.cpu_count()} CPUs, workloads: {', '.join(chosen)}", flush=True)
@@ -328,6 +332,9 @@ def main() -> None:
         "raw": raw,
     }
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    failed = [name for name in chosen if "error" in raw.get(name, {})]
+    if failed:  # the others' numbers are written; the run still fails
+        sys.exit(f"workloads that failed: {', '.join(failed)} (the traceback is above)")
 
 
 if __name__ == "__main__":
