@@ -36,7 +36,7 @@ class ActorPool(Generic[T]):
         self._max_inflight = max_inflight
         self._room: list[asyncio.Future[None]] = []  # submitters waiting for an item to finish
         self._actors: dict[Hashable, deque[T]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Hashable] = {}  # each actor's task, and its key
         self._abandoned: set[asyncio.Task[None]] = set()  # ignored their cancellation (``cancel``)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -82,9 +82,7 @@ class ActorPool(Generic[T]):
         assert isinstance(rest, eager.Resume)
         queue = self._actors[key] = deque()
         self._idle.clear()
-        task = asyncio.create_task(self._run(key, queue, rest, stand_in))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(key, self._run(key, queue, rest, stand_in))
 
     async def drain(self) -> None:
         """Wait until every submitted item is finished."""
@@ -106,13 +104,15 @@ class ActorPool(Generic[T]):
         Queued items are dropped first: a handler that catches its cancellation and returns must not let its actor
         go on to the next one. An actor whose handler swallows every cancellation (``except BaseException`` in a
         loop) would hold the stop forever: after ``patience`` seconds it is left behind, logged once, and counted
-        in flight until its current item ends; a later stop does not wait for it again.
+        in flight until its current item ends; a later stop does not wait for it again, and its key's later items
+        (the worker goes on after a rebalance) wait for it.
         """
         for queue in self._actors.values():
             queue.clear()
         tasks = [task for task in self._tasks if task not in self._abandoned]
         for task in tasks:
             task.cancel()
+        stuck: set[asyncio.Task[None]] = set()
         if tasks:
             _, stuck = await asyncio.wait(tasks, timeout=patience)
             if stuck:
@@ -126,17 +126,50 @@ class ActorPool(Generic[T]):
         # queued items never ran, and a task cancelled before its first step never ran _run's finally: nothing of
         # theirs was released; an actor left behind releases its one current item when (if) that ends
         self._actors.clear()
+        for task in stuck:  # its key's next items (a rebalance gives the worker more) wait until it ends
+            self._park(self._tasks[task], task)
         self._abandoned = {task for task in self._abandoned if not task.done()}
         self._inflight = len(self._abandoned)
         self._release_room()
-        self._idle.set()
+        if not self._actors:
+            self._idle.set()
+
+    def _park(self, key: Hashable, left_behind: asyncio.Task[None]) -> None:
+        """Items of ``key`` submitted while its actor left behind still runs queue here, and start when it ends:
+        one item at a time per key, even after a stop that could not end its actor."""
+        parked: deque[T] = deque()
+        self._actors[key] = parked
+
+        def resume(_: asyncio.Task[None]) -> None:
+            if self._actors.get(key) is not parked:  # a later cancel dropped them
+                return
+            if parked:
+                self._start(key, self._drain(key, parked))
+            else:
+                del self._actors[key]
+                if not self._actors:
+                    self._idle.set()
+
+        left_behind.add_done_callback(resume)
+
+    def _start(self, key: Hashable, run: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(run)
+        self._tasks[task] = key
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _run(self, key: Hashable, queue: deque[T], first: eager.Resume[None], started: eager.EagerTask) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        started.bind(task)  # the first item started as ``started``: from here on that is this task
+        await self._drain(key, queue, first)
+
+    async def _drain(self, key: Hashable, queue: deque[T], first: eager.Resume[None] | None = None) -> None:
         try:
-            task = asyncio.current_task()
-            assert task is not None
-            started.bind(task)  # the first item started as ``started``: from here on that is this task
-            await self._finish(key, first)
+            if first is not None:
+                await self._finish(key, first)
             while queue:
                 await self._finish(key, self._process(queue.popleft()))
         finally:

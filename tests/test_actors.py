@@ -152,6 +152,43 @@ def test_stop_goes_on_without_an_actor_whose_handler_swallows_cancellation(caplo
     assert sum("swallows CancelledError" in line for line in logged) == 1
 
 
+def test_items_of_a_key_whose_actor_was_left_behind_wait_until_it_ends() -> None:
+    """After a rebalance the worker goes on, and may get the object's partition back: its next items must not run
+    beside the item whose handler swallowed the cancellation (one at a time per object), but after it."""
+
+    async def run() -> tuple[list[str], list[str], int, int]:
+        ran: list[str] = []
+        let_go = asyncio.Event()
+
+        async def process(item: str) -> None:
+            ran.append(f"start {item}")
+            while item == "stubborn" and not let_go.is_set():
+                try:
+                    await asyncio.sleep(0.01)
+                except BaseException:  # the mistake
+                    pass
+            await asyncio.sleep(0.01)
+            ran.append(f"end {item}")
+
+        pool: ActorPool[str] = ActorPool(process, max_inflight=8)
+        await pool.submit("k", "stubborn")
+        try:
+            await asyncio.wait_for(pool.stop(grace=0.05, patience=0.1), timeout=5)  # a rebalance, say
+            await pool.submit("k", "next of k")
+            await pool.submit("j", "other key")
+            await asyncio.sleep(0.2)
+            while_stuck = list(ran)
+        finally:
+            let_go.set()
+        await asyncio.wait_for(pool.drain(), timeout=5)
+        return while_stuck, ran, pool.inflight, pool.active_actors
+
+    while_stuck, ran, inflight, actors = asyncio.run(run())
+    assert "start next of k" not in while_stuck and "end other key" in while_stuck  # other keys go on
+    assert ran.index("end stubborn") < ran.index("start next of k")
+    assert "end next of k" in ran and inflight == 0 and actors == 0
+
+
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
     async def run() -> tuple[int, int]:
         pool, release = _held_pool(max_inflight=1)
