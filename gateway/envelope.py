@@ -6,13 +6,11 @@ raw body, byte for byte, so it stays auditable and re-verifiable. See DESIGN.md,
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
 
-#: Kafka topic names allow these characters (and at most 249 of them).
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+from ops.kafka import is_topic_name
 
 #: Stripe's ids, types and versions are short; a longer one is not Stripe's, and as a key or header it could push
 #: the record past the broker's size limit (a 600 KB object id did: librdkafka refused it, measured).
@@ -79,7 +77,7 @@ def to_record(body: bytes, topic_prefix: str, received_at_ms: int) -> Record:
     """Route a verified body: topic from ``data.object.object``, key from ``data.object.id`` (else event id)."""
     event = decode_envelope(body)
     topic = topic_prefix + event.data.object.object
-    if not _TOPIC_RE.match(topic):
+    if not is_topic_name(topic):
         raise EnvelopeError("data.object.object cannot name a Kafka topic")
     headers = [
         ("event-id", event.id.encode()),

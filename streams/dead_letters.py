@@ -53,7 +53,7 @@ def header_pairs(
     without a value (aiokafka gives None): read as empty, or whatever sizes or copies it raises."""
     if not isinstance(raw, Mapping):
         pairs = list(raw or ())
-        for _, value in pairs:  # a loop, not all(): this runs for every event (0.2 against 0.65 µs, timeit)
+        for _, value in pairs:  # a loop, not all(): every event comes here (0.38 against 0.65 µs a call, timeit)
             if value is None:
                 break
         else:

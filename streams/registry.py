@@ -15,18 +15,15 @@ import difflib
 import importlib
 import inspect
 import pkgutil
-import re
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from ops.kafka import is_topic_name
 from streams.events import StripeEvent
 from streams.state import ObjectState
-
-#: Kafka's rule for a topic name (anything else the brokers refuse for good).
-_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 @dataclass
@@ -54,7 +51,7 @@ class Context:
         """Publish a follow-up record once the handler succeeded (never for a failed attempt), before the state is
         stored: at least once (streams/processor.py). Checked here, in the handler's attempt: a record the producer
         cannot send would otherwise be retried after the attempt, for ever, holding its object back."""
-        if not isinstance(topic, str) or not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+        if not isinstance(topic, str) or not is_topic_name(topic):
             raise TypeError(f"emit() takes a Kafka topic name (letters, digits, '.', '_', '-'), not {topic!r}")
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError(f"emit() takes the value as bytes, not {type(value).__name__} (encode it first)")
