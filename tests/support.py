@@ -28,6 +28,9 @@ from ops.fixtures import build_event, encode
 from ops.kafka import create_topics
 from ops.process import free_port, stop_process
 from ops.settings import DEV_WEBHOOK_SECRET, Settings
+from streams.metrics import WorkerMetrics
+from streams.processor import EventProcessor, RetryPolicy, Send, StateStore
+from streams.registry import HandlerRegistry
 from streams.state import StateTooLarge
 
 SECRET = DEV_WEBHOOK_SECRET
@@ -154,13 +157,20 @@ def start_gateway(broker: BrokerInfo | None, wait_ready: bool = True, **env: str
 
 def metric_value(text: str, name: str, labels: dict[str, str]) -> float:
     """Parse a sample from Prometheus text exposition; 0.0 when that series does not exist yet."""
+    samples = metric_samples(text, name, labels)
+    return float(samples[0][1]) if samples else 0.0
+
+
+def metric_samples(text: str, name: str, labels: dict[str, str]) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name`` in Prometheus text exposition whose labels include ``labels``, with all its labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
 
 
 def consume(
@@ -232,15 +242,7 @@ class WorkerProcess:
         return sum(value for _, value in self.metric_samples(name, **labels))
 
     def metric_samples(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-        """Every sample of ``name`` whose labels include ``labels``, with all its labels."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        return [
-            (sample.labels, sample.value)
-            for family in text_string_to_metric_families(self.request("/metrics").body.decode())
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        ]
+        return metric_samples(self.request("/metrics").body.decode(), name, labels)
 
     def output(self) -> str:
         self.log.flush()
@@ -392,6 +394,20 @@ class ConsumedRecord:
         """A realistic event of ``object_id``, as the gateway publishes it and a worker consumes it."""
         record = to_record(encode(build_event(event_type, object_id=object_id)), "stripe.", 0)
         return cls(record.topic, 0, offset, record.key, record.value, record.headers)
+
+
+def processor(
+    handlers: HandlerRegistry,
+    store: StateStore,
+    send: Send,
+    attempts: int = 1,
+    backoff: float = 0.001,
+    timeout: float = 1.0,
+) -> EventProcessor:
+    """The worker's processor for tests without a broker: dead letters to ``stripe.dlq`` through ``send``, retries
+    ``backoff`` seconds apart, records of up to 1 MiB."""
+    retry = RetryPolicy(attempts, backoff, backoff, timeout)
+    return EventProcessor(handlers, store, send, "stripe.dlq", retry, WorkerMetrics(), max_value_bytes=1 << 20)
 
 
 class DictStore(dict[bytes, bytes]):

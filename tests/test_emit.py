@@ -7,19 +7,16 @@ import asyncio
 import pytest
 
 from streams.events import StripeEvent
-from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, RetryPolicy, Send, StateNotStored
+from streams.processor import Send, StateNotStored
 from streams.registry import Context, HandlerRegistry
 from streams.state import ObjectState
-from tests.support import ConsumedRecord, DictStore
+from tests.support import ConsumedRecord, DictStore, processor
 
 
 def _process(handlers: HandlerRegistry, store: DictStore, send: Send, object_id: str, attempts: int) -> str:
     """Process one ``invoice.paid`` event of ``object_id``; its outcome."""
-    processor = EventProcessor(
-        handlers, store, send, "stripe.dlq", RetryPolicy(attempts, 0.001, 0.001, 1.0), WorkerMetrics(), 1 << 20
-    )
-    return str(asyncio.run(processor.process(ConsumedRecord.of_event("invoice.paid", object_id))))
+    consumed = ConsumedRecord.of_event("invoice.paid", object_id)
+    return str(asyncio.run(processor(handlers, store, send, attempts).process(consumed)))
 
 
 def test_emitted_records_go_out_once_for_the_attempt_that_succeeded_and_before_the_state_is_stored() -> None:

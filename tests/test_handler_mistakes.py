@@ -13,11 +13,9 @@ from typing import Any
 import pytest
 
 from streams.events import StripeEvent
-from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, RetryPolicy
 from streams.registry import Context, HandlerModuleError, HandlerRegistry
 from streams.state import ObjectState, decode_state
-from tests.support import ConsumedRecord, DictStore
+from tests.support import ConsumedRecord, DictStore, processor
 
 # --- registration ---------------------------------------------------------------------------------------------
 
@@ -152,11 +150,9 @@ def _process(handlers: HandlerRegistry, store: DictStore, object_id: str) -> tup
     async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         sent.append((topic, dict(headers).get("error-message", b"")))
 
-    processor = EventProcessor(
-        handlers, store, send, "stripe.dlq", RetryPolicy(2, 0.001, 0.001, 1.0), WorkerMetrics(), 1 << 20
-    )
+    processing = processor(handlers, store, send, attempts=2)
     consumed = ConsumedRecord.of_event("charge.succeeded", object_id)
-    outcome = asyncio.run(asyncio.wait_for(processor.process(consumed), timeout=10))
+    outcome = asyncio.run(asyncio.wait_for(processing.process(consumed), timeout=10))
     return str(outcome), sent
 
 

@@ -7,10 +7,9 @@ import asyncio
 
 from streams.actors import ActorPool
 from streams.events import StripeEvent
-from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, Record, RetryPolicy
+from streams.processor import EventProcessor, Record
 from streams.registry import Context, HandlerRegistry
-from tests.support import ConsumedRecord, DictStore
+from tests.support import ConsumedRecord, DictStore, processor
 
 
 def _records(*object_ids: str) -> list[ConsumedRecord]:
@@ -21,9 +20,7 @@ def _processor(handlers: HandlerRegistry, letters: list[dict[str, bytes]], timeo
     async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         letters.append(dict(headers))
 
-    return EventProcessor(
-        handlers, DictStore(), send, "stripe.dlq", RetryPolicy(2, 0.01, 0.01, timeout), WorkerMetrics(), 1 << 20
-    )
+    return processor(handlers, DictStore(), send, attempts=2, backoff=0.01, timeout=timeout)
 
 
 def _actors(handlers: HandlerRegistry, timeout: float) -> tuple[ActorPool[Record], list[str], list[dict[str, bytes]]]:

@@ -12,11 +12,9 @@ import pytest
 from gateway.envelope import to_record
 from ops.fixtures import build_event, encode
 from streams.events import BadRecord, StripeEvent, decode_event
-from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, RetryPolicy
 from streams.registry import Context, HandlerRegistry
 from streams.state import decode_state
-from tests.support import ConsumedRecord, DictStore
+from tests.support import ConsumedRecord, DictStore, processor
 
 
 class Charge(msgspec.Struct):
@@ -40,15 +38,13 @@ def _run(
     async def send(topic: str, key: bytes | None, value: bytes, record_headers: list[tuple[str, bytes]]) -> None:
         letters.append(record_headers)
 
-    processor = EventProcessor(
-        handlers, store, send, "stripe.dlq", RetryPolicy(1, 0.001, 0.001, 1.0), WorkerMetrics(), max_value_bytes=1 << 20
-    )
+    processing = processor(handlers, store, send)
     outcomes = []
     for offset, body in enumerate(bodies):
         record = to_record(body, "stripe.", 0)
         record_headers = [(k, (headers or {}).get(k, v)) for k, v in record.headers]
         message = ConsumedRecord(record.topic, 0, offset, record.key, record.value, record_headers)
-        outcomes.append(str(asyncio.run(processor.process(message))))
+        outcomes.append(str(asyncio.run(processing.process(message))))
     return outcomes, store, letters
 
 

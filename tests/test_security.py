@@ -35,8 +35,6 @@ from ops.broker import recv_exactly
 from ops.fixtures import build_event, encode
 from ops.process import free_port, stop_process
 from ops.settings import Settings
-from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, RetryPolicy
 from streams.registry import HandlerRegistry
 from tests.support import (
     REPO,
@@ -44,6 +42,7 @@ from tests.support import (
     ConsumedRecord,
     DictStore,
     consume,
+    processor,
     produce,
     start_gateway,
     start_worker,
@@ -204,12 +203,11 @@ def _dead_letter_once(
     async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         sent.append((topic, value, headers))
 
-    retry = RetryPolicy(2, 0.001, 0.001, 1.0)
-    processor = EventProcessor(handlers, store, send, "stripe.dlq", retry, WorkerMetrics(), max_value_bytes=1 << 20)
+    processing = processor(handlers, store, send, attempts=2)
     record = to_record(_charge("stripe.", "ch_1", 0, marker), "stripe.", 0)
     message = ConsumedRecord("stripe.charge", 0, 7, record.key, record.value, record.headers)
     with caplog.at_level(logging.DEBUG):
-        assert asyncio.run(processor.process(message)) == "dead_lettered"
+        assert asyncio.run(processing.process(message)) == "dead_lettered"
     assert all(marker not in r.getMessage() and not r.exc_info for r in caplog.records)
     ((topic, value, headers),) = sent
     assert topic == "stripe.dlq" and value == record.value
