@@ -2,8 +2,9 @@
 
 Reads the dead-letter topic as consumer group ``<app id>-replay`` and commits after each re-publish is
 acknowledged, so every dead letter is replayed once however often the command runs. A replayed event keeps its
-key, value and original headers; workers judge it like any delivery: applied, or counted a duplicate (applied
-meanwhile) or stale (its object applied a newer event meanwhile, whose snapshot already holds what it would set).
+key, value and original headers, plus ``replayed-at`` (its end-to-end time starts there). Workers judge it like
+any delivery: applied, or counted a duplicate (applied meanwhile) or stale (its object applied a newer event
+meanwhile, whose snapshot already holds what it would set).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiokafka.errors import KafkaError, UnknownError
 
 from ops.kafka import client_options
 from ops.settings import Settings
-from streams.dead_letters import VALUE_OMITTED, header, header_pairs, original_headers
+from streams.dead_letters import REPLAYED_AT, VALUE_OMITTED, header, header_pairs, original_headers
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,7 @@ async def replay(
                 )
                 skipped += 1
             else:
-                await producer.send_and_wait(
-                    source.decode(), record.value, key=record.key, headers=original_headers(headers)
-                )
+                await producer.send_and_wait(source.decode(), record.value, key=record.key, headers=_replayed(headers))
                 replayed += 1
             await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
     finally:
@@ -133,6 +132,12 @@ async def _dead_letters(
             for record in records:
                 count += 1
                 yield tp, record, header_pairs(record.headers)
+
+
+def _replayed(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The event's own headers, and when it was replayed (an earlier replay's time replaced)."""
+    kept = [(k, v) for k, v in original_headers(headers) if k != REPLAYED_AT]
+    return [*kept, (REPLAYED_AT, b"%d" % (time.time_ns() // 1_000_000))]
 
 
 def _source(headers: list[tuple[str, bytes]]) -> str:

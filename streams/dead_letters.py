@@ -17,6 +17,9 @@ DLQ_HEADERS = (
 _MAX_MESSAGE = 2000
 #: Header of a dead letter sent without its value (the value was over the size limit); it holds the size.
 VALUE_OMITTED = "value-omitted"
+#: Header ``hookstream replay`` adds to a replayed event (wall clock, ms): its end-to-end time starts there, not at
+#: the gateway's ``received-at`` hours or days before.
+REPLAYED_AT = "replayed-at"
 
 
 def dead_letter_headers(

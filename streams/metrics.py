@@ -33,7 +33,8 @@ class WorkerMetrics:
         )
         self.end_to_end_seconds = LoopHistogram(
             "hookstream_end_to_end_seconds",
-            "Time from the gateway receiving an event (received-at) until a worker finished it.",
+            "Time from the gateway receiving an event (received-at; a replayed event: replayed-at) until a worker "
+            "finished it.",
             ["topic"],
             _E2E_BUCKETS,
             self.registry,

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from ops.logs import described, stack
 from streams import eager
-from streams.dead_letters import VALUE_OMITTED, dead_letter_headers, header, header_pairs
+from streams.dead_letters import REPLAYED_AT, VALUE_OMITTED, dead_letter_headers, header, header_pairs
 from streams.deadlines import Deadlines
 from streams.events import BadRecord, StripeEvent, decode_event, object_field
 from streams.metrics import WorkerMetrics
@@ -142,9 +142,9 @@ class EventProcessor:
             await self._dead_letter(record, headers, exc, 0)
             outcome = Outcome.DEAD_LETTERED
         self._metrics.processed_counter(record.topic, event_type, outcome).inc()
-        received_at = header(headers, "received-at")
-        if received_at and received_at.isdigit():  # not every producer is the gateway: a bad header costs a sample
-            latency = time.time() - int(received_at) / 1000
+        published_at = _published_at(headers)
+        if published_at and published_at.isdigit():  # not every producer is the gateway: a bad header costs a sample
+            latency = time.time() - int(published_at) / 1000
             self._metrics.end_to_end_seconds.labels(record.topic).observe(max(latency, 0.0))
         return outcome
 
@@ -357,6 +357,17 @@ def _cancelled_from_outside() -> bool:
     """True if the current task is being cancelled (shutdown, rebalance): that cancellation must go on."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _published_at(headers: list[tuple[str, bytes]]) -> bytes | None:
+    """When the event entered Kafka: its replay's time for a replayed event, else the gateway's (one pass)."""
+    received_at = None
+    for key, value in headers:
+        if key == REPLAYED_AT:
+            return value
+        if key == "received-at":
+            received_at = value
+    return received_at
 
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:

@@ -403,11 +403,14 @@ def processor(
     attempts: int = 1,
     backoff: float = 0.001,
     timeout: float = 1.0,
+    metrics: WorkerMetrics | None = None,
 ) -> EventProcessor:
     """The worker's processor for tests without a broker: dead letters to ``stripe.dlq`` through ``send``, retries
     ``backoff`` seconds apart, records of up to 1 MiB."""
     retry = RetryPolicy(attempts, backoff, backoff, timeout)
-    return EventProcessor(handlers, store, send, "stripe.dlq", retry, WorkerMetrics(), max_value_bytes=1 << 20)
+    return EventProcessor(
+        handlers, store, send, "stripe.dlq", retry, metrics or WorkerMetrics(), max_value_bytes=1 << 20
+    )
 
 
 class DictStore(dict[bytes, bytes]):

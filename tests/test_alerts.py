@@ -74,14 +74,25 @@ def test_metrics_beyond_design_are_really_exported() -> None:
         assert {frozenset(sample.labels) for sample in exported[name].samples} == {labels}, name
 
 
+#: What rules may read besides hookstream's metrics: Prometheus's own ``up``, and the process start time that the
+#: gateway and the workers both export (prometheus_client's ProcessCollector: checked below).
+NOT_HOOKSTREAMS = {"up", "process_start_time_seconds"}
+
+
+def test_the_process_metrics_rules_read_are_exported_by_both_processes() -> None:
+    for metrics in (GatewayMetrics(), WorkerMetrics()):
+        samples = {sample.name: sample.value for family in metrics.registry.collect() for sample in family.samples}
+        assert samples.get("process_start_time_seconds", 0) > 0, type(metrics).__name__
+
+
 def test_rules_use_only_contract_metrics() -> None:
     for rule in _rules():
         expr = rule["expr"]
         assert contract_violations(expr) == [], rule["alert"]
         names = metric_names(expr)
         other = set(re.findall(r"\b([a-z_][a-z0-9_]*)\s*\{", expr)) - names
-        assert other <= {"up"}, (rule["alert"], other)
-        assert names or "up" in other, f"{rule['alert']} reads no metric"
+        assert other <= NOT_HOOKSTREAMS, (rule["alert"], other)
+        assert names or other, f"{rule['alert']} reads no metric"
 
 
 @pytest.mark.parametrize("rule", _rules(), ids=lambda rule: rule["alert"])

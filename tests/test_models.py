@@ -4,17 +4,20 @@ a dict store and a recording send)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Literal
 
 import msgspec
 import pytest
+from prometheus_client import generate_latest
 
 from gateway.envelope import to_record
 from ops.fixtures import build_event, encode
 from streams.events import BadRecord, StripeEvent, decode_event
+from streams.metrics import WorkerMetrics
 from streams.registry import Context, HandlerRegistry
 from streams.state import decode_state
-from tests.support import ConsumedRecord, DictStore, processor
+from tests.support import ConsumedRecord, DictStore, metric_value, processor
 
 
 class Charge(msgspec.Struct):
@@ -224,6 +227,38 @@ def test_a_record_whose_received_at_header_is_not_a_number_is_still_applied() ->
     outcomes, store, letters = _run(handlers, [body], {"received-at": b"soon"})
     assert outcomes == ["ok"] and letters == []
     assert decode_state(store[b"ch_1"]).fields == {"kept": True}
+
+
+def test_a_replayed_events_end_to_end_time_starts_at_its_replay() -> None:
+    """``hookstream replay`` adds ``replayed-at``: a dead letter replayed a day after the gateway received it is not a
+    day late in the latency panel and HookstreamEndToEndSlow; an event delivered once is timed from the gateway."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("charge.succeeded")
+    async def keep(event: StripeEvent, ctx: Context) -> None:
+        ctx.fields["kept"] = True
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        raise AssertionError("nothing is dead-lettered")
+
+    metrics = WorkerMetrics()
+    processing = processor(handlers, DictStore(), send, metrics=metrics)
+    day = 86_400.0
+    received_ms = int((time.time() - day) * 1000)
+
+    def process(offset: int, replayed_ms: int | None) -> float:
+        body = _charge_body(f"evt_{offset}", 100 + offset, amount=5, currency="usd")
+        record = to_record(body, "stripe.", received_ms)
+        headers = [*record.headers, *([("replayed-at", b"%d" % replayed_ms)] if replayed_ms is not None else [])]
+        message = ConsumedRecord(record.topic, 0, offset, record.key, record.value, headers)
+        assert str(asyncio.run(processing.process(message))) == "ok"
+        exposition = generate_latest(metrics.registry).decode()
+        return metric_value(exposition, "hookstream_end_to_end_seconds_sum", {"topic": "stripe.charge"})
+
+    delivered = process(0, None)
+    assert day <= delivered < day + 600
+    replayed = process(1, int(time.time() * 1000)) - delivered
+    assert 0 <= replayed < 600
 
 
 def test_headers_without_a_value_are_read_as_empty_and_the_event_still_dead_lettered() -> None:

@@ -248,6 +248,15 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
             assert state is not None and state["fields"]["seqs"] == [0, 1, 2]
         assert worker.state("ch_single_0") is not None
         assert worker.state("ch_single_1") is None  # discarded: never sent back
+        # sent back with their own headers, and when: their end-to-end time starts at the replay
+        republished = consume(broker.bootstrap_servers, [prefix + "charge"], len(records) + 4)
+        replays = {dict(r.headers)["event-id"]: r for r in republished if "replayed-at" in dict(r.headers)}
+        assert len(republished) == len(records) + 4
+        assert set(replays) == {dict(r.headers)["event-id"] for r in poison[:-1]}
+        for original in poison[:-1]:
+            sent_back = list(replays[dict(original.headers)["event-id"]].headers)
+            assert sent_back[:-1] == list(original.headers) and sent_back[-1][0] == "replayed-at"
+            assert abs(int(sent_back[-1][1]) / 1000 - time.time()) < 600
         wait_for(lambda: worker.metric(pending) == 0, 30, "no dead letter waiting once replayed or discarded")
         again = replay("--discard", "evt_not_dead_lettered")
         assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed (or discarded) once
