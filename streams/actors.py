@@ -38,6 +38,7 @@ class ActorPool(Generic[T]):
         self._actors: dict[Hashable, deque[T]] = {}
         self._tasks: dict[asyncio.Task[None], Hashable] = {}  # each actor's task, and its key
         self._abandoned: set[asyncio.Task[None]] = set()  # ignored their cancellation (``cancel``)
+        self._halted: set[Hashable] = set()  # keys of which nothing more runs (``halt``)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -56,6 +57,8 @@ class ActorPool(Generic[T]):
         An item whose key is idle starts at once (eagerly, in the caller): if it finishes without waiting, no
         actor is created at all. Only an item that waits gets a task, and later items of its key queue behind it.
         """
+        if key in self._halted:
+            return
         while self._inflight >= self._max_inflight:
             room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room.append(room)
@@ -83,6 +86,16 @@ class ActorPool(Generic[T]):
         queue = self._actors[key] = deque()
         self._idle.clear()
         self._start(key, self._run(key, queue, rest, stand_in))
+
+    def halt(self, key: Hashable) -> None:
+        """Run nothing more of ``key``, queued or submitted later: one of its items failed so that the later ones
+        must not pass it (the worker stops, and they run again after its restart). Its current item, if any,
+        finishes."""
+        self._halted.add(key)
+        queue = self._actors.get(key)
+        while queue:
+            queue.pop()
+            self._release()
 
     async def drain(self) -> None:
         """Wait until every submitted item is finished."""

@@ -191,8 +191,15 @@ async def _finish(message: Message) -> None:
     _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
     try:
         await processor.process(message)
-    except StateNotStored:  # not acked: the partition's commits stop short of it, and a restart processes it again
-        raise  # (a lost changelog batch has the worker crash anyway; logged by the actor pool)
+    except StateNotStored as exc:
+        # Not acked: the partition's commits stop short of it. Nothing more of its object may run here: a later event
+        # stored on top of the state that was not would make this one stale when it comes again, and its effect lost.
+        # The worker stops, rebuilds its state from the changelog (an unclean stop, streams/worker.py) and processes
+        # the record again. (Logged by the actor pool.)
+        actors.halt(message.key)
+        if app.crash_reason is None:
+            await app.crash(exc)  # marks the app crashed (no wait): the worker stops, exit code 1
+        raise
     except Exception:  # a bug of ours past the processor's own net: acked still, or the partition's commits would
         _ack(message)  # stop at this record for good (the error is logged by the actor pool)
         raise

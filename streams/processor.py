@@ -85,7 +85,8 @@ class HandlerCancelled(Exception):
 
 class StateNotStored(Exception):
     """The store refused or failed a write (a changelog batch lost, the producer stopped, the disk). Not the
-    event's fault: it is not dead-lettered, and it must stay unacknowledged (it is processed again)."""
+    event's fault: it is not dead-lettered, and it must stay unacknowledged, nothing later of its object may run,
+    and the worker stops (streams/app.py): it is processed again after the restart."""
 
 
 class RetryPolicy:

@@ -189,6 +189,41 @@ def test_items_of_a_key_whose_actor_was_left_behind_wait_until_it_ends() -> None
     assert "end next of k" in ran and inflight == 0 and actors == 0
 
 
+def test_nothing_more_of_a_halted_key_runs_until_the_pool_is_cancelled() -> None:
+    """An item whose state was not stored halts its key (streams/app.py): a later item of that object stored on top
+    would make it stale when it comes again. Queued and later items of the key are dropped unrun and their slots
+    freed, also after a cancel (a rebalance while the worker stops); other keys go on."""
+
+    async def run() -> tuple[list[str], int, int, int]:
+        ran: list[str] = []
+        pool: ActorPool[str]
+
+        async def process(item: str) -> None:
+            ran.append(item)
+            await asyncio.sleep(0.01)
+            if item == "k1":
+                pool.halt("k")
+                raise RuntimeError("not stored")
+
+        pool = ActorPool(process, max_inflight=8)
+        for item in ("k1", "k2", "j1", "k3"):
+            await pool.submit(item[0], item)
+        await asyncio.wait_for(pool.drain(), timeout=5)
+        await pool.submit("k", "k4")
+        await pool.submit("j", "j2")
+        await asyncio.wait_for(pool.drain(), timeout=5)
+        inflight, actors = pool.inflight, pool.active_actors
+        await pool.cancel()
+        await pool.submit("k", "k5")
+        await pool.submit("j", "j3")
+        await asyncio.wait_for(pool.drain(), timeout=5)
+        return ran, inflight, actors, pool.inflight
+
+    ran, inflight, actors, after_cancel = asyncio.run(run())
+    assert sorted(ran) == ["j1", "j2", "j3", "k1"]
+    assert inflight == 0 and actors == 0 and after_cancel == 0
+
+
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
     async def run() -> tuple[int, int]:
         pool, release = _held_pool(max_inflight=1)

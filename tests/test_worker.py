@@ -402,6 +402,42 @@ def test_worker_killed_mid_stream_loses_nothing(broker: BrokerInfo, tmp_path: Pa
     assert len(pids) == 2, "both workers processed events"
 
 
+def test_a_state_the_store_cannot_write_stops_the_worker_before_anything_later_of_its_object_runs(
+    broker: BrokerInfo, tmp_path: Path
+) -> None:
+    """A store that fails a write (a full disk) leaves the event unacknowledged. The object's later events used to
+    run on and be stored on top: the failed event, processed again after a restart, was then older than its
+    object's state, counted stale and its effect lost, and the worker held the partition's commits until someone
+    restarted it. Now the object halts and the worker stops; restarted, it applies all of them in order."""
+    app_id, prefix = unique("store")
+    log, fixed = tmp_path / "handlers.log", tmp_path / "fixed"
+    records = [charge(prefix, "ch_store_fails", seq, BASE + seq) for seq in range(3)]
+    records += [charge(prefix, f"ch_{i}", seq, BASE + seq) for seq in range(3) for i in range(10)]
+    env = {
+        "HOOKSTREAM_TEST_LOG": str(log),
+        "HOOKSTREAM_TEST_FIXED": str(fixed),
+        "HOOKSTREAM_HANDLERS": "tests.handlers.recording,tests.handlers.failing_store",
+        "STATE_STORE": "rocksdb://",  # its local copy of the states must be rebuilt from the changelog
+        "WORKER_DATA_DIR": str(tmp_path / "data"),
+    }
+    with start_worker(broker, app_id, prefix, wait_ready=False, **env) as worker:
+        produce(broker.bootstrap_servers, records)
+        wait_for(lambda: worker.process.poll() is not None, 90, "the worker to stop after the failed write")
+        assert worker.process.returncode != 0
+        assert "No space left on device (injected" in worker.output()
+    started = [(obj, int(seq)) for kind, _pid, obj, seq, _ev in handler_log(log) if kind == "start"]
+    assert [seq for obj, seq in started if obj == "ch_store_fails"] == [0]  # nothing after it ran
+    fixed.touch()
+    with start_worker(broker, app_id, prefix, **env) as worker:
+        wait_for(
+            lambda: all(_complete(worker, f"ch_{i}", 3) for i in range(10)) and _complete(worker, "ch_store_fails", 3),
+            90,
+            "every object applied after the restart",
+        )
+        state = worker.state("ch_store_fails")
+        assert state is not None and state["fields"]["seqs"] == [0, 1, 2] and state["events_applied"] == 3
+
+
 def test_an_event_running_at_a_rebalance_never_runs_on_while_another_worker_has_its_partition(
     broker: BrokerInfo, tmp_path: Path
 ) -> None:
