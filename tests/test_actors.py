@@ -271,6 +271,24 @@ def test_an_exception_does_not_stop_the_key_and_its_message_stays_out_of_the_log
     assert all(marker not in r.getMessage() and not r.exc_info for r in caplog.records)
 
 
+def test_an_item_that_fails_before_it_waits_is_logged_and_frees_its_slot(caplog: pytest.LogCaptureFixture) -> None:
+    """An item that raises in its first step raises inside ``submit`` (eager start), in the stream's fetch loop: it
+    must be logged there and give back its slot, or the loop would die or the bound shrink for good."""
+
+    async def run() -> int:
+        async def process(item: int) -> None:
+            raise RuntimeError("fails at once")
+
+        pool: ActorPool[int] = ActorPool(process, max_inflight=1)
+        await pool.submit("k", 1)
+        await asyncio.wait_for(pool.submit("j", 2), timeout=1)  # the one slot came back
+        return pool.inflight
+
+    with caplog.at_level(logging.ERROR, logger="streams.actors"):
+        assert asyncio.run(run()) == 0
+    assert len(caplog.records) == 2 and all("RuntimeError" in r.getMessage() for r in caplog.records)
+
+
 def test_bound_must_be_positive() -> None:
     with pytest.raises(ValueError):
         ActorPool(lambda item: asyncio.sleep(0), max_inflight=0)

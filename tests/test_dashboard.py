@@ -165,7 +165,7 @@ def _post(gateway: GatewayProcess, event: dict[str, Any], secret: str = SECRET, 
 def _drive_traffic(gateway: GatewayProcess, run: str, waves: int = 3) -> dict[str, int]:
     """Good, poisoned, duplicate, unhandled, unconsumed and badly signed deliveries, in waves a second apart so
     Prometheus sees the counters move."""
-    sent = {"ok": 0, "poison": 0, "duplicate": 0, "refused": 0}
+    sent = {"ok": 0, "poison": 0, "duplicate": 0, "unhandled": 0, "refused": 0}
     previous: dict[str, Any] | None = None
     for wave in range(waves):
         for i in range(8):
@@ -185,6 +185,7 @@ def _drive_traffic(gateway: GatewayProcess, run: str, waves: int = 3) -> dict[st
             assert _post(gateway, previous) == 200
             sent["duplicate"] += 1
         assert _post(gateway, build_event("charge.pending", object_id=f"ch_{run}_pending_{wave}")) == 200
+        sent["unhandled"] += 1
         assert _post(gateway, build_event("payment_intent.succeeded", object_id=f"pi_{run}_{wave}")) == 200
         assert _post(gateway, build_event("charge.updated"), secret="whsec_not_the_secret") == 400
         assert _post(gateway, build_event("charge.updated"), signed=False) == 400
@@ -221,15 +222,17 @@ def test_every_panel_and_alert_query_works_against_a_running_stack(broker: Broke
         with start_prometheus(tmp_path, jobs, rule_files=(ALERTS,)) as prometheus:
             _wait_for_targets(prometheus, set(jobs))
             sent = _drive_traffic(gateway, run)
+            expected = {"dead_lettered": sent["poison"], "duplicate": sent["duplicate"], "unhandled": sent["unhandled"]}
+
+            def finished() -> dict[str, float]:
+                return {o: worker.metric_sum("hookstream_events_processed_total", outcome=o) for o in expected}
+
             wait_for(
-                lambda: (
-                    worker.metric_sum("hookstream_events_processed_total", outcome="dead_lettered") >= sent["poison"]
-                ),
+                lambda: all(finished()[o] >= n for o, n in expected.items()),
                 30,
-                "poison events dead-lettered",
+                "poison events dead-lettered, duplicates and unhandled events counted",
             )
-            assert worker.metric_sum("hookstream_events_processed_total", outcome="duplicate") >= 1
-            assert worker.metric_sum("hookstream_events_processed_total", outcome="unhandled") >= 1
+            assert finished() == expected
             time.sleep(2)  # two more scrapes
 
             _check_panels(prometheus, charge_topic)

@@ -15,25 +15,26 @@ from streams.consumer import fetched_high_watermarks
 pytestmark = pytest.mark.integration
 
 
-async def _ten_in_one_batch(bootstrap: str) -> tuple[int, int]:
+async def _ten_in_one_batch(bootstrap: str, topic: str) -> tuple[int, int]:
+    """Ten records produced in one batch to a new ``topic``: its listed end offset and its fetched high watermark."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1 << 20)
     await producer.start()
     try:
-        futures = [await producer.send("defect", b"v%d" % i, partition=0) for i in range(10)]
+        futures = [await producer.send(topic, b"v%d" % i, partition=0) for i in range(10)]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        tp = TopicPartition("defect", 0)
+        tp = TopicPartition(topic, 0)
         listed = (await consumer.end_offsets([tp]))[tp]
     finally:
         await consumer.stop()
     from faust.types import TP
 
-    fetched = await fetched_high_watermarks({"bootstrap_servers": bootstrap}, [TP("defect", 0)], {})
-    return listed, fetched[TP("defect", 0)]
+    fetched = await fetched_high_watermarks({"bootstrap_servers": bootstrap}, [TP(topic, 0)], {})
+    return listed, fetched[TP(topic, 0)]
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,15 @@ def embedded() -> EmbeddedBroker:
 
 
 def test_fetched_high_watermark_is_right(embedded: EmbeddedBroker) -> None:
-    _, fetched = asyncio.run(_ten_in_one_batch(embedded.bootstrap_servers))
+    _, fetched = asyncio.run(_ten_in_one_batch(embedded.bootstrap_servers, "defect-fetched"))
     assert fetched == 10
 
 
-@pytest.mark.xfail(strict=True, reason="Tansu 0.6.0 lists the last batch's base offset + 1 as the end offset")
-def test_listed_end_offset_counts_every_record() -> None:
-    with EmbeddedBroker(free_port()) as broker:
-        listed, _ = asyncio.run(_ten_in_one_batch(broker.bootstrap_servers))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,  # only the defect: a broker that does not start (or any other error) fails the test
+    reason="Tansu 0.6.0 lists the last batch's base offset + 1 as the end offset",
+)
+def test_listed_end_offset_counts_every_record(embedded: EmbeddedBroker) -> None:
+    listed, _ = asyncio.run(_ten_in_one_batch(embedded.bootstrap_servers, "defect-listed"))
     assert listed == 10

@@ -135,9 +135,10 @@ def test_a_cancellation_the_worker_did_not_ask_for_is_a_failed_attempt_not_a_los
             future = shared["f"] = asyncio.get_running_loop().create_future()
         await future  # never resolved: only a cancellation ends it
 
+    first, second, raises = _records("ch_first", "ch_second", "ch_raises")
+
     async def run() -> tuple[list[str], list[dict[str, bytes]], int, int]:
         pool, outcomes, letters = _actors(handlers, timeout=0.1)
-        first, second, raises = _records("ch_first", "ch_second", "ch_raises")
         await pool.submit(first.key, first)
         await asyncio.sleep(0.05)  # ch_second waits on the same future, its deadline half as near
         await pool.submit(second.key, second)
@@ -149,7 +150,9 @@ def test_a_cancellation_the_worker_did_not_ask_for_is_a_failed_attempt_not_a_los
     assert sorted(outcomes) == ["dead_lettered"] * 3
     assert (inflight, actors) == (0, 0)
     assert {letter["error-type"] for letter in letters} <= {b"TimeoutError", b"HandlerCancelled"}
-    assert b"HandlerCancelled" in {letter["error-type"] for letter in letters}
+    assert [letter["attempts"] for letter in letters] == [b"2"] * 3  # each retried: a failed attempt like any other
+    (raised,) = [letter for letter in letters if letter["event-id"] == dict(raises.headers)["event-id"]]
+    assert raised["error-type"] == b"HandlerCancelled"
 
 
 def test_the_workers_own_cancellation_goes_on_even_after_a_deadline_passed() -> None:

@@ -164,7 +164,10 @@ def _drive(broker: BrokerInfo, tmp_path: Path, log_level: str) -> Traffic:
             90,
             "valid events applied, poison ones dead-lettered",
         )
-        assert worker.metric_sum("hookstream_events_processed_total", outcome="retried") >= 2
+        # exactly: 4 applied; the poison, the leaky and the raw record dead-lettered, the first two after a retry
+        outcomes = ("ok", "dead_lettered", "retried", "duplicate", "stale", "unhandled")
+        finished = {o: worker.metric_sum("hookstream_events_processed_total", outcome=o) for o in outcomes}
+        assert finished == {"ok": 4, "dead_lettered": 3, "retried": 2, "duplicate": 0, "stale": 0, "unhandled": 0}
         state = worker.state("ch_ok")
         assert state is not None and state["fields"]["seqs"] == [0, 1, 2]
         traffic.dead_letters = [r.value for r in consume(broker.bootstrap_servers, [prefix + "dlq"], 3)]

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
+from faust.transport.drivers.aiokafka import Producer
 
 from streams import eager
 from streams.state import StateTooLarge
-from streams.table import ChangelogLost, TableWriter
+from streams.table import ChangelogLost, FlushingProducer, TableWriter
 
 
 class _Producer:
@@ -196,6 +197,54 @@ def test_a_refused_batch_stops_commits_and_the_worker() -> None:
     writer, app = asyncio.run(run())
     assert not writer.consistent
     assert [str(e) for e in app.crashed] == ["broker refused the batch"]
+
+
+def test_the_producers_flush_raises_after_itself_when_a_changelog_batch_was_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's flush does not raise, and Faust commits offsets right after it: ``FlushingProducer.flush`` must
+    raise once a batch was refused, after the producer's own flush, or a commit would pass states never stored."""
+    flushed: list[str] = []
+
+    async def producer_flush(self: Producer) -> None:
+        flushed.append("producer")
+
+    monkeypatch.setattr(Producer, "flush", producer_flush)
+
+    async def run() -> None:
+        writer, _, _ = _writer(_Producer(refuse=1))
+        await writer.put(b"k", b"v", 0)
+        await writer.flush()
+        await asyncio.sleep(0.05)  # the refusal arrives
+        producer = object.__new__(FlushingProducer)  # its flush alone: no Faust app or aiokafka client behind it
+        producer.table_writer = writer
+        with pytest.raises(ChangelogLost):
+            await producer.flush()
+
+    asyncio.run(run())
+    assert flushed == ["producer"]
+
+
+def test_a_batch_the_producer_cannot_take_fails_the_partitions_later_batches_and_stops_commits() -> None:
+    """A batch that cannot be handed over (the producer stopped, a send error) loses its states to the changelog,
+    and those of the partition's next batches, which can no longer follow it in order: commits stop and the
+    worker crashes."""
+
+    class Stopped(_Producer):
+        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+            raise RuntimeError("producer stopped")
+
+    async def run() -> tuple[TableWriter, _App]:
+        writer, app, _ = _writer(Stopped())
+        await writer.put(b"k", b"v", 0)
+        with pytest.raises(ChangelogLost):
+            await writer.flush()
+        with pytest.raises(ChangelogLost):
+            writer.raise_if_lost()
+        return writer, app
+
+    writer, app = asyncio.run(run())
+    assert not writer.consistent and [str(e) for e in app.crashed] == ["producer stopped"]
 
 
 def test_check_passes_a_record_at_the_limit_and_refuses_one_byte_over() -> None:
