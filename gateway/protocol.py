@@ -5,13 +5,13 @@ or trickles its headers or its body a byte at a time, holds its connection (and,
 GATEWAY_MAX_BODY_BYTES of memory) for as long as it likes; and httptools gathers every header value in memory
 without a limit. This subclass adds:
 
-- a deadline of GATEWAY_CLIENT_TIMEOUT seconds for a connection to start a request (from the moment it is made
-  or the previous response ended), and a new one, from the request's first byte, to receive it completely. It
-  runs only while the gateway waits for the client, never while the app works on a request it has received (a
-  publish may take up to GATEWAY_PUBLISH_TIMEOUT). Behind a proxy that keeps idle upstream connections, keep
-  the proxy's idle timeout below this one, or it may send a request on a connection being closed. On expiry
-  the request being received gets ``408`` and the connection is closed; an idle keep-alive connection (nothing
-  asked since the last answer) is closed without an answer, as uvicorn's keep-alive timeout does;
+- a deadline of GATEWAY_CLIENT_TIMEOUT seconds for a new connection to start a request, and a new one, from the
+  request's first byte, to receive it completely. It runs only while the gateway waits for the client, never
+  while the app works on a request it has received (a publish may take up to GATEWAY_PUBLISH_TIMEOUT). On
+  expiry the request being received gets ``408`` and the connection is closed. A keep-alive connection idle
+  after an answer is closed without one after GATEWAY_KEEPALIVE_TIMEOUT (75 s): longer than the 60 s for which
+  proxies (nginx, AWS load balancers) keep idle upstream connections, so that a proxy never sends a request on a
+  connection the gateway is closing (it would answer that delivery 502, and not retry a POST);
 - a cap of GATEWAY_MAX_HEADER_BYTES on everything in a request that is not body (request line, headers, chunked
   framing, trailers): beyond it, ``431`` and close, before httptools has buffered more.
 
@@ -106,6 +106,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a receive deadline per request and a cap on non-body bytes per request."""
 
     client_timeout: ClassVar[float] = 10.0
+    keepalive_timeout: ClassVar[float] = 75.0
     max_header_bytes: ClassVar[int] = 65_536
     metrics: ClassVar[GatewayMetrics | None] = None
 
@@ -178,22 +179,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_message_complete()
         if self.cycle is not None and self.cycle.response_complete and not self.transport.is_closing():
-            self._arm()  # answered before its body was in (404, 405): the next request's time starts now
+            self._arm(idle=True)  # answered before its body was in (404, 405): idle until the next request
 
     def on_response_complete(self) -> None:
         queued = self.pipeline[-1][0] if self.pipeline else None
         super().on_response_complete()  # starts the queued (pipelined) request, if any
         if self.transport.is_closing() or self._deadline is not None:
             return
-        # Wait for the client unless the app now works on a request that is already complete.
+        # Wait for the client unless the app now works on a request that is already complete: idle, or for the
+        # rest of a request it is sending.
         if queued is None or (queued is self.cycle and self._in_message and self._headers_done):
-            self._arm()
+            self._arm(idle=not self._in_message)
 
     # Limits
 
-    def _arm(self) -> None:
+    def _arm(self, idle: bool = False) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(self.client_timeout, self._expired)
+        timeout = self.keepalive_timeout if idle else self.client_timeout
+        self._deadline = self.loop.call_later(timeout, self._expired)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -242,6 +245,7 @@ def guarded_protocol(settings: Settings, metrics: GatewayMetrics) -> type[Guarde
 
     class Protocol(GuardedHttpToolsProtocol):
         client_timeout = settings.gateway_client_timeout
+        keepalive_timeout = settings.gateway_keepalive_timeout
         max_header_bytes = settings.gateway_max_header_bytes
 
     Protocol.metrics = metrics

@@ -47,9 +47,9 @@ def server_config(app: Callable[..., Any], settings: Settings, metrics: GatewayM
         access_log=False,
         log_config=None,
         server_header=False,
-        # Idle keep-alive connections: closed after GATEWAY_CLIENT_TIMEOUT by the protocol's deadline when that is
-        # shorter; this is uvicorn's own timer for the rest.
-        timeout_keep_alive=30,
+        # Idle keep-alive connections are closed after GATEWAY_KEEPALIVE_TIMEOUT by the protocol's deadline;
+        # uvicorn's own timer, a second later, never comes first.
+        timeout_keep_alive=int(settings.gateway_keepalive_timeout) + 1,
         timeout_graceful_shutdown=int(settings.gateway_publish_timeout) + 5,
         # limit_concurrency is left unset on purpose: uvicorn does not refuse connections beyond it, it answers
         # 503 to every new request while that many connections are open, so slow clients holding connections

@@ -140,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
         "new-handler", help="write handlers/<module>.py and its test for a Stripe event type"
     )
     scaffold.add_argument("event_type", help="a Stripe event type nobody handles yet, e.g. payout.paid")
+    scaffold.add_argument(
+        "--object-type",
+        metavar="OBJECT",
+        help="the object its events carry (data.object.object, which names the topic), for a type newer than "
+        "hookstream's list of Stripe's event types (ops/stripe/event-types.txt)",
+    )
     scaffold.set_defaults(run=_new_handler)
 
     broker = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu, memory only)")
@@ -219,7 +225,7 @@ def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
     from ops.scaffold import ScaffoldError, new_handler
 
     try:
-        handler, test = new_handler(args.event_type, Path.cwd(), settings.handler_modules)
+        handler, test = new_handler(args.event_type, Path.cwd(), settings.handler_modules, args.object_type)
     except ScaffoldError as exc:
         print(f"hookstream: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ Used by ``hookstream trigger``, the tests and the benchmarks, so all of them sen
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import json
 import secrets
@@ -60,6 +61,13 @@ def event_types() -> tuple[str, ...]:
     """The event types a Stripe webhook endpoint can subscribe to."""
     text = resources.files("ops").joinpath("stripe", "event-types.txt").read_text(encoding="utf-8")
     return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def not_an_event_type(event_type: str) -> str:
+    """Why ``event_type`` is refused, with the listed types it may be a typo of."""
+    close = difflib.get_close_matches(event_type, event_types(), n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"{event_type!r} is not an event type Stripe sends{hint}"
 
 
 def fixture_for(event_type: str) -> dict[str, Any]:

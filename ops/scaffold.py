@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ops.fixtures import UnknownEventType, event_types, fixture_for
+from ops.fixtures import UnknownEventType, event_types, fixture_for, not_an_event_type
 
 #: Fields the template keeps when the example object has them, with the value the generated test sets.
 _SAMPLES: dict[str, Any] = {
@@ -26,6 +26,7 @@ _SAMPLES: dict[str, Any] = {
 }
 
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+_OBJECT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 _CREATED = 1_700_000_000
 
 
@@ -40,16 +41,23 @@ def module_name(event_type: str) -> str:
     return event_type.replace(".", "_")
 
 
-def new_handler(event_type: str, root: Path, modules: Iterable[str] = ("handlers",)) -> tuple[Path, Path]:
+def new_handler(
+    event_type: str, root: Path, modules: Iterable[str] = ("handlers",), object_type: str | None = None
+) -> tuple[Path, Path]:
     """Write ``handlers/<module>.py`` and ``tests/test_handler_<module>.py`` under ``root``; return both paths.
 
-    Refuses (``ScaffoldError``) a type Stripe does not send, a type a handler already takes (a handler module
-    under ``root``, or one of ``modules``: HOOKSTREAM_HANDLERS), and existing files. Writes nothing when it refuses.
+    ``object_type`` (what ``data.object.object`` is, so the topic) is for a type newer than hookstream's list of
+    the types Stripe sends; without it such a type is refused as a typo would be. Refuses (``ScaffoldError``) also
+    a type a handler already takes (a handler module under ``root``, or one of ``modules``: HOOKSTREAM_HANDLERS),
+    and existing files. Writes nothing when it refuses.
     """
     module = module_name(event_type)
-    if event_type not in event_types():
+    if object_type is not None and not _OBJECT_TYPE.fullmatch(object_type):
+        raise ScaffoldError(f"{object_type!r} is not an object type (like payout or checkout.session)")
+    if event_type not in event_types() and object_type is None:
         raise ScaffoldError(
-            f"{event_type!r} is not an event type Stripe sends (the list is ops/stripe/event-types.txt)"
+            f"{not_an_event_type(event_type)}; for a type newer than hookstream's list (ops/stripe/event-types.txt), "
+            "say which object its events carry: --object-type OBJECT (e.g. payout)"
         )
     handled_by = _handled_by(event_type, root / "handlers", modules)
     if handled_by is not None:
@@ -66,7 +74,7 @@ def new_handler(event_type: str, root: Path, modules: Iterable[str] = ("handlers
         fixture: dict[str, Any] | None = fixture_for(event_type)
     except UnknownEventType:
         fixture = None
-    handler_source, test_source = _render(event_type, module, fixture)
+    handler_source, test_source = _render(event_type, module, fixture, object_type)
 
     test_path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -126,16 +134,19 @@ def _literal(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-def _render(event_type: str, module: str, fixture: dict[str, Any] | None) -> tuple[str, str]:
+def _render(event_type: str, module: str, fixture: dict[str, Any] | None, declared: str | None) -> tuple[str, str]:
     action = event_type.rsplit(".", 1)[1]
     stamp = f"{action}_at"
     function = module if len(module) <= 60 else f"handle_{action}"  # keeps the def line within 120 characters
-    if fixture is not None:
+    if fixture is not None and declared is None:
         object_type = str(fixture["object"])
         object_id = str(fixture.get("id") or "obj").split("_", 1)[0] + "_scaffold"
         samples = {name: value for name, value in _SAMPLES.items() if name in fixture}
         status = fixture.get("status") if isinstance(fixture.get("status"), str) else None
         decorator = f"@on({json.dumps(event_type)})"
+    elif declared is not None:  # a type newer than the list: the object type is the user's
+        object_type, object_id, samples, status = declared, "obj_scaffold", {}, None
+        decorator = f"@on({json.dumps(event_type)}, object_type={json.dumps(object_type)})"
     else:
         object_type, object_id, samples, status = event_type.rsplit(".", 1)[0], "obj_scaffold", {}, None
         decorator = (
@@ -153,8 +164,10 @@ def _render(event_type: str, module: str, fixture: dict[str, Any] | None) -> tup
 Scaffolded by ``hookstream new-handler``. TODO: say what this module keeps and why (who reads it, and for
 what).
 
-The handler runs once per event, in order per object; if it raises, nothing it did is kept and the event is
-retried, then dead-lettered. Other event types of the same object can share it: list them in ``@on(...)``.
+The handler runs for each event, in order per object; if it raises, nothing it did to the state is kept and the
+event is retried, then dead-lettered. It may run more than once for one event (a retry, a worker stopped before
+the state was stored, a replay): make calls to other systems idempotent (keyed by ``event.id``). Other event
+types of the same object can share it: list them in ``@on(...)``.
 """
 
 from __future__ import annotations
@@ -173,7 +186,7 @@ async def {function}(event: StripeEvent, ctx: Context) -> None:
     ctx.fields["{stamp}"] = event.created
 '''
 
-    if fixture is not None:
+    if fixture is not None and declared is None:
         build = (
             "    # A realistic event around Stripe's example object: set the fields your handler reads.\n"
             "    raw = build_event(\n"

@@ -48,6 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_max_body_bytes: int = 1_048_576
     gateway_max_header_bytes: int = 65_536
     gateway_client_timeout: float = 10.0
+    gateway_keepalive_timeout: float = 75.0
     gateway_publish_timeout: float = 10.0
     gateway_retry_after: int = 5
     producer_linger_ms: int = 2
@@ -142,6 +143,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             # below about 1 KiB a genuine Stripe delivery's headers would not fit
             gateway_max_header_bytes=env.integer("GATEWAY_MAX_HEADER_BYTES", 65_536, minimum=1024),
             gateway_client_timeout=env.seconds("GATEWAY_CLIENT_TIMEOUT", 10.0),
+            gateway_keepalive_timeout=env.seconds("GATEWAY_KEEPALIVE_TIMEOUT", 75.0),
             gateway_publish_timeout=env.seconds("GATEWAY_PUBLISH_TIMEOUT", 10.0),
             gateway_retry_after=env.integer("GATEWAY_RETRY_AFTER", 5, minimum=0, maximum=MAX_SECONDS),
             producer_linger_ms=env.integer("PRODUCER_LINGER_MS", 2, minimum=0),

@@ -11,7 +11,6 @@ is kept: the event is retried from the stored state, and dead-lettered after the
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import pkgutil
@@ -165,15 +164,12 @@ def _object_type_of(event_type: str, declared: str | None) -> str:
     event type missing from hookstream's list only with ``declared`` (a type newer than the list), so that a
     misspelt one fails here instead of never seeing an event. (``declared`` is not checked against the example:
     some types carry several kinds of object, ``customer.source.*`` a card, a bank account or a source.)"""
-    from ops.fixtures import UnknownEventType, event_types, fixture_for
+    from ops.fixtures import UnknownEventType, event_types, fixture_for, not_an_event_type
 
-    known = event_types()
-    if event_type not in known and declared is None:
-        close = difflib.get_close_matches(event_type, known, n=3)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    if event_type not in event_types() and declared is None:
         raise ValueError(
-            f"{event_type!r} is not an event type Stripe sends{hint}; for a type newer than hookstream's list "
-            "(ops/stripe/event-types.txt), pass object_type=... to @on()"
+            f"{not_an_event_type(event_type)}; for a type newer than hookstream's list (ops/stripe/event-types.txt), "
+            "pass object_type=... to @on()"
         )
     if declared is not None:
         return declared

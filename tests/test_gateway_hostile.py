@@ -32,6 +32,7 @@ from tests.support import SECRET, WEBHOOK, BrokerInfo, GatewayProcess, consume, 
 pytestmark = pytest.mark.integration
 
 CLIENT_TIMEOUT = 2.0
+KEEPALIVE_TIMEOUT = 4.0  # longer: an idle keep-alive connection is kept past the client timeout
 MAX_HEADER = 16 * 1024
 MAX_BODY = 256 * 1024
 TOLERANCE = 300
@@ -47,6 +48,7 @@ def gw(broker: BrokerInfo) -> Iterator[GatewayProcess]:
     with start_gateway(
         broker,
         GATEWAY_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT),
+        GATEWAY_KEEPALIVE_TIMEOUT=str(KEEPALIVE_TIMEOUT),
         GATEWAY_MAX_HEADER_BYTES=str(MAX_HEADER),
         GATEWAY_MAX_BODY_BYTES=str(MAX_BODY),
         STRIPE_WEBHOOK_TOLERANCE=str(TOLERANCE),
@@ -568,21 +570,25 @@ def test_header_block_over_the_cap_gets_431_and_one_under_it_is_read(gw: Gateway
 
 def test_keep_alive_is_served_in_order_then_closed_quietly_when_idle(gw: GatewayProcess) -> None:
     """Two pipelined deliveries on one connection both get their 200; the idle connection then closes without a
-    408 (nothing was asked)."""
+    408 (nothing was asked), after GATEWAY_KEEPALIVE_TIMEOUT, not the shorter client timeout: a proxy keeping idle
+    upstream connections for less than that never sends a delivery on a connection being closed."""
     before = gw.metric("hookstream_gateway_requests_total", status="408")
     first, second = _event("evt_pipelined_1"), _event("evt_pipelined_2")
     requests = b"".join(
         _request(body, [(b"Stripe-Signature", sign(body, SECRET).encode())]) for body in (first, second)
     )
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=CLOSED_WITHIN) as sock:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=KEEPALIVE_TIMEOUT + CLOSED_WITHIN) as sock:
         sock.sendall(requests)
         buffer = bytearray()
         answers = [_read_answer(sock, buffer), _read_answer(sock, buffer)]
+        answered = time.monotonic()
         assert [(a.status, json.loads(a.body)["id"]) for a in answers if a is not None] == [
             (200, "evt_pipelined_1"),
             (200, "evt_pipelined_2"),
         ]
         assert sock.recv(1024) == b"" and not buffer  # closed (before the socket's timeout), nothing more said
+        idle_for = time.monotonic() - answered
+    assert KEEPALIVE_TIMEOUT * 0.9 <= idle_for < KEEPALIVE_TIMEOUT + CLOSED_WITHIN, idle_for
     assert gw.metric("hookstream_gateway_requests_total", status="408") == before
 
 

@@ -80,9 +80,10 @@ def test_refund_and_dispute_events_are_not_taken_as_charges() -> None:
 
 
 def test_shipped_handlers_take_only_real_types_with_the_fixtures_object() -> None:
-    shipped = [
-        r for t in registry.event_types if (r := registry.get(t)) and r.handler.__module__.startswith("handlers.")
-    ]
+    """Only the shipped modules: a user's own handler module in handlers/ (README, "Add an event type") is
+    registered too, and must not fail the suite."""
+    families = {_family(t) for t in FAMILY_TYPES}
+    shipped = [r for t in registry.event_types if (r := registry.get(t)) and r.handler.__module__ in families]
     assert {r.event_type for r in shipped} == set(FAMILY_TYPES)
     for registration in shipped:
         assert registration.object_type == fixture_for(registration.event_type)["object"], registration.event_type

@@ -70,7 +70,11 @@ def test_generated_handlers_and_tests_pass_ruff_and_pytest(project: Path) -> Non
     bare_handler, bare_test = new_handler(without_fixture, project)
     assert f'@on("{without_fixture}", object_type=' in bare_handler.read_text()
     assert "TODO" in bare_handler.read_text()
-    files = [str(handler), str(test), str(bare_handler), str(bare_test)]
+    # a type newer than hookstream's list: its object type is the user's (--object-type), not a guess
+    newer_handler, newer_test = new_handler("payout.reconciliation_settled", project, object_type="payout")
+    assert '@on("payout.reconciliation_settled", object_type="payout")' in newer_handler.read_text()
+    assert "is a guess" not in newer_handler.read_text() and 'OBJECT_TYPE = "payout"' in newer_test.read_text()
+    files = [str(handler), str(test), str(bare_handler), str(bare_test), str(newer_handler), str(newer_test)]
 
     config = ["--config", str(REPO / "pyproject.toml"), "--no-cache"]
     lint = subprocess.run([sys.executable, "-m", "ruff", "check", *config, *files], capture_output=True, text=True)
@@ -81,14 +85,14 @@ def test_generated_handlers_and_tests_pass_ruff_and_pytest(project: Path) -> Non
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test), str(bare_test)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test), str(bare_test), str(newer_test)],
         cwd=project,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "2 passed" in run.stdout
+    assert "3 passed" in run.stdout
 
 
 def test_the_generated_test_still_passes_once_the_handler_declares_a_model(project: Path) -> None:
@@ -116,10 +120,15 @@ def test_the_generated_test_still_passes_once_the_handler_declares_a_model(proje
 
 
 def test_refuses_a_type_stripe_does_not_send(project: Path) -> None:
-    with pytest.raises(ScaffoldError, match=r"event-types\.txt"):
+    """A typo is refused with the types it may mean; a type newer than the list needs its object type."""
+    with pytest.raises(ScaffoldError, match=r"event-types\.txt.*--object-type OBJECT"):
         new_handler("payout.vanished", project)
+    with pytest.raises(ScaffoldError, match=r"did you mean payout\.paid\b"):
+        new_handler("payout.payed", project)
     with pytest.raises(ScaffoldError, match="not an event type"):
         new_handler("payout", project)
+    with pytest.raises(ScaffoldError, match="not an object type"):
+        new_handler("payout.vanished", project, object_type="Payout!")
     assert _listing(project) == ["handlers", "handlers/__init__.py", "pytest.ini", "tests", "tests/__init__.py"]
 
 

@@ -246,11 +246,24 @@ streams/actors.py) to end, then 15 s to commit, flush the changelog producer, le
 {{- end }}
 {{- end }}
 
-{{/* Extra NAME: value pairs as container env. */}}
+{{/* The environment variables the chart sets from values of its own (the ConfigMap, each pod's env, the secret
+files), space-separated: config.extra, gateway.env and worker.env may not set them again (a duplicate is kept or
+refused depending on the client, and one that wins silently breaks what the chart set up: a port the probes no
+longer reach, a data directory off the volume). */}}
+{{- define "hookstream.chartEnv" -}}
+KAFKA_BOOTSTRAP_SERVERS KAFKA_SECURITY_PROTOCOL KAFKA_ENABLE_IDEMPOTENCE KAFKA_MAX_MESSAGE_BYTES KAFKA_SASL_MECHANISM KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD KAFKA_SASL_PASSWORD_FILE KAFKA_SSL_CAFILE STRIPE_WEBHOOK_SECRETS STRIPE_WEBHOOK_SECRETS_FILE STRIPE_WEBHOOK_TOLERANCE GATEWAY_HOST GATEWAY_PORT GATEWAY_MAX_BODY_BYTES GATEWAY_PUBLISH_TIMEOUT GATEWAY_CLIENT_TIMEOUT GATEWAY_KEEPALIVE_TIMEOUT GATEWAY_MAX_HEADER_BYTES TOPIC_PREFIX TOPIC_PARTITIONS TOPIC_REPLICATION_FACTOR TOPIC_MIN_INSYNC_REPLICAS HOOKSTREAM_APP_ID WORKER_WEB_PORT LOG_LEVEL POD_NAME POD_NAMESPACE WORKER_WEB_HOST WORKER_WEB_BIND STATE_STORE WORKER_DATA_DIR WORKER_MAX_INFLIGHT HOOKSTREAM_HANDLERS
+{{- end }}
+
+{{/* Extra NAME: value pairs as container env. Call with (list $ .Values.gateway.env "gateway.env"). */}}
 {{- define "hookstream.extraEnv" -}}
-{{- range $name, $value := . }}
+{{- $set := splitList " " (include "hookstream.chartEnv" (index . 0)) }}
+{{- $where := index . 2 }}
+{{- range $name, $value := index . 1 }}
+{{- if has $name $set }}
+{{- fail (printf "%s.%s: the chart sets %s itself (see values.yaml); set that value instead" $where $name $name) }}
+{{- end }}
 - name: {{ $name }}
-  value: {{ $value | toString | quote }}
+  value: {{ include "hookstream.envValue" $value | quote }}
 {{- end }}
 {{- end }}
 
@@ -274,3 +287,15 @@ Call with (list $ "gateway"). */}}
 {{- end }}
 {{- $name | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/*
+An environment variable's value from a values file: a whole number as its digits. Helm reads every number of a
+values file (-f) as a float, which prints 2097152 as "2.097152e+06", and no setting parses that.
+*/}}
+{{- define "hookstream.envValue" -}}
+{{- if and (kindIs "float64" .) (eq (floor .) .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
