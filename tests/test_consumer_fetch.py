@@ -162,3 +162,22 @@ def test_a_rebalance_that_begins_while_a_fetch_is_processed_stops_it_at_the_next
     assert [(message.tp, message.offset) for message in consumer.sunk] == [(TP0, 0), (TP0, 1)]
     assert {message.tp for message in consumer._unacked_messages} == {TP0}
     assert consumer.seeks == 1  # the fetch asked ahead, in the old generation
+
+
+def test_a_revoked_partition_forgets_its_commit_base_and_takes_a_new_one_when_it_comes_back(monkeypatch: Any) -> None:
+    """A base kept past the revoke would be wrong when the partition comes back: below the offset another worker
+    committed meanwhile (commits stall there, as nothing below it is fetched again), or, if that worker committed
+    less, above records nobody finished. The first record fetched after the partition comes back is the base."""
+
+    async def faust_revoke(self: Any, revoked: set[TP]) -> None:  # Faust's own revoke needs the whole app
+        self.faust_revoked = set(revoked)
+
+    monkeypatch.setattr(BatchingConsumer.__mro__[1], "on_partitions_revoked", faust_revoke)
+    consumer = _ScriptedConsumer([])
+    consumer._commit_bases.update({TP0: 500, TP1: 7})
+    asyncio.run(consumer.on_partitions_revoked({TP0}))
+    assert consumer._commit_bases == {TP1: 7} and consumer.faust_revoked == {TP0}  # type: ignore[attr-defined]
+    consumer._read_offset[TP0] = None  # assigned again: Faust seeks to the committed offset, another worker's 900
+    batch: list[Any] = []
+    asyncio.run(consumer._collect(TP0, [SimpleNamespace(offset=offset) for offset in (900, 901)], batch))
+    assert consumer._commit_bases == {TP0: 900, TP1: 7}

@@ -23,22 +23,34 @@ pytestmark = pytest.mark.integration
 BASE = 1_790_000_000
 
 
-def topic_config(bootstrap: str, topics: list[str], name: str = "min.insync.replicas") -> dict[str, dict[str, str]]:
-    """``name``'s value in each topic's config, as the brokers describe it."""
+#: Kafka's ConfigSource of a config set on the topic itself (DescribeConfigs v1+), against the brokers' defaults.
+DYNAMIC_TOPIC_CONFIG = 1
+
+
+def topic_configs_set(
+    broker: BrokerInfo, topics: list[str], name: str = "min.insync.replicas"
+) -> dict[str, dict[str, str]]:
+    """``name``'s value in each topic's config where it was set on the topic, not inherited from the brokers.
+
+    Kafka lists every config of a topic and says where each value comes from; the embedded broker lists only those
+    set on the topic (and calls them defaults): a listed one is set there."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+    def set_on_topic(source: object) -> bool:
+        return broker.embedded is not None or source == DYNAMIC_TOPIC_CONFIG
+
     async def describe() -> dict[str, dict[str, str]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
         await admin.start()
         try:
             responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
         finally:
             await admin.close()
         return {
-            resource[3]: {entry[0]: entry[1] for entry in resource[4] if entry[0] == name}
+            resource[3]: {entry[0]: entry[1] for entry in resource[4] if entry[0] == name and set_on_topic(entry[3])}
             for response in responses
             for resource in response.resources
         }
@@ -136,10 +148,10 @@ def test_duplicates_and_late_older_snapshots_leave_the_newest_state(broker: Brok
             assert name in exposed, name
         assert worker.metric("hookstream_handler_seconds_count", event_type="charge.updated") == 3
         assert worker.metric("hookstream_end_to_end_seconds_count", topic=prefix + "charge") == 7
-    # the topics the worker created (dead letters, the table's changelog) carry TOPIC_MIN_INSYNC_REPLICAS. 1 is all
-    # one broker allows, and also Kafka's default, which a real Kafka lists for every topic: only the embedded
-    # broker (which lists a config only when a topic was created with it, as CI runs) tells the two apart
-    created = topic_config(broker.bootstrap_servers, [prefix + "dlq", f"{app_id}-objects-changelog"])
+    # the topics the worker created (dead letters, the table's changelog) carry TOPIC_MIN_INSYNC_REPLICAS, set on
+    # each topic (1 is all one broker allows, and also Kafka's default: only where the value comes from tells them
+    # apart)
+    created = topic_configs_set(broker, [prefix + "dlq", f"{app_id}-objects-changelog"])
     assert created == {
         prefix + "dlq": {"min.insync.replicas": "1"},
         f"{app_id}-objects-changelog": {"min.insync.replicas": "1"},
@@ -213,17 +225,9 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
         wait_for(lambda: worker.metric(pending) == 5, 30, "5 dead letters counted as waiting")
 
         fixed.touch()  # the handler is fixed: replay brings the dead letters back
-        replay_env = {**os.environ, **broker.env(), "HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix}
 
         def replay(*options: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "ops.cli", "replay", *options],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env=replay_env,
-                cwd=REPO,
-            )
+            return _replay(broker, app_id, prefix, *options)
 
         listed = replay("--list")  # what a replay would take, and why each failed: nothing sent or committed
         assert listed.returncode == 0, listed.stderr
@@ -484,6 +488,18 @@ def _assigned(worker: WorkerProcess) -> bool:
     return worker.request("/readyz").status == 200
 
 
+def _replay(broker: BrokerInfo, app_id: str, prefix: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """``hookstream replay`` for the workers of ``app_id`` on ``prefix``'s topics."""
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", "replay", *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **broker.env(), "HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix},
+        cwd=REPO,
+    )
+
+
 def _complete(worker: WorkerProcess, object_id: str, count: int) -> bool:
     try:
         state = worker.state(object_id)
@@ -646,3 +662,17 @@ def test_records_that_bypassed_the_gateway_are_dead_lettered_and_never_stop_a_pa
     assert by_case["just under the limit"].value == b"" and "value-omitted" in dict(
         by_case["just under the limit"].headers
     )
+
+    # replay takes them in order, --limit at a time; the two stored without their value are skipped (sent back
+    # empty, each would take its original's place, and its next dead letter would point at the empty copy)
+    omitted = {"huge (3 MiB)", "just under the limit"}  # the last two
+    first = _replay(broker, app_id, prefix, "--limit", "4")
+    assert first.returncode == 0 and first.stdout.strip() == f"replayed 4 dead letter(s) from {prefix}dlq", first
+    rest = _replay(broker, app_id, prefix)
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stdout.strip() == f"replayed {len(hostile) - 6} dead letter(s) from {prefix}dlq, skipped 2"
+    assert rest.stderr.count("was stored without its") == 2 and f"the record is at {topic}[" in rest.stderr
+    sent_back = consume(broker.bootstrap_servers, [topic], len(records) + len(hostile) - 2)
+    replayed = sorted(dict(r.headers)["case"].decode() for r in sent_back if "replayed-at" in dict(r.headers))
+    assert replayed == sorted(set(hostile) - omitted)
+    assert len(sent_back) == len(records) + len(hostile) - 2
