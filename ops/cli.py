@@ -98,8 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         "replay",
         help="re-publish dead letters to the topics they came from",
         description="Read <TOPIC_PREFIX>dlq as consumer group <HOOKSTREAM_APP_ID>-replay and re-publish each dead "
-        "letter to its source topic with its key, value and original headers, committing after each, so each is "
-        "replayed once however often this runs. Stops once it has caught up. Exit status 2 when Kafka failed it.",
+        "letter to its source topic with its key, value and original headers plus replayed-at (where its "
+        "end-to-end time starts), committing after each, so each is replayed once however often this runs. A dead "
+        "letter stored without its value (value-omitted) is skipped and committed: the warning says where the "
+        "original record is. Stops once it has caught up. Exit status 2 when Kafka failed it.",
     )
     replay.add_argument("--limit", type=int, default=None, help="replay at most N dead letters (default: all)")
     replay_mode = replay.add_mutually_exclusive_group()
@@ -144,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "--object-type",
         metavar="OBJECT",
         help="the object its events carry (data.object.object, which names the topic), for a type newer than "
-        "hookstream's list of Stripe's event types (ops/stripe/event-types.txt)",
+        "hookstream's list of Stripe's event types (ops/stripe/event-types.txt) or one without an example object",
     )
     scaffold.set_defaults(run=_new_handler)
 

@@ -74,7 +74,9 @@ async def replay(
                 )
                 skipped += 1
             else:
-                await producer.send_and_wait(source.decode(), record.value, key=record.key, headers=_replayed(headers))
+                await producer.send_and_wait(
+                    source.decode(), record.value, key=record.key, headers=replay_headers(headers)
+                )
                 replayed += 1
             await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
     finally:
@@ -134,7 +136,7 @@ async def _dead_letters(
                 yield tp, record, header_pairs(record.headers)
 
 
-def _replayed(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+def replay_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """The event's own headers, and when it was replayed (an earlier replay's time replaced)."""
     kept = [(k, v) for k, v in original_headers(headers) if k != REPLAYED_AT]
     return [*kept, (REPLAYED_AT, b"%d" % (time.time_ns() // 1_000_000))]

@@ -47,9 +47,10 @@ def new_handler(
     """Write ``handlers/<module>.py`` and ``tests/test_handler_<module>.py`` under ``root``; return both paths.
 
     ``object_type`` (what ``data.object.object`` is, so the topic) is for a type newer than hookstream's list of
-    the types Stripe sends; without it such a type is refused as a typo would be. Refuses (``ScaffoldError``) also
-    a type a handler already takes (a handler module under ``root``, or one of ``modules``: HOOKSTREAM_HANDLERS),
-    and existing files. Writes nothing when it refuses.
+    the types Stripe sends (without it such a type is refused as a typo would be), or a listed one without an
+    example object (instead of a guess); one that contradicts the example object is refused. Refuses
+    (``ScaffoldError``) also a type a handler already takes (a handler module under ``root``, or one of
+    ``modules``: HOOKSTREAM_HANDLERS), and existing files. Writes nothing when it refuses.
     """
     module = module_name(event_type)
     if object_type is not None and not _OBJECT_TYPE.fullmatch(object_type):
@@ -74,6 +75,13 @@ def new_handler(
         fixture: dict[str, Any] | None = fixture_for(event_type)
     except UnknownEventType:
         fixture = None
+    if object_type is not None and fixture is not None and event_type in event_types():  # its example object's
+        if object_type != fixture["object"]:
+            raise ScaffoldError(
+                f"{event_type} is a listed type whose events carry a {fixture['object']}: --object-type is for a "
+                "type newer than hookstream's list (ops/stripe/event-types.txt), or one without an example object"
+            )
+        object_type = None
     handler_source, test_source = _render(event_type, module, fixture, object_type)
 
     test_path.parent.mkdir(parents=True, exist_ok=True)

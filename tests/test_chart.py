@@ -262,8 +262,9 @@ def test_selectors_match_pod_labels(scenario: str) -> None:
 
 def test_unready_pods_never_hold_a_node_drain() -> None:
     """In a Kafka outage every gateway is unready; with the default eviction policy their budget is never met and
-    no drain goes through until Kafka is back. The field exists from Kubernetes 1.26: not rendered before."""
-    for kube, policy in (("1.29.0", "AlwaysAllow"), ("1.25.0", None)):
+    no drain goes through until Kafka is back. The field is on by default from Kubernetes 1.27 (alpha, off, in
+    1.26, where the API server would drop it): not rendered before."""
+    for kube, policy in (("1.29.0", "AlwaysAllow"), ("1.27.0", "AlwaysAllow"), ("1.26.5", None), ("1.25.0", None)):
         budgets = find(render("production", "--kube-version", kube), "PodDisruptionBudget")
         assert len(budgets) == 2
         assert [b["spec"].get("unhealthyPodEvictionPolicy") for b in budgets] == [policy, policy], kube
@@ -348,11 +349,12 @@ def test_gateway_limits_are_set_from_values_and_default_to_the_gateways_own() ->
     assert chart_defaults.gateway_max_header_bytes == defaults.gateway_max_header_bytes
     assert chart_defaults.gateway_keepalive_timeout == defaults.gateway_keepalive_timeout
     chosen_values = ("--set", "gateway.clientTimeout=4", "--set", "gateway.maxHeaderBytes=16384")
-    chosen_values += ("--set", "gateway.keepaliveTimeout=620")
+    chosen_values += ("--set", "gateway.keepaliveTimeout=620", "--set", "gateway.bind=::")
     config = configmap_env(render("default", *chosen_values))
     chosen = Settings.from_env(config)
     assert (chosen.gateway_client_timeout, chosen.gateway_max_header_bytes) == (4.0, 16384)
-    assert chosen.gateway_keepalive_timeout == 620
+    assert (chosen.gateway_keepalive_timeout, chosen.gateway_host) == (620, "::")  # an IPv6 cluster's
+    assert chart_defaults.gateway_host == defaults.gateway_host
 
 
 def test_numbers_from_a_values_file_reach_the_pods_as_numbers_the_settings_read(tmp_path: Path) -> None:
@@ -361,15 +363,17 @@ def test_numbers_from_a_values_file_reach_the_pods_as_numbers_the_settings_read(
     values_file = tmp_path / "numbers.yaml"
     values_file.write_text(
         "config:\n  extra:\n    WORKER_PRODUCER_MAX_BATCH_SIZE: 2097152\n    HANDLER_RETRY_BACKOFF: 0.5\n"
+        "    FAR_TOO_BIG: 1e21\n"  # an int64 would wrap: left as printed
         "gateway:\n  env:\n    PRODUCER_MAX_BATCH_SIZE: 4194304\n"
-        "worker:\n  maxInflight: 2000000\n"
+        "worker:\n  maxInflight: 2000000\n  env:\n    LOG_LEVEL: DEBUG\n"  # a ConfigMap variable, overridden
     )
     docs = render("default", "-f", str(values_file))
     gateway, worker = (env_of(workloads(docs)[name]) for name in ("gateway", "worker"))
     config = configmap_env(docs)
     assert config["WORKER_PRODUCER_MAX_BATCH_SIZE"] == "2097152" and config["HANDLER_RETRY_BACKOFF"] == "0.5"
     assert gateway["PRODUCER_MAX_BATCH_SIZE"]["value"] == "4194304"
-    assert worker["WORKER_MAX_INFLIGHT"]["value"] == "2000000"
+    assert worker["WORKER_MAX_INFLIGHT"]["value"] == "2000000" and config["FAR_TOO_BIG"] == "1e+21"
+    assert worker["LOG_LEVEL"]["value"] == "DEBUG" and "LOG_LEVEL" not in gateway
     settings = Settings.from_env({**config, **{name: v["value"] for name, v in worker.items() if "value" in v}})
     assert (settings.worker_producer_max_batch_size, settings.worker_max_inflight) == (2_097_152, 2_000_000)
 
@@ -618,9 +622,11 @@ def test_grace_periods_shorter_than_the_timeouts_need_are_refused(args: list[str
     [
         (["--set", "stripe.existingSecret=a", "--set", "stripe.webhookSecrets=whsec_x"], "not both"),
         (["--set-string", "config.extra.GATEWAY_PUBLISH_TIMEOUT=20"], "GATEWAY_PUBLISH_TIMEOUT: the chart sets"),
-        # the per-component env maps too: the worker would listen where no probe, Service or peer looks
+        # the per-component env maps may override the ConfigMap, not the pods' own variables nor the ports (the
+        # worker would listen where no probe, Service or peer looks)
         (["--set", "worker.env.WORKER_WEB_PORT=7000"], "worker.env.WORKER_WEB_PORT: the chart sets"),
-        (["--set", "gateway.env.GATEWAY_KEEPALIVE_TIMEOUT=5"], "gateway.env.GATEWAY_KEEPALIVE_TIMEOUT: the chart sets"),
+        (["--set", "worker.env.WORKER_DATA_DIR=/tmp"], "worker.env.WORKER_DATA_DIR: the chart sets"),
+        (["--set", "gateway.env.STRIPE_WEBHOOK_SECRETS=whsec_x"], "gateway.env.STRIPE_WEBHOOK_SECRETS: the chart sets"),
         (["--set-string", "config.extra.WORKER_DATA_DIR=/tmp"], "WORKER_DATA_DIR: the chart sets"),
         (["--set", "config.topicReplicationFactor=1"], "config.topicMinInsyncReplicas (2) is above"),
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.username=u"], "kafka.sasl.existingSecret"),

@@ -592,6 +592,23 @@ def test_keep_alive_is_served_in_order_then_closed_quietly_when_idle(gw: Gateway
     assert gw.metric("hookstream_gateway_requests_total", status="408") == before
 
 
+def test_a_connection_answered_before_its_body_came_gets_the_client_timeout_for_it_then_the_keep_alive_one(
+    gw: GatewayProcess,
+) -> None:
+    """A request to another path is answered (404) before its body is in: the client still has the client timeout to
+    send the rest, and once it has, the connection idles as after any answer (GATEWAY_KEEPALIVE_TIMEOUT)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=KEEPALIVE_TIMEOUT + CLOSED_WITHIN) as sock:
+        sock.sendall(b"POST /elsewhere HTTP/1.1\r\nHost: hookstream\r\nContent-Length: 5\r\n\r\n")
+        buffer = bytearray()
+        answer = _read_answer(sock, buffer)
+        assert answer is not None and answer.status == 404
+        sock.sendall(b"12345")
+        sent = time.monotonic()
+        assert sock.recv(1024) == b"" and not buffer  # closed quietly: nothing was asked after the answer
+        idle_for = time.monotonic() - sent
+    assert KEEPALIVE_TIMEOUT * 0.9 <= idle_for < KEEPALIVE_TIMEOUT + CLOSED_WITHIN, idle_for
+
+
 def test_the_deadline_never_cuts_a_publish_in_progress() -> None:
     """Receiving has a deadline, working on a received request has not: a publish the broker does not acknowledge
     runs its full GATEWAY_PUBLISH_TIMEOUT (longer than the client timeout) and ends in 503, not 408."""

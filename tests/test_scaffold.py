@@ -129,6 +129,12 @@ def test_refuses_a_type_stripe_does_not_send(project: Path) -> None:
         new_handler("payout", project)
     with pytest.raises(ScaffoldError, match="not an object type"):
         new_handler("payout.vanished", project, object_type="Payout!")
+    # a listed type's object is known: another one would subscribe the handler to a topic its events never reach
+    with pytest.raises(
+        ScaffoldError, match=r"payout\.paid is a listed type whose events carry a payout: --object-type"
+    ):
+        new_handler("payout.paid", project, object_type="charge")
+    assert _listing(project) == ["handlers", "handlers/__init__.py", "pytest.ini", "tests", "tests/__init__.py"]
     assert _listing(project) == ["handlers", "handlers/__init__.py", "pytest.ini", "tests", "tests/__init__.py"]
 
 

@@ -246,17 +246,24 @@ streams/actors.py) to end, then 15 s to commit, flush the changelog producer, le
 {{- end }}
 {{- end }}
 
-{{/* The environment variables the chart sets from values of its own (the ConfigMap, each pod's env, the secret
-files), space-separated: config.extra, gateway.env and worker.env may not set them again (a duplicate is kept or
-refused depending on the client, and one that wins silently breaks what the chart set up: a port the probes no
-longer reach, a data directory off the volume). */}}
-{{- define "hookstream.chartEnv" -}}
-KAFKA_BOOTSTRAP_SERVERS KAFKA_SECURITY_PROTOCOL KAFKA_ENABLE_IDEMPOTENCE KAFKA_MAX_MESSAGE_BYTES KAFKA_SASL_MECHANISM KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD KAFKA_SASL_PASSWORD_FILE KAFKA_SSL_CAFILE STRIPE_WEBHOOK_SECRETS STRIPE_WEBHOOK_SECRETS_FILE STRIPE_WEBHOOK_TOLERANCE GATEWAY_HOST GATEWAY_PORT GATEWAY_MAX_BODY_BYTES GATEWAY_PUBLISH_TIMEOUT GATEWAY_CLIENT_TIMEOUT GATEWAY_KEEPALIVE_TIMEOUT GATEWAY_MAX_HEADER_BYTES TOPIC_PREFIX TOPIC_PARTITIONS TOPIC_REPLICATION_FACTOR TOPIC_MIN_INSYNC_REPLICAS HOOKSTREAM_APP_ID WORKER_WEB_PORT LOG_LEVEL POD_NAME POD_NAMESPACE WORKER_WEB_HOST WORKER_WEB_BIND STATE_STORE WORKER_DATA_DIR WORKER_MAX_INFLIGHT HOOKSTREAM_HANDLERS
+{{/* The variables of the chart's ConfigMap, set from values of its own, space-separated. config.extra may not
+set them again: a duplicate key in the ConfigMap is kept or refused depending on the client. (gateway.env and
+worker.env may: a container's env overrides its envFrom.) */}}
+{{- define "hookstream.configEnv" -}}
+KAFKA_BOOTSTRAP_SERVERS KAFKA_SECURITY_PROTOCOL KAFKA_ENABLE_IDEMPOTENCE KAFKA_MAX_MESSAGE_BYTES KAFKA_SASL_MECHANISM KAFKA_SASL_USERNAME STRIPE_WEBHOOK_TOLERANCE GATEWAY_HOST GATEWAY_PORT GATEWAY_MAX_BODY_BYTES GATEWAY_PUBLISH_TIMEOUT GATEWAY_CLIENT_TIMEOUT GATEWAY_KEEPALIVE_TIMEOUT GATEWAY_MAX_HEADER_BYTES TOPIC_PREFIX TOPIC_PARTITIONS TOPIC_REPLICATION_FACTOR TOPIC_MIN_INSYNC_REPLICAS HOOKSTREAM_APP_ID WORKER_WEB_PORT LOG_LEVEL
+{{- end }}
+
+{{/* What no values map may set: the variables of the pods' own env lists (a duplicate there is kept or refused
+depending on the client, and one that wins breaks what the chart set up: a data directory off the volume, a
+peer address nobody answers), the secret files and the secrets themselves (Secrets, not values), and the ports,
+which the probes, Services and NetworkPolicies are built on. */}}
+{{- define "hookstream.podEnv" -}}
+POD_NAME POD_NAMESPACE WORKER_WEB_HOST WORKER_WEB_BIND STATE_STORE WORKER_DATA_DIR WORKER_MAX_INFLIGHT HOOKSTREAM_HANDLERS KAFKA_SSL_CAFILE STRIPE_WEBHOOK_SECRETS STRIPE_WEBHOOK_SECRETS_FILE KAFKA_SASL_PASSWORD KAFKA_SASL_PASSWORD_FILE GATEWAY_PORT WORKER_WEB_PORT
 {{- end }}
 
 {{/* Extra NAME: value pairs as container env. Call with (list $ .Values.gateway.env "gateway.env"). */}}
 {{- define "hookstream.extraEnv" -}}
-{{- $set := splitList " " (include "hookstream.chartEnv" (index . 0)) }}
+{{- $set := splitList " " (include "hookstream.podEnv" (index . 0)) }}
 {{- $where := index . 2 }}
 {{- range $name, $value := index . 1 }}
 {{- if has $name $set }}
@@ -290,10 +297,11 @@ Call with (list $ "gateway"). */}}
 
 {{/*
 An environment variable's value from a values file: a whole number as its digits. Helm reads every number of a
-values file (-f) as a float, which prints 2097152 as "2.097152e+06", and no setting parses that.
+values file (-f) as a float, which prints 2097152 as "2.097152e+06", and no setting parses that. (Beyond 1e15 it is
+left as printed: an int64 would wrap, and no setting takes such a number anyway.)
 */}}
 {{- define "hookstream.envValue" -}}
-{{- if and (kindIs "float64" .) (eq (floor .) .) -}}
+{{- if and (kindIs "float64" .) (eq (floor .) .) (lt . 1e15) (gt . -1e15) -}}
 {{- int64 . -}}
 {{- else -}}
 {{- toString . -}}
