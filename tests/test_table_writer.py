@@ -247,6 +247,54 @@ def test_a_batch_the_producer_cannot_take_fails_the_partitions_later_batches_and
     assert not writer.consistent and [str(e) for e in app.crashed] == ["producer stopped"]
 
 
+def test_a_put_waiting_for_a_batch_that_is_lost_raises_and_leaves_the_store_as_it_was() -> None:
+    """A put that finds two batches of its partition not yet with the producer waits for the earlier one; if that
+    one cannot be handed over, the put raises (StateNotStored for the processor) and its value is not stored: the
+    store is never ahead of the changelog."""
+
+    class Stopped(_Producer):
+        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+            await asyncio.sleep(0.01)
+            raise RuntimeError("producer stopped")
+
+    async def run() -> tuple[_Table, BaseException | None]:
+        writer, _, table = _writer(Stopped(batch_size=1_000))
+        for i in range(8):  # batch 0 takes 4 records, batch 1 the next 4: both wait for the sender
+            done, _ = eager.start(writer.put(b"k%d" % i, b"%03d" % i + b"." * 180, 0))
+            assert done
+        try:
+            await writer.put(b"k8", b"008" + b"." * 180, 0)  # batch 1 full, batch 0 not handed over: waits
+        except ChangelogLost as exc:
+            return table, exc
+        return table, None
+
+    table, error = asyncio.run(run())
+    assert isinstance(error, ChangelogLost)
+    assert b"k8" not in table.data and b"k7" in table.data
+
+
+def test_a_batch_the_producer_drops_unsent_stops_commits() -> None:
+    """The producer stopped with a batch unsent (its delivery cancelled): the states in it are not in the changelog,
+    so nothing may be committed past them; the local state is rebuilt at the next start (not consistent)."""
+
+    class Dropping(_Producer):
+        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+            delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.005, delivery.cancel)
+            return delivery
+
+    async def run() -> TableWriter:
+        writer, _, _ = _writer(Dropping())
+        await writer.put(b"k", b"v", 0)
+        await writer.flush()
+        await asyncio.sleep(0.05)  # the cancellation arrives
+        with pytest.raises(ChangelogLost):
+            writer.raise_if_lost()
+        return writer
+
+    assert not asyncio.run(run()).consistent
+
+
 def test_check_passes_a_record_at_the_limit_and_refuses_one_byte_over() -> None:
     """What the processor asks before it emits or puts anything (tests/test_emit.py: such a state is never put)."""
     writer, _, table = _writer(_Producer())  # a changelog record (key and value) of at most 1 MiB
