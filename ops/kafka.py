@@ -46,22 +46,41 @@ def topic_configs(settings: Settings) -> dict[str, str]:
 
     ``min.insync.replicas``: with acks=all, how many replicas hold a record before it is acknowledged. The brokers'
     default (Kafka's: 1) acknowledges with the leader alone in sync, and a 200 would then survive no broker loss.
+    ``max.message.bytes``: KAFKA_MAX_MESSAGE_BYTES when it is not Kafka's default, so that the topics take what
+    the components send (a topic's own limit comes before the brokers').
     """
+    configs = {}
     if settings.topic_min_insync_replicas:
-        return {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
-    return {}
+        configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
+    if settings.kafka_max_message_bytes != Settings().kafka_max_message_bytes:  # Kafka's message.max.bytes
+        configs["max.message.bytes"] = str(settings.kafka_max_message_bytes)
+    return configs
+
+
+def dead_letter_topic_configs(settings: Settings) -> dict[str, str]:
+    """The dead-letter topic keeps its records for ever (``retention.ms`` -1): a dead letter waits for a replay or a
+    discard, and one the brokers' retention deleted (7 days by default) would be gone without a word, from
+    ``hookstream replay`` and from the dead-letters-waiting count alike. Dead letters are few."""
+    return {**topic_configs(settings), "retention.ms": "-1"}
 
 
 async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: Iterable[str]) -> None:
-    """Create event topics with ``TOPIC_PARTITIONS`` partitions; existing ones are left as they are.
+    """Create event topics (and the dead-letter topic) with ``TOPIC_PARTITIONS`` partitions; existing ones are left
+    as they are.
 
     All event topics have the same partition count so that Faust tables co-partition with them. A cluster
     that forbids topic creation (topics managed elsewhere, e.g. Strimzi KafkaTopic resources) is logged once
     and otherwise ignored.
     """
-    configs = topic_configs(settings)
+    configs, dead_letters = topic_configs(settings), dead_letter_topic_configs(settings)
     new = [
-        NewTopic(t, settings.topic_partitions, settings.topic_replication_factor, topic_configs=configs) for t in topics
+        NewTopic(
+            t,
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+            topic_configs=dead_letters if t == settings.dlq_topic else configs,
+        )
+        for t in topics
     ]
     if not new:
         return

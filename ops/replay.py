@@ -52,6 +52,8 @@ async def replay(
     try:
         await producer.start()
         await consumer.start()
+        if settings.dlq_topic not in await consumer.topics():  # none written yet: nothing to join for
+            return Replayed(0, 0, [])
         consumer.subscribe([settings.dlq_topic])
         async for tp, record, headers in _dead_letters(consumer, limit, idle_timeout):
             source = header(headers, "source-topic")
@@ -95,6 +97,8 @@ async def pending(settings: Settings, show: Callable[[str], None], idle_timeout:
         await consumer.start()
         await consumer.topics()  # the topic's partitions, without creating it
         partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
+        if not partitions:  # no dead-letter topic yet
+            return 0
         # assigned, not subscribed: positions start at the group's committed offsets (else the beginning)
         consumer.assign([TopicPartition(settings.dlq_topic, partition) for partition in sorted(partitions)])
         async for tp, record, headers in _dead_letters(consumer, None, idle_timeout):
@@ -118,15 +122,31 @@ def _consumer(settings: Settings) -> AIOKafkaConsumer:
 
 
 async def _dead_letters(
-    consumer: AIOKafkaConsumer, limit: int | None, idle_timeout: float
+    consumer: AIOKafkaConsumer, limit: int | None, idle_timeout: float, join_timeout: float = 60.0
 ) -> AsyncIterator[tuple[TopicPartition, ConsumerRecord[bytes, bytes], list[tuple[str, bytes]]]]:
-    """Up to ``limit`` records with their headers, until nothing new came for ``idle_timeout`` (caught up)."""
+    """Up to ``limit`` records with their headers, until nothing new came for ``idle_timeout`` (caught up).
+
+    The idle time counts from the first poll with partitions assigned: joining the group takes seconds on Kafka
+    (``group.initial.rebalance.delay.ms``, 3 s by default, for a group nobody is in), and a replay that counted them
+    stopped before it had read anything, reporting 0. GroupJoinTimeout when no partition came in ``join_timeout``.
+    """
     count = 0
-    idle_since = time.monotonic()
+    idle_since: float | None = None
+    joining_until = time.monotonic() + join_timeout
     while limit is None or count < limit:
         batch = await consumer.getmany(timeout_ms=500, max_records=limit and limit - count)
         if not batch:
-            if time.monotonic() - idle_since > idle_timeout:
+            now = time.monotonic()
+            if not consumer.assignment():
+                if now > joining_until:
+                    raise GroupJoinTimeout(
+                        f"no partition of the dead-letter topic assigned in {join_timeout:g} s: another "
+                        "`hookstream replay` may be running"
+                    )
+                continue
+            if idle_since is None:
+                idle_since = now
+            elif now - idle_since > idle_timeout:
                 return
             continue
         idle_since = time.monotonic()
@@ -134,6 +154,10 @@ async def _dead_letters(
             for record in records:
                 count += 1
                 yield tp, record, header_pairs(record.headers)
+
+
+class GroupJoinTimeout(KafkaError):
+    """The replay's consumer group assigned it no partition of the dead-letter topic in time."""
 
 
 def replay_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:

@@ -87,6 +87,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.worker_app_id}-replay"
 
     @property
+    def worker_producer_batch_bytes(self) -> int:
+        """The worker producer's batch size: WORKER_PRODUCER_MAX_BATCH_SIZE, within what the brokers take. A
+        changelog batch (streams/table.py) over KAFKA_MAX_MESSAGE_BYTES would be refused whole, every time."""
+        return min(self.worker_producer_max_batch_size, self.kafka_max_message_bytes)
+
+    @property
     def changelog_topic(self) -> str:
         """The objects table's changelog (Faust's name for it): the workers' record of every applied event."""
         return f"{self.worker_app_id}-objects-changelog"

@@ -106,7 +106,7 @@ app = HookstreamApp(
     # Large batches: aiokafka keeps one open batch per partition and makes a writer wait (asyncio.wait) while a
     # full one is sent; at Faust's default 16 KB (about ten states) the table writes waited on every few events
     # (make bench, cpu workload: 4,000 against 7,900 events/s with 1 MiB).
-    producer_max_batch_size=settings.worker_producer_max_batch_size,
+    producer_max_batch_size=settings.worker_producer_batch_bytes,
     producer_max_request_size=_MAX_REQUEST_BYTES,
     producer_acks=-1,
     key_serializer="raw",

@@ -44,18 +44,31 @@ async def prepare_topics(settings: Settings, topics: list[str]) -> None:
 
 
 class PartitionMismatch(RuntimeError):
-    """An event topic's partition count differs from TOPIC_PARTITIONS: tables would not co-partition."""
+    """An event topic's or the changelog's partition count differs from TOPIC_PARTITIONS: the objects table would
+    not co-partition with the events (streams/table.py writes an object's state to its event's partition)."""
 
 
 async def _check_partitions(admin: AIOKafkaAdminClient, settings: Settings, topics: list[str]) -> None:
+    """Every event topic, and the objects table's changelog if it exists yet (Faust creates it at the first start;
+    one made by hand, or left from before TOPIC_PARTITIONS changed, may differ), has TOPIC_PARTITIONS partitions.
+
+    A changelog with another count is assigned apart from the events: a worker would recover other partitions'
+    states than those of the events it gets, and take known objects for new ones."""
     cluster = await admin._client.fetch_all_metadata()
-    wrong = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
-    wrong = {t: n for t, n in wrong.items() if n != settings.topic_partitions}
-    if wrong:
-        found = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+    wanted = settings.topic_partitions
+    problems = []
+    for topic in [*topics, settings.changelog_topic]:
+        partitions = cluster.partitions_for_topic(topic)
+        if partitions is None:
+            if topic != settings.changelog_topic:
+                problems.append(f"{topic} does not exist (create it, or allow hookstream to: CreateTopics)")
+        elif len(partitions) != wanted:
+            problems.append(f"{topic} has {len(partitions)}")
+    if problems:
         raise PartitionMismatch(
-            f"every event topic needs TOPIC_PARTITIONS={settings.topic_partitions} partitions so that the state "
-            f"table co-partitions with it, but {found}. Recreate the topics or set TOPIC_PARTITIONS to match."
+            f"every event topic and the objects table's changelog need TOPIC_PARTITIONS={wanted} partitions so "
+            f"that the state co-partitions with the events, but {', '.join(sorted(problems))}. Recreate the topics, "
+            "or set TOPIC_PARTITIONS to match."
         )
 
 

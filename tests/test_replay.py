@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from types import SimpleNamespace
+from typing import Any
 
-from ops.replay import replay_headers
+import pytest
+
+from ops.replay import GroupJoinTimeout, _dead_letters, replay_headers
 from streams.dead_letters import dead_letter_headers
 
 
@@ -20,3 +25,40 @@ def test_a_dead_letter_goes_back_with_its_own_headers_and_one_fresh_replayed_at(
     assert sent[:-1] == delivered
     name, value = sent[-1]
     assert name == "replayed-at" and before <= int(value) <= after
+
+
+class _Joining:
+    """A consumer whose group join takes ``join_polls`` polls (assigned nothing meanwhile), then has ``records``."""
+
+    def __init__(self, join_polls: int, records: list[Any]) -> None:
+        self.join_polls, self.records = join_polls, records
+
+    async def getmany(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:
+        await asyncio.sleep(0.02)
+        if self.join_polls:
+            self.join_polls -= 1
+            return {}
+        records, self.records = self.records, []
+        return {"tp": records} if records else {}
+
+    def assignment(self) -> set[str]:
+        return set() if self.join_polls else {"tp"}
+
+
+def _records(consumer: _Joining, idle: float, join: float = 5.0) -> list[Any]:
+    async def run() -> list[Any]:
+        return [record async for _, record, _ in _dead_letters(consumer, None, idle, join)]  # type: ignore[arg-type]
+
+    return asyncio.run(run())
+
+
+def test_the_idle_time_counts_from_the_first_assignment_not_through_the_group_join() -> None:
+    """On Kafka a group nobody is in is joined after group.initial.rebalance.delay.ms (3 s): counted as idle, the
+    replay stopped before its first fetch and replayed nothing."""
+    letter = SimpleNamespace(offset=0, headers=[("event-id", b"evt_1")])
+    assert _records(_Joining(join_polls=10, records=[letter]), idle=0.1) == [letter]  # 0.2 s joining > 0.1 s idle
+
+
+def test_a_join_that_never_assigns_a_partition_is_an_error_not_an_empty_replay() -> None:
+    with pytest.raises(GroupJoinTimeout, match="another `hookstream replay` may be running"):
+        _records(_Joining(join_polls=1_000, records=[]), idle=0.1, join=0.3)

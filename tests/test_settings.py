@@ -105,3 +105,20 @@ def test_events_running_at_a_rebalance_get_the_handler_timeout_at_most_half_the_
     short = Settings.from_env({"WORKER_REBALANCE_TIMEOUT": "3"})
     assert short.rebalance_grace == 1.5
     assert Settings.from_env({"HANDLER_TIMEOUT": "5"}).rebalance_grace == 5
+
+
+def test_what_the_worker_and_the_topics_it_creates_take_follows_kafka_max_message_bytes() -> None:
+    """A changelog batch over the brokers' limit is refused whole, every time (the worker crashed in a loop), and
+    a topic's own max.message.bytes comes before the brokers': both follow KAFKA_MAX_MESSAGE_BYTES."""
+    from ops.kafka import dead_letter_topic_configs, topic_configs
+
+    default = Settings.from_env({})
+    assert default.worker_producer_batch_bytes == default.worker_producer_max_batch_size
+    assert "max.message.bytes" not in topic_configs(default)  # Kafka's default: nothing to say
+    small = Settings.from_env({"KAFKA_MAX_MESSAGE_BYTES": "524288"})
+    assert small.worker_producer_batch_bytes == 524_288
+    large = Settings.from_env(
+        {"KAFKA_MAX_MESSAGE_BYTES": "5242880", "TOPIC_REPLICATION_FACTOR": "3", "TOPIC_MIN_INSYNC_REPLICAS": "2"}
+    )
+    assert topic_configs(large) == {"min.insync.replicas": "2", "max.message.bytes": "5242880"}
+    assert dead_letter_topic_configs(large) == {**topic_configs(large), "retention.ms": "-1"}

@@ -1,0 +1,62 @@
+"""The topics a worker prepares before it starts (streams/worker.py ``prepare_topics``), against a real broker:
+partition counts that would break co-partitioning are refused with the reason, and the dead-letter topic keeps its
+records until someone replays them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from ops.settings import Settings
+from streams.worker import PartitionMismatch, prepare_topics
+from tests.support import BrokerInfo, unique
+from tests.test_worker import topic_configs_set
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(broker: BrokerInfo, app_id: str, prefix: str) -> Settings:
+    return Settings.from_env(broker.env() | {"HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix})
+
+
+def _create(broker: BrokerInfo, topic: str, partitions: int) -> None:
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, partitions, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+
+
+def test_an_event_topic_with_another_partition_count_is_refused(broker: BrokerInfo) -> None:
+    app_id, prefix = unique("parts")
+    settings = _settings(broker, app_id, prefix)
+    _create(broker, prefix + "charge", 3)
+    with pytest.raises(
+        PartitionMismatch, match=rf"TOPIC_PARTITIONS={settings.topic_partitions} .*{prefix}charge has 3"
+    ):
+        asyncio.run(prepare_topics(settings, [prefix + "charge", prefix + "invoice"]))
+
+
+def test_a_changelog_with_another_partition_count_is_refused(broker: BrokerInfo) -> None:
+    """Made by hand, or left from before TOPIC_PARTITIONS changed: assigned apart from the events, a worker would
+    recover other partitions' states than its events', and take known objects for new ones."""
+    app_id, prefix = unique("changelog")
+    settings = _settings(broker, app_id, prefix)
+    _create(broker, settings.changelog_topic, 3)
+    with pytest.raises(PartitionMismatch, match=rf"{settings.changelog_topic} has 3"):
+        asyncio.run(prepare_topics(settings, [prefix + "charge"]))
+
+
+def test_the_dead_letter_topic_keeps_its_records_until_replayed(broker: BrokerInfo) -> None:
+    """The brokers' default retention (7 days) would delete a dead letter nobody replayed yet, without a word."""
+    app_id, prefix = unique("dlq")
+    settings = _settings(broker, app_id, prefix)
+    asyncio.run(prepare_topics(settings, [prefix + "charge"]))  # a fresh prefix: no changelog yet, all created
+    kept = topic_configs_set(broker, [settings.dlq_topic, prefix + "charge"], "retention.ms")
+    assert kept == {settings.dlq_topic: {"retention.ms": "-1"}, prefix + "charge": {}}
