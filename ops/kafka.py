@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
 _NOT_AUTHORIZED = {29, 30, 31}  # topic, group, cluster authorization failed
+_CONFIG_REFUSED = {40, 44}  # invalid config, policy violation
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -70,9 +71,29 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: 
 
     All event topics have the same partition count so that Faust tables co-partition with them. A cluster
     that forbids topic creation (topics managed elsewhere, e.g. Strimzi KafkaTopic resources) is logged once
-    and otherwise ignored.
+    and otherwise ignored. A dead-letter topic whose ``retention.ms`` -1 the brokers refuse (a managed service's
+    retention policy) is created with their retention, and that logged.
     """
-    configs, dead_letters = topic_configs(settings), dead_letter_topic_configs(settings)
+    configs = topic_configs(settings)
+    refused = await _create(admin, settings, topics, configs, dead_letter_topic_configs(settings))
+    if refused:  # only ever the dead-letter topic's unlimited retention
+        log.warning(
+            "the brokers refuse retention.ms=-1 for %s (%s): created with their retention instead; dead letters "
+            "older than it are deleted unreplayed",
+            settings.dlq_topic,
+            refused,
+        )
+        await _create(admin, settings, [settings.dlq_topic], configs, configs)
+
+
+async def _create(
+    admin: AIOKafkaAdminClient,
+    settings: Settings,
+    topics: Iterable[str],
+    configs: dict[str, str],
+    dead_letters: dict[str, str],
+) -> str | None:
+    """Create ``topics``; the reason the brokers refused the dead-letter topic's configs, if they did."""
     new = [
         NewTopic(
             t,
@@ -83,15 +104,20 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: 
         for t in topics
     ]
     if not new:
-        return
+        return None
     response = await admin.create_topics(new)
+    refused = None
     for topic, code, message in response.topic_errors:
         if code == 0 or code == _TOPIC_ALREADY_EXISTS:
             continue
         if code in _NOT_AUTHORIZED:
             log.warning("not allowed to create topic %s; assuming it is managed outside hookstream", topic)
             continue
+        if topic == settings.dlq_topic and code in _CONFIG_REFUSED and dead_letters != configs:
+            refused = message or f"error {code}"
+            continue
         raise TopicCreationError(f"cannot create topic {topic}: error {code} {message or ''}".strip())
+    return refused
 
 
 class TopicCreationError(RuntimeError):

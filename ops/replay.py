@@ -45,7 +45,11 @@ async def replay(
     team has decided so)."""
     consumer = _consumer(settings)
     producer = AIOKafkaProducer(
-        **client_options(settings), acks="all", enable_idempotence=settings.kafka_enable_idempotence
+        **client_options(settings),
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        # a dead letter as large as the brokers take (aiokafka's default request limit is 1 MiB)
+        max_request_size=max(settings.kafka_max_message_bytes, 1_048_576),
     )
     replayed = skipped = 0
     discarded: list[str] = []
@@ -53,6 +57,7 @@ async def replay(
         await producer.start()
         await consumer.start()
         if settings.dlq_topic not in await consumer.topics():  # none written yet: nothing to join for
+            log.warning("no topic %s (or this user may not describe it): nothing to replay", settings.dlq_topic)
             return Replayed(0, 0, [])
         consumer.subscribe([settings.dlq_topic])
         async for tp, record, headers in _dead_letters(consumer, limit, idle_timeout):
@@ -98,6 +103,7 @@ async def pending(settings: Settings, show: Callable[[str], None], idle_timeout:
         await consumer.topics()  # the topic's partitions, without creating it
         partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
         if not partitions:  # no dead-letter topic yet
+            log.warning("no topic %s (or this user may not describe it): no dead letter", settings.dlq_topic)
             return 0
         # assigned, not subscribed: positions start at the group's committed offsets (else the beginning)
         consumer.assign([TopicPartition(settings.dlq_topic, partition) for partition in sorted(partitions)])
@@ -132,24 +138,30 @@ async def _dead_letters(
     """
     count = 0
     idle_since: float | None = None
-    joining_until = time.monotonic() + join_timeout
+    joining_until: float | None = time.monotonic() + join_timeout  # None once a partition was assigned
+    assigned: set[TopicPartition] = set()
     while limit is None or count < limit:
         batch = await consumer.getmany(timeout_ms=500, max_records=limit and limit - count)
+        if consumer.assignment() != assigned:  # joined, or a rebalance: the idle time starts again
+            assigned, idle_since = set(consumer.assignment()), None
         if not batch:
             now = time.monotonic()
-            if not consumer.assignment():
+            if not assigned:
+                if joining_until is None:  # the partitions went to another replay: it takes them on
+                    return
                 if now > joining_until:
                     raise GroupJoinTimeout(
                         f"no partition of the dead-letter topic assigned in {join_timeout:g} s: another "
                         "`hookstream replay` may be running"
                     )
                 continue
+            joining_until = None
             if idle_since is None:
                 idle_since = now
             elif now - idle_since > idle_timeout:
                 return
             continue
-        idle_since = time.monotonic()
+        joining_until, idle_since = None, time.monotonic()
         for tp, records in batch.items():
             for record in records:
                 count += 1

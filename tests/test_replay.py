@@ -1,4 +1,5 @@
-"""What ``hookstream replay`` sends back (no broker: the header rewrite; tests/test_worker.py replays for real)."""
+"""``hookstream replay``'s parts: the headers it sends back, how it reads the dead-letter topic, and a cluster
+without that topic (the one test here with a broker; tests/test_worker.py replays for real)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from ops.replay import GroupJoinTimeout, _dead_letters, replay_headers
+from ops.replay import GroupJoinTimeout, Replayed, _dead_letters, pending, replay, replay_headers
+from ops.settings import Settings
 from streams.dead_letters import dead_letter_headers
+from tests.support import BrokerInfo, unique
 
 
 def test_a_dead_letter_goes_back_with_its_own_headers_and_one_fresh_replayed_at() -> None:
@@ -28,21 +31,24 @@ def test_a_dead_letter_goes_back_with_its_own_headers_and_one_fresh_replayed_at(
 
 
 class _Joining:
-    """A consumer whose group join takes ``join_polls`` polls (assigned nothing meanwhile), then has ``records``."""
+    """A consumer whose group join takes ``join_polls`` polls (assigned nothing meanwhile), then has ``records``;
+    after ``lost_after`` polls with partitions, another member takes them."""
 
-    def __init__(self, join_polls: int, records: list[Any]) -> None:
-        self.join_polls, self.records = join_polls, records
+    def __init__(self, join_polls: int, records: list[Any], lost_after: int | None = None) -> None:
+        self.join_polls, self.records, self.lost_after = join_polls, records, lost_after
 
     async def getmany(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:
         await asyncio.sleep(0.02)
         if self.join_polls:
             self.join_polls -= 1
             return {}
+        if self.lost_after is not None:
+            self.lost_after -= 1
         records, self.records = self.records, []
         return {"tp": records} if records else {}
 
     def assignment(self) -> set[str]:
-        return set() if self.join_polls else {"tp"}
+        return set() if self.join_polls or (self.lost_after is not None and self.lost_after < 0) else {"tp"}
 
 
 def _records(consumer: _Joining, idle: float, join: float = 5.0) -> list[Any]:
@@ -62,3 +68,22 @@ def test_the_idle_time_counts_from_the_first_assignment_not_through_the_group_jo
 def test_a_join_that_never_assigns_a_partition_is_an_error_not_an_empty_replay() -> None:
     with pytest.raises(GroupJoinTimeout, match="another `hookstream replay` may be running"):
         _records(_Joining(join_polls=1_000, records=[]), idle=0.1, join=0.3)
+
+
+def test_partitions_taken_by_another_replay_end_this_one_normally_with_what_it_read() -> None:
+    """Past the join, an empty assignment is a rebalance that gave the partitions to another member (a second
+    replay): this one stops as caught up, its count printed, rather than failing on the join deadline."""
+    letter = SimpleNamespace(offset=0, headers=[("event-id", b"evt_1")])
+    consumer = _Joining(join_polls=2, records=[letter], lost_after=3)
+    assert _records(consumer, idle=10.0, join=0.5) == [letter]
+
+
+@pytest.mark.integration
+def test_without_a_dead_letter_topic_there_is_nothing_to_replay_or_list(broker: BrokerInfo) -> None:
+    """No worker wrote one yet: nothing to join for. (Assigned no partition, the listing waited out the join
+    deadline and failed.)"""
+    app_id, prefix = unique("nodlq")
+    settings = Settings.from_env(broker.env() | {"HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix})
+    shown: list[str] = []
+    assert asyncio.run(pending(settings, shown.append)) == 0 and shown == []
+    assert asyncio.run(replay(settings)) == Replayed(0, 0, [])

@@ -60,3 +60,32 @@ def test_the_dead_letter_topic_keeps_its_records_until_replayed(broker: BrokerIn
     asyncio.run(prepare_topics(settings, [prefix + "charge"]))  # a fresh prefix: no changelog yet, all created
     kept = topic_configs_set(broker, [settings.dlq_topic, prefix + "charge"], "retention.ms")
     assert kept == {settings.dlq_topic: {"retention.ms": "-1"}, prefix + "charge": {}}
+
+
+def test_a_dead_letter_topic_whose_unlimited_retention_is_refused_is_created_with_the_brokers_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A managed service may cap retention (a policy violation, or an invalid config): refused, the worker would
+    not start at all. The topic is created without it instead, and the log says what that means."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from ops.kafka import create_topics
+
+    settings = Settings.from_env({"TOPIC_PREFIX": "capped."})
+    asked: list[dict[str, dict[str, str]]] = []
+
+    class CappedAdmin:
+        async def create_topics(self, topics: list[NewTopic]) -> Any:
+            asked.append({t.name: dict(t.topic_configs) for t in topics})
+            errors = [
+                (t.name, 44, "retention.ms must be at most 604800000")
+                if "retention.ms" in t.topic_configs
+                else (t.name, 0, None)
+                for t in topics
+            ]
+            return SimpleNamespace(topic_errors=errors)
+
+    asyncio.run(create_topics(CappedAdmin(), settings, ["capped.charge", "capped.dlq"]))  # type: ignore[arg-type]
+    assert asked == [{"capped.charge": {}, "capped.dlq": {"retention.ms": "-1"}}, {"capped.dlq": {}}]
+    assert "deleted unreplayed" in caplog.text and "at most 604800000" in caplog.text
