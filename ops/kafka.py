@@ -75,46 +75,40 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: 
     retention policy) is created with their retention, and that logged.
     """
     configs = topic_configs(settings)
-    refused = await _create(admin, settings, topics, configs, dead_letter_topic_configs(settings))
-    if refused:  # only ever the dead-letter topic's unlimited retention
+    dead_letters = dead_letter_topic_configs(settings)
+    refused = await _create(admin, settings, {t: dead_letters if t == settings.dlq_topic else configs for t in topics})
+    reason = refused.pop(settings.dlq_topic, None)
+    if reason is not None:  # its unlimited retention: a managed service's retention policy, say
         log.warning(
             "the brokers refuse retention.ms=-1 for %s (%s): created with their retention instead; dead letters "
             "older than it are deleted unreplayed",
             settings.dlq_topic,
-            refused,
+            reason,
         )
-        await _create(admin, settings, [settings.dlq_topic], configs, configs)
+        refused |= await _create(admin, settings, {settings.dlq_topic: configs})
+    for topic, why in refused.items():
+        raise TopicCreationError(f"cannot create topic {topic}: {why}")
 
 
-async def _create(
-    admin: AIOKafkaAdminClient,
-    settings: Settings,
-    topics: Iterable[str],
-    configs: dict[str, str],
-    dead_letters: dict[str, str],
-) -> str | None:
-    """Create ``topics``; the reason the brokers refused the dead-letter topic's configs, if they did."""
+async def _create(admin: AIOKafkaAdminClient, settings: Settings, configs: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Create each topic of ``configs`` with its configs; the topics whose configs the brokers refused, and why.
+    Any other refusal raises TopicCreationError."""
+    if not configs:
+        return {}
     new = [
-        NewTopic(
-            t,
-            settings.topic_partitions,
-            settings.topic_replication_factor,
-            topic_configs=dead_letters if t == settings.dlq_topic else configs,
-        )
-        for t in topics
+        NewTopic(t, settings.topic_partitions, settings.topic_replication_factor, topic_configs=c)
+        for t, c in configs.items()
     ]
-    if not new:
-        return None
     response = await admin.create_topics(new)
-    refused = None
+    refused = {}
     for topic, code, message in response.topic_errors:
         if code == 0 or code == _TOPIC_ALREADY_EXISTS:
             continue
         if code in _NOT_AUTHORIZED:
             log.warning("not allowed to create topic %s; assuming it is managed outside hookstream", topic)
             continue
-        if topic == settings.dlq_topic and code in _CONFIG_REFUSED and dead_letters != configs:
-            refused = message or f"error {code}"
+        if code in _CONFIG_REFUSED:
+            refused[topic] = message or f"error {code}"
             continue
         raise TopicCreationError(f"cannot create topic {topic}: error {code} {message or ''}".strip())
     return refused

@@ -144,6 +144,8 @@ async def _dead_letters(
         batch = await consumer.getmany(timeout_ms=500, max_records=limit and limit - count)
         if consumer.assignment() != assigned:  # joined, or a rebalance: the idle time starts again
             assigned, idle_since = set(consumer.assignment()), None
+            if assigned:
+                joining_until = None
         if not batch:
             now = time.monotonic()
             if not assigned:
@@ -154,14 +156,12 @@ async def _dead_letters(
                         f"no partition of the dead-letter topic assigned in {join_timeout:g} s: another "
                         "`hookstream replay` may be running"
                     )
-                continue
-            joining_until = None
-            if idle_since is None:
+            elif idle_since is None:
                 idle_since = now
             elif now - idle_since > idle_timeout:
                 return
             continue
-        joining_until, idle_since = None, time.monotonic()
+        idle_since = time.monotonic()
         for tp, records in batch.items():
             for record in records:
                 count += 1

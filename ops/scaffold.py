@@ -55,7 +55,8 @@ def new_handler(
     module = module_name(event_type)
     if object_type is not None and not _OBJECT_TYPE.fullmatch(object_type):
         raise ScaffoldError(f"{object_type!r} is not an object type (like payout or checkout.session)")
-    if event_type not in event_types() and object_type is None:
+    listed = event_type in event_types()
+    if not listed and object_type is None:
         raise ScaffoldError(
             f"{not_an_event_type(event_type)}; for a type newer than hookstream's list (ops/stripe/event-types.txt), "
             "say which object its events carry: --object-type OBJECT (e.g. payout)"
@@ -75,7 +76,7 @@ def new_handler(
         fixture: dict[str, Any] | None = fixture_for(event_type)
     except UnknownEventType:
         fixture = None
-    if object_type is not None and fixture is not None and event_type in event_types():  # its example object's
+    if object_type is not None and fixture is not None and listed:  # its example object says what it carries
         if object_type != fixture["object"]:
             raise ScaffoldError(
                 f"{event_type} is a listed type whose events carry a {fixture['object']}: --object-type is for a "

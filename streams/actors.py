@@ -57,7 +57,7 @@ class ActorPool(Generic[T]):
         An item whose key is idle starts at once (eagerly, in the caller): if it finishes without waiting, no
         actor is created at all. Only an item that waits gets a task, and later items of its key queue behind it.
         """
-        if key in self._halted:
+        if self._halted and key in self._halted:  # empty but after a failed store: no lookup per event
             return
         while self._inflight >= self._max_inflight:
             room: asyncio.Future[None] = asyncio.get_running_loop().create_future()

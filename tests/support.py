@@ -44,6 +44,10 @@ class BrokerInfo:
     enable_idempotence: bool
     embedded: EmbeddedBroker | None = None
 
+    def app_env(self, app_id: str, prefix: str) -> dict[str, str]:
+        """``env()`` for the components of one app (consumer groups, changelog) on one topic prefix."""
+        return self.env() | {"HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix}
+
     def env(self) -> dict[str, str]:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
@@ -424,3 +428,36 @@ class DictStore(dict[bytes, bytes]):
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
         self[key] = value  # as the table writer's: ``check`` comes first, from the processor
+
+
+#: Kafka's ConfigSource of a config set on the topic itself (DescribeConfigs v1+), against the brokers' defaults.
+DYNAMIC_TOPIC_CONFIG = 1
+
+
+def topic_configs_set(
+    broker: BrokerInfo, topics: list[str], name: str = "min.insync.replicas"
+) -> dict[str, dict[str, str]]:
+    """``name``'s value in each topic's config where it was set on the topic, not inherited from the brokers.
+
+    Kafka lists every config of a topic and says where each value comes from; the embedded broker lists only those
+    set on the topic (and calls them defaults): a listed one is set there."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    def set_on_topic(source: object) -> bool:
+        return broker.embedded is not None or source == DYNAMIC_TOPIC_CONFIG
+
+    async def describe() -> dict[str, dict[str, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        await admin.start()
+        try:
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+        finally:
+            await admin.close()
+        return {
+            resource[3]: {entry[0]: entry[1] for entry in resource[4] if entry[0] == name and set_on_topic(entry[3])}
+            for response in responses
+            for resource in response.resources
+        }
+
+    return asyncio.run(describe())

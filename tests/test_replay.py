@@ -83,7 +83,7 @@ def test_without_a_dead_letter_topic_there_is_nothing_to_replay_or_list(broker: 
     """No worker wrote one yet: nothing to join for. (Assigned no partition, the listing waited out the join
     deadline and failed.)"""
     app_id, prefix = unique("nodlq")
-    settings = Settings.from_env(broker.env() | {"HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix})
+    settings = Settings.from_env(broker.app_env(app_id, prefix))
     shown: list[str] = []
     assert asyncio.run(pending(settings, shown.append)) == 0 and shown == []
     assert asyncio.run(replay(settings)) == Replayed(0, 0, [])

@@ -5,20 +5,22 @@ records until someone replays them."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from ops.kafka import create_topics
 from ops.settings import Settings
 from streams.worker import PartitionMismatch, prepare_topics
-from tests.support import BrokerInfo, unique
-from tests.test_worker import topic_configs_set
+from tests.support import BrokerInfo, topic_configs_set, unique
 
 pytestmark = pytest.mark.integration
 
 
 def _settings(broker: BrokerInfo, app_id: str, prefix: str) -> Settings:
-    return Settings.from_env(broker.env() | {"HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix})
+    return Settings.from_env(broker.app_env(app_id, prefix))
 
 
 def _create(broker: BrokerInfo, topic: str, partitions: int) -> None:
@@ -67,11 +69,6 @@ def test_a_dead_letter_topic_whose_unlimited_retention_is_refused_is_created_wit
 ) -> None:
     """A managed service may cap retention (a policy violation, or an invalid config): refused, the worker would
     not start at all. The topic is created without it instead, and the log says what that means."""
-    from types import SimpleNamespace
-    from typing import Any
-
-    from ops.kafka import create_topics
-
     settings = Settings.from_env({"TOPIC_PREFIX": "capped."})
     asked: list[dict[str, dict[str, str]]] = []
 

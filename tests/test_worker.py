@@ -16,46 +16,22 @@ import msgspec
 import pytest
 
 from gateway.envelope import Record
-from tests.support import REPO, BrokerInfo, WorkerProcess, charge, consume, produce, start_worker, unique, wait_for
+from tests.support import (
+    REPO,
+    BrokerInfo,
+    WorkerProcess,
+    charge,
+    consume,
+    produce,
+    start_worker,
+    topic_configs_set,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 BASE = 1_790_000_000
-
-
-#: Kafka's ConfigSource of a config set on the topic itself (DescribeConfigs v1+), against the brokers' defaults.
-DYNAMIC_TOPIC_CONFIG = 1
-
-
-def topic_configs_set(
-    broker: BrokerInfo, topics: list[str], name: str = "min.insync.replicas"
-) -> dict[str, dict[str, str]]:
-    """``name``'s value in each topic's config where it was set on the topic, not inherited from the brokers.
-
-    Kafka lists every config of a topic and says where each value comes from; the embedded broker lists only those
-    set on the topic (and calls them defaults): a listed one is set there."""
-    import asyncio
-
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    def set_on_topic(source: object) -> bool:
-        return broker.embedded is not None or source == DYNAMIC_TOPIC_CONFIG
-
-    async def describe() -> dict[str, dict[str, str]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-        await admin.start()
-        try:
-            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
-        finally:
-            await admin.close()
-        return {
-            resource[3]: {entry[0]: entry[1] for entry in resource[4] if entry[0] == name and set_on_topic(entry[3])}
-            for response in responses
-            for resource in response.resources
-        }
-
-    return asyncio.run(describe())
 
 
 def handler_log(path: Path) -> list[list[str]]:
@@ -226,10 +202,9 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
 
         fixed.touch()  # the handler is fixed: replay brings the dead letters back
 
-        def replay(*options: str) -> subprocess.CompletedProcess[str]:
-            return _replay(broker, app_id, prefix, *options)
-
-        listed = replay("--list")  # what a replay would take, and why each failed: nothing sent or committed
+        listed = _replay(
+            broker, app_id, prefix, "--list"
+        )  # what a replay would take, and why each failed: nothing sent or committed
         assert listed.returncode == 0, listed.stderr
         assert "5 dead letter(s) in " in listed.stdout
         for original in poison:
@@ -239,7 +214,7 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
         assert worker.metric_sum("hookstream_events_processed_total", outcome="ok") == len(records) - 5
 
         dropped = dict(poison[-1].headers)["event-id"].decode()  # ch_single_1's: the team decides it never applies
-        done = replay("--discard", dropped)
+        done = _replay(broker, app_id, prefix, "--discard", dropped)
         assert done.returncode == 0, done.stderr
         assert "replayed 4 dead letter(s)" in done.stdout and "discarded 1" in done.stdout
         wait_for(
@@ -262,11 +237,11 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
             assert sent_back[:-1] == list(original.headers) and sent_back[-1][0] == "replayed-at"
             assert abs(int(sent_back[-1][1]) / 1000 - time.time()) < 600
         wait_for(lambda: worker.metric(pending) == 0, 30, "no dead letter waiting once replayed or discarded")
-        again = replay("--discard", "evt_not_dead_lettered")
+        again = _replay(broker, app_id, prefix, "--discard", "evt_not_dead_lettered")
         assert "replayed 0 dead letter" in again.stdout  # each dead letter is replayed (or discarded) once
         assert again.returncode == 1 and "no dead letter to discard for evt_not_dead_lettered" in again.stderr
         # the listing starts where the group's commits are (it reads beside the group, without joining it)
-        assert "0 dead letter(s) in " in replay("--list").stdout
+        assert "0 dead letter(s) in " in _replay(broker, app_id, prefix, "--list").stdout
 
 
 def test_a_handler_that_hangs_is_timed_out_dead_lettered_and_the_worker_consumes_on(
@@ -495,7 +470,7 @@ def _replay(broker: BrokerInfo, app_id: str, prefix: str, *options: str) -> subp
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, **broker.env(), "HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix},
+        env={**os.environ, **broker.app_env(app_id, prefix)},
         cwd=REPO,
     )
 
