@@ -238,6 +238,9 @@ async def process_events(stream: faust.Stream[Any]) -> None:
     assert isinstance(consumer, BatchingConsumer)
     consumer.batch_topics = frozenset(event_topics)
     consumer.batch_sink = submit
+    consumer.skip_sink = lambda topic, count: metrics.records_skipped.labels(topic).inc(count)
+    for topic in event_topics:  # from zero, so that increase() sees the first
+        metrics.records_skipped.labels(topic)
     try:
         async for event in stream.noack().events():  # only records that did not take the batch path
             await actors.submit(event.message.key, event.message)

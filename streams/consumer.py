@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer as PlainConsumer
@@ -32,6 +33,8 @@ from mode import Service
 log = logging.getLogger(__name__)
 
 BatchSink = Callable[[list[Message]], Awaitable[None]]
+#: told of records gone before this consumer read them: their topic and how many
+SkipSink = Callable[[str, int], None]
 _Fetched = tuple[Mapping[TP, list[Any]] | None, set[TP] | None, int]
 
 
@@ -42,6 +45,7 @@ class BatchingConsumer(AIOKafkaConsumer):
     batch_sink: BatchSink | None = None
     #: aiokafka client options for the end-offset probe (None: trust the listed offsets)
     probe_options: dict[str, Any] | None = None
+    skip_sink: SkipSink | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -211,9 +215,12 @@ class BatchingConsumer(AIOKafkaConsumer):
         for record in records:
             offset = record.offset
             if read_offset is not None and offset < read_offset:
-                continue  # already seen (Faust drops these too)
+                if tp in self._commit_bases:
+                    continue  # already seen (Faust drops these too)
+                self._log_behind_commit(tp, offset, read_offset)
+                read_offset = None
             message = to_message(tp, record)
-            gap = self._follow(tp, offset, read_offset)
+            gap = self._follow(tp, offset, read_offset, record.timestamp)
             if gap is not None:
                 await self._add_gap(tp, gap, offset - 1)  # may yield: the only point a rebalance can begin
                 if self._outdated(message.generation_id):
@@ -233,21 +240,63 @@ class BatchingConsumer(AIOKafkaConsumer):
             if read_offset is not None and record.offset < read_offset:
                 continue
             message = self._to_message(tp, record)
-            gap = self._follow(tp, message.offset, read_offset)
+            gap = self._follow(tp, message.offset, read_offset, record.timestamp)
             if gap is not None:
                 await self._add_gap(tp, gap, message.offset - 1)
             await self.wait_first(self.callback(message), self.suspend_flow.wait())
             self._read_offset[tp] = message.offset
 
-    def _follow(self, tp: TP, offset: int, read_offset: int | None) -> int | None:
+    def _follow(self, tp: TP, offset: int, read_offset: int | None, timestamp: int) -> int | None:
         """Keep the commit rule's bookkeeping for a record at ``offset`` read after ``read_offset``: the first record
         of the current assignment is the partition's commit base. Returns the first offset the broker skipped
-        before this one, if any (Faust's gap, for the caller to add), else None."""
+        before this one, if any (Faust's gap, for the caller to add), else None.
+
+        Offsets skipped are records gone before they were read: expired by the topic's retention or deleted while
+        the workers were down or behind (Kafka's consumer then starts from the log's first record), as the first
+        record of an assignment above the committed offset, or later as a gap. hookstream's producers write no
+        transaction markers, the only gap the event topics have otherwise."""
         if tp not in self._commit_bases:
             self._commit_bases[tp] = offset
+            if read_offset and offset > read_offset:  # read_offset is the committed offset here (perform_seek)
+                self._skipped(tp, read_offset, offset, timestamp)
         elif read_offset is not None and offset - read_offset > 1 and self.app.topics.acks_enabled_for(tp.topic):
+            self._skipped(tp, read_offset + 1, offset, timestamp)
             return read_offset + 1
         return None
+
+    def _skipped(self, tp: TP, start: int, end: int, timestamp: int) -> None:
+        """Report the records at offsets ``start`` to ``end - 1`` of ``tp``, which no worker read (``timestamp``:
+        the next record's, in ms)."""
+        if tp.topic not in self.batch_topics:
+            return
+        log.error(
+            "%d record(s) of %s[%d] at offsets %d-%d were gone before any worker read them (expired by the topic's "
+            "retention, or deleted): their events were acknowledged to Stripe and never processed. They were "
+            "published before %s: resend the events of that time from Stripe (Dashboard, or `stripe events resend`)",
+            end - start,
+            tp.topic,
+            tp.partition,
+            start,
+            end - 1,
+            datetime.fromtimestamp(timestamp / 1000, UTC).isoformat(timespec="seconds"),
+        )
+        if self.skip_sink is not None:
+            self.skip_sink(tp.topic, end - start)
+
+    def _log_behind_commit(self, tp: TP, offset: int, committed: int) -> None:
+        """The first record of an assignment lies below the committed offset: the partition's log was truncated
+        (an unclean leader election) or recreated, and Kafka's consumer started again from its first record.
+        Those records were never read: process them (events applied before are duplicates or stale), and let
+        commits go below the old offset (Faust's rule commits only above it)."""
+        log.error(
+            "%s[%d] starts again at offset %d, below the committed offset %d: its log was truncated or recreated. "
+            "Reading it from there (events applied before count as duplicates)",
+            tp.topic,
+            tp.partition,
+            offset,
+            committed,
+        )
+        self._committed_offset[tp] = None
 
 
 async def fetched_high_watermarks(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from ops.metrics import LoopCounter, LoopHistogram
 from streams.state import Outcome
@@ -52,6 +52,14 @@ class WorkerMetrics:
             "The consumer group's committed offset (the log start where none yet): Faust commits only up to the "
             "first unfinished event.",
             ["topic", "partition"],
+            registry=self.registry,
+        )
+        # Not in DESIGN.md's table (yet): lag cannot show records that expired before they were read
+        self.records_skipped = Counter(
+            "hookstream_records_skipped",
+            "Event records gone from Kafka before a worker read them (expired by the topic's retention, or deleted): "
+            "acknowledged to Stripe, never processed.",
+            ["topic"],
             registry=self.registry,
         )
         self.inflight = Gauge(

@@ -55,6 +55,9 @@ BEYOND_DESIGN: dict[str, tuple[frozenset[str], str]] = {
     # streams/lag.py: the committed offset. An event that never finishes holds its partition's commit; at low traffic
     # its lag stays under every threshold and its topic still moves: only a commit that does not move shows it.
     "hookstream_committed_offset": (frozenset({"topic", "partition"}), "gauge"),
+    # streams/consumer.py: records expired (or deleted) before a worker read them. Kafka's consumer then starts at
+    # the log's first record without a word: lag falls as if they had been processed.
+    "hookstream_records_skipped_total": (frozenset({"topic"}), "counter"),
 }
 #: What alert rules and panels may read.
 READABLE = CONTRACT | BEYOND_DESIGN

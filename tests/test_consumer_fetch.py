@@ -29,6 +29,11 @@ class _Message:
         self.tp, self.offset, self.generation_id, self.tracked = tp, offset, generation_id, False
 
 
+def _records(*offsets: int) -> list[Any]:
+    """Fetched records as the loop reads them (offset; timestamp in ms)."""
+    return [SimpleNamespace(offset=offset, timestamp=1_700_000_000_000) for offset in offsets]
+
+
 Step = Callable[["_ScriptedConsumer"], Awaitable[dict[TP, list[int]]]]
 
 
@@ -56,6 +61,10 @@ class _ScriptedConsumer(BatchingConsumer):
         self._unacked_messages: set[Any] = set()  # type: ignore[assignment]
         self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
         self._commit_bases: dict[TP, int] = {}
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self.gaps: list[tuple[TP, int, int]] = []
+        self.skipped: list[tuple[str, int]] = []
+        self.skip_sink = lambda topic, count: self.skipped.append((topic, count))
 
     def __repr__(self) -> str:  # Faust's needs attributes this stand-in lacks
         return f"<_ScriptedConsumer seeks={self.seeks} sunk={len(self.sunk)}>"
@@ -71,7 +80,7 @@ class _ScriptedConsumer(BatchingConsumer):
         if not self.script:
             raise AssertionError("fetched more than the script holds")
         fetched = await self.script.pop(0)(self)
-        return {tp: [SimpleNamespace(offset=offset) for offset in offsets] for tp, offsets in fetched.items()}, None
+        return {tp: _records(*offsets) for tp, offsets in fetched.items()}, None
 
     def _to_message(self, tp: TP, record: Any) -> Any:
         return _Message(tp, record.offset, self.app.consumer_generation_id)
@@ -86,6 +95,9 @@ class _ScriptedConsumer(BatchingConsumer):
         self._read_offset.clear()  # as Faust's seek: reading starts again from the committed offsets
         if not self.script:
             self._stopped.set()
+
+    async def _add_gap(self, tp: TP, start: int, end: int) -> None:
+        self.gaps.append((tp, start, end))
 
     async def _sink(self, batch: list[Any]) -> None:
         self.sunk.extend(batch)
@@ -147,7 +159,7 @@ def test_a_rebalance_that_begins_at_a_gap_stops_collecting_and_leaves_no_commit_
     above the committed offset lets commits pass unfinished records, one below a newer commit stalls them."""
     consumer = _RevokedInAGap([])  # no fetch: one fetch's records are collected directly
     batch: list[Any] = []
-    asyncio.run(consumer._collect(TP0, [SimpleNamespace(offset=offset) for offset in (0, 1, 5, 6)], batch))
+    asyncio.run(consumer._collect(TP0, _records(0, 1, 5, 6), batch))
     assert [message.offset for message in batch] == [0, 1]  # collected before the rebalance: the actors drop them
     assert TP0 not in consumer._commit_bases
     assert {message.offset for message in consumer._unacked_messages} == {0, 1}
@@ -179,5 +191,62 @@ def test_a_revoked_partition_forgets_its_commit_base_and_takes_a_new_one_when_it
     assert consumer._commit_bases == {TP1: 7} and consumer.faust_revoked == {TP0}  # type: ignore[attr-defined]
     consumer._read_offset[TP0] = None  # assigned again: Faust seeks to the committed offset, another worker's 900
     batch: list[Any] = []
-    asyncio.run(consumer._collect(TP0, [SimpleNamespace(offset=offset) for offset in (900, 901)], batch))
+    asyncio.run(consumer._collect(TP0, _records(900, 901), batch))
     assert consumer._commit_bases == {TP0: 900, TP1: 7}
+
+
+def _assigned(committed: int | None) -> _ScriptedConsumer:
+    """A consumer just assigned TP0, sought to its committed offset as Faust's ``perform_seek`` leaves it."""
+    consumer = _ScriptedConsumer([])
+    consumer._read_offset[TP0] = committed
+    consumer._committed_offset[TP0] = committed
+    return consumer
+
+
+def _collected(consumer: _ScriptedConsumer, *offsets: int) -> list[int]:
+    batch: list[Any] = []
+    asyncio.run(consumer._collect(TP0, _records(*offsets), batch))
+    return [message.offset for message in batch]
+
+
+def test_records_expired_before_an_assignment_read_them_are_counted_and_logged(caplog: Any) -> None:
+    """Committed 500, the log now starts at 800 (retention removed the rest while the workers were down): Kafka's
+    consumer starts from 800 without a word (aiokafka logs it at INFO). 300 acknowledged events are lost to
+    hookstream; the operator must hear it, with what to resend."""
+    consumer = _assigned(500)
+    assert _collected(consumer, 800, 801) == [800, 801]
+    assert consumer.skipped == [(TOPIC, 300)]
+    assert consumer._commit_bases[TP0] == 800
+    assert "300 record(s) of stripe.charge[0] at offsets 500-799 were gone" in caplog.text
+    assert "2023-11-14T22:13:20+00:00" in caplog.text  # published before the first record read
+
+
+def test_records_expiring_while_a_worker_falls_behind_are_counted_as_a_gap() -> None:
+    """Kafka's consumer jumps to the log's new start when its position expires: a gap in the offsets read."""
+    consumer = _assigned(500)
+    assert _collected(consumer, 500, 501) == [500, 501]
+    assert _collected(consumer, 650, 651) == [650, 651]
+    assert consumer.skipped == [(TOPIC, 148)]
+    assert consumer.gaps == [(TP0, 502, 649)]  # Faust's gap: counted as finished, so commits pass it
+
+
+def test_an_assignment_that_reads_on_from_its_committed_offset_reports_nothing(caplog: Any) -> None:
+    consumer = _assigned(500)
+    assert _collected(consumer, 500, 501, 502) == [500, 501, 502]
+    fresh = _assigned(None)  # a new group: the log's start, whatever it is, is where it begins
+    assert _collected(fresh, 800, 801) == [800, 801]
+    assert consumer.skipped == fresh.skipped == [] and consumer.gaps == fresh.gaps == []
+    assert "were gone" not in caplog.text
+
+
+def test_a_log_that_starts_again_below_the_committed_offset_is_read_not_dropped(caplog: Any) -> None:
+    """Committed 1,000, but the partition was truncated (an unclean leader election) or recreated, and holds
+    records from 0: Kafka's consumer starts again from its first record. Dropping them as already seen (Faust's
+    rule) would lose every event until the log passed 1,000; they are read, and commits may go below 1,000."""
+    consumer = _assigned(1_000)
+    assert _collected(consumer, 0, 1, 2) == [0, 1, 2]
+    assert consumer._commit_bases[TP0] == 0
+    assert consumer._committed_offset[TP0] is None  # Faust commits only above the committed offset it knows
+    assert consumer.skipped == []
+    assert "below the committed offset 1000" in caplog.text
+    assert _collected(consumer, 1, 3) == [3]  # from then on, records already read are dropped as before

@@ -375,6 +375,9 @@ def test_worker_killed_mid_stream_loses_nothing(broker: BrokerInfo, tmp_path: Pa
             assert state is not None
             assert state["fields"]["seqs"] == list(range(per_object))  # exactly once, in order
             assert state["events_applied"] == per_object
+        # the survivor took the killed worker's partitions from their committed offsets: nothing read as skipped
+        skipped = second.metric_samples("hookstream_records_skipped_total")
+        assert [labels["topic"] for labels, _ in skipped] == [prefix + "charge"] and sum(v for _, v in skipped) == 0
     ended = {(obj, int(seq)) for kind, _pid, obj, seq, _ev in handler_log(log) if kind == "end"}
     assert len(ended) == total  # every event applied at least once
     pids = {pid for _kind, pid, *_ in handler_log(log)}

@@ -85,6 +85,7 @@ REQUESTS = "hookstream_gateway_requests_total"
 SIGNATURE_FAILURES = "hookstream_gateway_signature_failures_total"
 PUBLISHED = "hookstream_events_published_total"
 READY = "hookstream_gateway_ready"
+SKIPPED = "hookstream_records_skipped_total"
 _PARTITION = "namespace, topic, partition"
 #: Records behind commits held for 10 minutes (records waited at every scrape and no worker's commit moved: the
 #: alert's test), per topic; 0 for a topic with none.
@@ -221,15 +222,26 @@ ROWS = [
                     )
                 ],
                 unit="reqps",
-                width=8,
+                width=7,
             ),
             Panel(
                 "Dead letters waiting",
                 "Dead letters no replay has taken yet (every worker of a release counts them all: its largest count). "
                 "`hookstream replay --list` shows them; replay them, or --discard an event that must never apply.",
                 [Target(f"sum(max by (namespace) ({sel('hookstream_dead_letters_pending')}))", "waiting")],
-                width=8,
+                width=6,
                 thresholds=[(None, "green"), (1, "orange")],
+            ),
+            Panel(
+                "Records gone before read",
+                "Event records that expired by their topic's retention (or were deleted) before a worker read them, "
+                "as counted by the workers running in the time range since each started (alert "
+                "HookstreamRecordsSkipped): their events were acknowledged to Stripe and never processed. The "
+                "workers' log says when they were published, to resend them from Stripe.",
+                [Target(f"sum(max_over_time({sel(SKIPPED, TOPIC)}[$__range])) or vector(0)")],
+                kind="stat",
+                width=4,
+                thresholds=[(None, "green"), (1, "red")],
             ),
             Panel(
                 "Retries / s by topic and event type",
@@ -241,7 +253,7 @@ ROWS = [
                     )
                 ],
                 unit="reqps",
-                width=8,
+                width=7,
             ),
         ],
     ),
