@@ -39,6 +39,7 @@ def test_faults_under_load_lose_nothing_and_apply_everything_once(tmp_path: Path
     assert audit["missing"] == 0 and audit["duplicated"] == 0 and audit["pending"] == 0, done.stderr[-3000:]
     assert audit["acknowledged"] == results["events_acknowledged"] > 1000
     assert results["states_wrong"] == 0  # every object: every event applied once, in order
+    assert results["offset_reports"] == 0  # no worker took a restart or a rebalance for records gone
     faults = results["fault_counts"]
     assert faults.get("kill worker", 0) >= 2 and faults.get("stop gateway", 0) >= 1
     if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:  # the soak pauses only a broker it started itself
