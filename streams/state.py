@@ -77,17 +77,48 @@ def new_state(object_id: str, event: StripeEvent, object_type: str = "") -> Obje
     return ObjectState(object_id=object_id, object_type=str(object_field(event.object, "object") or object_type))
 
 
+#: Statuses an object of these types never leaves (Stripe's API reference). A payout or a refund can still fail
+#: after ``paid`` or ``succeeded``, an uncollectible invoice be paid: those are left out.
+FINAL_STATUSES: dict[str, frozenset[str]] = {
+    "payment_intent": frozenset({"succeeded", "canceled"}),
+    "setup_intent": frozenset({"succeeded", "canceled"}),
+    "invoice": frozenset({"paid", "void"}),
+    "subscription": frozenset({"canceled", "incomplete_expired"}),
+    "subscription_schedule": frozenset({"completed", "released", "canceled"}),
+    "checkout.session": frozenset({"complete", "expired"}),
+    "dispute": frozenset({"won", "lost", "warning_closed"}),
+    "quote": frozenset({"accepted", "canceled"}),
+}
+
+
 def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
     """DUPLICATE or STALE when ``event`` must not be applied to ``state``, else None.
 
-    ``created`` has one-second resolution: an event from the same second as the last applied one is applied,
-    so within a second the partition's order decides.
+    ``created`` has one-second resolution, and Stripe sends an object's related events within one second
+    (``customer.subscription.created`` and ``.updated``, ``invoice.finalized`` and ``.paid``) in no promised
+    order. An event from the same second as the last applied one is applied, unless it shows itself older: a
+    ``*.created`` event (its object existed before anything else happened to it), or one whose object left a
+    status the state already shows final (``FINAL_STATUSES``: an open invoice after a paid one). Otherwise the
+    partition's order decides.
     """
     if event.id in state.recent_event_ids:
         return Outcome.DUPLICATE
-    if state.last_event_created is not None and event.created < state.last_event_created:
+    last = state.last_event_created
+    if last is None or event.created > last:
+        return None
+    if event.created < last or _older_within_a_second(state, event):
         return Outcome.STALE
     return None
+
+
+def _older_within_a_second(state: ObjectState, event: StripeEvent) -> bool:
+    if event.type.endswith(".created"):
+        return True
+    final = FINAL_STATUSES.get(state.object_type)
+    if final is None or state.status not in final:
+        return False
+    status = object_field(event.object, "status")
+    return isinstance(status, str) and status != state.status
 
 
 def start_applying(state: ObjectState, event: StripeEvent) -> None:

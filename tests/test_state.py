@@ -16,15 +16,17 @@ from streams.state import (
 )
 
 
-def event(event_id: str, created: int, status: str = "active") -> object:
+def event(
+    event_id: str,
+    created: int,
+    status: str = "active",
+    event_type: str = "customer.subscription.updated",
+    object_id: str = "sub_1",
+) -> object:
     return decode_event(
         encode(
             build_event(
-                "customer.subscription.updated",
-                object_id="sub_1",
-                event_id=event_id,
-                created=created,
-                object_fields={"status": status},
+                event_type, object_id=object_id, event_id=event_id, created=created, object_fields={"status": status}
             )
         )
     )
@@ -55,3 +57,46 @@ def test_recent_ids_are_bounded_and_state_round_trips() -> None:
     assert len(state.recent_event_ids) == RECENT_EVENT_IDS
     assert state.recent_event_ids[-1] == f"evt_{RECENT_EVENT_IDS + 9}"
     assert decode_state(encode_state(state)) == state
+
+
+def test_a_created_event_from_the_same_second_as_the_state_is_older() -> None:
+    """Stripe sends customer.subscription.created (incomplete) and .updated (active) within one second, in no
+    promised order: applied in arrival order, the subscription would stay incomplete until its next event."""
+    updated = event("evt_upd", 100, status="active")
+    state = new_state("sub_1", updated)
+    apply(state, updated)
+    created = event("evt_new", 100, status="incomplete", event_type="customer.subscription.created")
+    assert judge(state, created) is Outcome.STALE
+    assert judge(state, event("evt_new", 101, status="incomplete", event_type="customer.subscription.created")) is None
+
+
+def test_within_a_second_a_final_status_is_not_left() -> None:
+    """invoice.paid and invoice.finalized of one second arrive reversed: the open invoice is the older snapshot.
+    Another event showing the same final status, or any status a second later, still applies."""
+    paid = event("evt_paid", 200, status="paid", event_type="invoice.paid", object_id="in_1")
+    state = new_state("in_1", paid)
+    assert state.object_type == "invoice"
+    apply(state, paid)
+    assert judge(state, event("evt_fin", 200, status="open", event_type="invoice.finalized", object_id="in_1")) is (
+        Outcome.STALE
+    )
+    succeeded = event("evt_ps", 200, status="paid", event_type="invoice.payment_succeeded", object_id="in_1")
+    apply(state, succeeded)
+    assert (state.status, state.last_event_id) == ("paid", "evt_ps")
+    later = event("evt_upd", 201, status="open", event_type="invoice.updated", object_id="in_1")
+    assert judge(state, later) is None  # a later second decides, whatever it shows
+
+
+def test_within_a_second_a_status_that_is_not_final_follows_arrival_order() -> None:
+    """A subscription's past_due is not final: an active from the same second after it applies (and the
+    reverse); a payout's paid is not final either (a paid payout can still fail)."""
+    past_due = event("evt_pd", 300, status="past_due")
+    state = new_state("sub_1", past_due)
+    apply(state, past_due)
+    apply(state, event("evt_act", 300, status="active"))
+    assert state.status == "active"
+    paid = event("evt_po", 400, status="paid", event_type="payout.paid", object_id="po_1")
+    payout = new_state("po_1", paid)
+    apply(payout, paid)
+    apply(payout, event("evt_pf", 400, status="failed", event_type="payout.failed", object_id="po_1"))
+    assert payout.status == "failed"
