@@ -64,16 +64,19 @@ class BatchingConsumer(AIOKafkaConsumer):
         skipped (Faust's gaps) count as finished, and a partition without a known base is not committed.
         """
         base = self._commit_bases.get(tp)
-        acked = self._acked[tp]
-        if base is None or not acked:
+        if base is None:
             return None
+        acked = self._acked[tp]
         finished = self._acked_index[tp]
         gaps = self._gap[tp]
         end = base
-        while end in finished or gaps.overlaps_point(end):
+        while acked and (end in finished or gaps.overlaps_point(end)):
             end += 1
         if end == base:
-            return None
+            # a base above the committed offset: the records between were gone before they were read (_follow);
+            # committed now, a restart or a rebalance does not find them gone again
+            committed = self._committed_offset[tp]
+            return base if committed is not None and base > committed else None
         acked[:] = [offset for offset in acked if offset >= end]
         finished.difference_update(range(base, end))
         gaps.chop(0, end)
@@ -215,8 +218,8 @@ class BatchingConsumer(AIOKafkaConsumer):
         for record in records:
             offset = record.offset
             if read_offset is not None and offset < read_offset:
-                if tp in self._commit_bases:
-                    continue  # already seen (Faust drops these too)
+                # aiokafka returns nothing below its position, and every seek sets the read offset: only its reset
+                # of a position past the log's end (Faust would drop these as already seen)
                 self._log_behind_commit(tp, offset, read_offset)
                 read_offset = None
             message = to_message(tp, record)
@@ -283,20 +286,25 @@ class BatchingConsumer(AIOKafkaConsumer):
         if self.skip_sink is not None:
             self.skip_sink(tp.topic, end - start)
 
-    def _log_behind_commit(self, tp: TP, offset: int, committed: int) -> None:
-        """The first record of an assignment lies below the committed offset: the partition's log was truncated
-        (an unclean leader election) or recreated, and Kafka's consumer started again from its first record.
-        Those records were never read: process them (events applied before are duplicates or stale), and let
-        commits go below the old offset (Faust's rule commits only above it)."""
+    def _log_behind_commit(self, tp: TP, offset: int, read_offset: int) -> None:
+        """A record below the offset read up to: the partition's log was truncated (an unclean leader election) or
+        recreated, and Kafka's consumer started again from its first record. Those records were never read:
+        process them (events applied before are duplicates or stale), from a new commit base (what was finished
+        above it was the old log's), and let commits go below the old offset (Faust's rule commits only above it).
+        """
         log.error(
-            "%s[%d] starts again at offset %d, below the committed offset %d: its log was truncated or recreated. "
-            "Reading it from there (events applied before count as duplicates)",
+            "%s[%d] starts again at offset %d, below offset %d read or committed: its log was truncated or "
+            "recreated. Reading it from there (events applied before count as duplicates)",
             tp.topic,
             tp.partition,
             offset,
-            committed,
+            read_offset,
         )
         self._committed_offset[tp] = None
+        self._commit_bases.pop(tp, None)  # _follow takes this record as the base
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        self._gap[tp].clear()
 
 
 async def fetched_high_watermarks(

@@ -15,12 +15,13 @@ from streams.consumer import BatchingConsumer
 TP0 = TP("stripe.charge", 0)
 
 
-def consumer(base: int | None) -> Any:
+def consumer(base: int | None, committed: int | None = None) -> Any:
     return SimpleNamespace(
         _acked=defaultdict(list),
         _acked_index=defaultdict(set),
         _gap=defaultdict(IntervalTree),
         _commit_bases={} if base is None else {TP0: base},
+        _committed_offset=defaultdict(lambda: None, {} if committed is None else {TP0: committed}),
     )
 
 
@@ -63,3 +64,14 @@ def test_a_partition_without_a_base_is_not_committed() -> None:
     c = consumer(None)  # revoked, or nothing fetched since the assignment
     ack(c, 0, 1, 2)
     assert new_offset(c) is None
+
+
+def test_a_base_above_the_committed_offset_is_committed_before_anything_finishes() -> None:
+    """Committed 500, the first record read 800 (the rest expired unread, reported once): 800 is committed while
+    800 itself is still in a retry, so a restart or a rebalance meanwhile does not find those records gone again.
+    A base at the committed offset, or with none known, commits nothing until its record finishes."""
+    c = consumer(800, committed=500)
+    ack(c, 801)
+    assert new_offset(c) == 800
+    assert new_offset(consumer(500, committed=500)) is None
+    assert new_offset(consumer(800)) is None

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from faust.types import TP
+from intervaltree import IntervalTree
 
 from streams.consumer import BatchingConsumer
 
@@ -62,6 +63,9 @@ class _ScriptedConsumer(BatchingConsumer):
         self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
         self._commit_bases: dict[TP, int] = {}
         self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
         self.gaps: list[tuple[TP, int, int]] = []
         self.skipped: list[tuple[str, int]] = []
         self.skip_sink = lambda topic, count: self.skipped.append((topic, count))
@@ -188,7 +192,7 @@ def test_a_revoked_partition_forgets_its_commit_base_and_takes_a_new_one_when_it
     consumer = _ScriptedConsumer([])
     consumer._commit_bases.update({TP0: 500, TP1: 7})
     asyncio.run(consumer.on_partitions_revoked({TP0}))
-    assert consumer._commit_bases == {TP1: 7} and consumer.faust_revoked == {TP0}  # type: ignore[attr-defined]
+    assert consumer._commit_bases == {TP1: 7} and consumer.faust_revoked == {TP0}
     consumer._read_offset[TP0] = None  # assigned again: Faust seeks to the committed offset, another worker's 900
     batch: list[Any] = []
     asyncio.run(consumer._collect(TP0, _records(900, 901), batch))
@@ -248,5 +252,18 @@ def test_a_log_that_starts_again_below_the_committed_offset_is_read_not_dropped(
     assert consumer._commit_bases[TP0] == 0
     assert consumer._committed_offset[TP0] is None  # Faust commits only above the committed offset it knows
     assert consumer.skipped == []
-    assert "below the committed offset 1000" in caplog.text
-    assert _collected(consumer, 1, 3) == [3]  # from then on, records already read are dropped as before
+    assert "below offset 1000 read or committed" in caplog.text
+
+
+def test_a_log_truncated_while_it_is_read_is_read_again_from_its_start(caplog: Any) -> None:
+    """An unclean leader election while the worker reads: its position passes the new log's end, and Kafka's
+    consumer starts again from the first record. What was finished of the old log no longer counts for commits."""
+    consumer = _assigned(1_000)
+    assert _collected(consumer, 1_000, 1_001, 1_002) == [1_000, 1_001, 1_002]
+    consumer._acked[TP0] = [1_000, 1_001]
+    consumer._acked_index[TP0] = {1_000, 1_001}
+    assert _collected(consumer, 5, 6) == [5, 6]
+    assert consumer._commit_bases[TP0] == 5 and consumer._committed_offset[TP0] is None
+    assert not consumer._acked[TP0] and not consumer._acked_index[TP0]
+    assert consumer.skipped == []
+    assert "starts again at offset 5, below offset 1002 read or committed" in caplog.text
