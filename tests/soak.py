@@ -319,7 +319,7 @@ class Soak:
     def offset_reports(self) -> list[str]:
         """The workers' reports of records gone before they were read, or of a log behind its commit
         (streams/consumer.py). Nothing expires or is truncated in a soak: any such line is a false report."""
-        marks = ("were gone before any worker read them", "below the committed offset")
+        marks = ("were gone before any worker read them", "read or committed: its log was truncated")
         return [
             line
             for path in sorted(self.work.glob("worker-*.log"))
