@@ -9,6 +9,7 @@ import copy
 import difflib
 import functools
 import json
+import re
 import secrets
 import time
 from importlib import resources
@@ -68,6 +69,17 @@ def not_an_event_type(event_type: str) -> str:
     close = difflib.get_close_matches(event_type, event_types(), n=3)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     return f"{event_type!r} is not an event type Stripe sends{hint}"
+
+
+#: What ``data.object.object`` looks like (``payout``, ``checkout.session``); it names a topic.
+_OBJECT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+
+
+def checked_object_type(name: str) -> str:
+    """``name``, or ValueError if it cannot be an object type (a declared one: it names the handler's topic)."""
+    if not _OBJECT_TYPE.fullmatch(name):
+        raise ValueError(f"{name!r} is not an object type (like payout or checkout.session)")
+    return name
 
 
 def fixture_for(event_type: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
 
-from ops.settings import Settings
+from ops.settings import KAFKA_MESSAGE_MAX_BYTES, Settings
 
 #: Kafka's rule for a topic name: anything else the brokers refuse for good.
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
@@ -53,7 +53,7 @@ def topic_configs(settings: Settings) -> dict[str, str]:
     configs = {}
     if settings.topic_min_insync_replicas:
         configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
-    if settings.kafka_max_message_bytes != Settings().kafka_max_message_bytes:  # Kafka's message.max.bytes
+    if settings.kafka_max_message_bytes != KAFKA_MESSAGE_MAX_BYTES:
         configs["max.message.bytes"] = str(settings.kafka_max_message_bytes)
     return configs
 
@@ -86,8 +86,8 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: 
             reason,
         )
         refused |= await _create(admin, settings, {settings.dlq_topic: configs})
-    for topic, why in refused.items():
-        raise TopicCreationError(f"cannot create topic {topic}: {why}")
+    if refused:
+        raise TopicCreationError("; ".join(f"cannot create topic {topic}: {why}" for topic, why in refused.items()))
 
 
 async def _create(admin: AIOKafkaAdminClient, settings: Settings, configs: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -115,7 +115,7 @@ async def _create(admin: AIOKafkaAdminClient, settings: Settings, configs: dict[
 
 
 class TopicCreationError(RuntimeError):
-    """The broker refused to create an event topic."""
+    """The brokers refused to create a topic (an event topic, or the dead-letter topic)."""
 
 
 def faust_broker_options(settings: Settings) -> dict[str, Any]:

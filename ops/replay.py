@@ -49,15 +49,14 @@ async def replay(
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         # a dead letter as large as the brokers take (aiokafka's default request limit is 1 MiB)
-        max_request_size=max(settings.kafka_max_message_bytes, 1_048_576),
+        max_request_size=settings.kafka_max_message_bytes,
     )
     replayed = skipped = 0
     discarded: list[str] = []
     try:
         await producer.start()
         await consumer.start()
-        if settings.dlq_topic not in await consumer.topics():  # none written yet: nothing to join for
-            log.warning("no topic %s (or this user may not describe it): nothing to replay", settings.dlq_topic)
+        if not await _dead_letter_partitions(consumer, settings):  # nothing to join for
             return Replayed(0, 0, [])
         consumer.subscribe([settings.dlq_topic])
         async for tp, record, headers in _dead_letters(consumer, limit, idle_timeout):
@@ -100,10 +99,8 @@ async def pending(settings: Settings, show: Callable[[str], None], idle_timeout:
     count = 0
     try:
         await consumer.start()
-        await consumer.topics()  # the topic's partitions, without creating it
-        partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
-        if not partitions:  # no dead-letter topic yet
-            log.warning("no topic %s (or this user may not describe it): no dead letter", settings.dlq_topic)
+        partitions = await _dead_letter_partitions(consumer, settings)
+        if not partitions:
             return 0
         # assigned, not subscribed: positions start at the group's committed offsets (else the beginning)
         consumer.assign([TopicPartition(settings.dlq_topic, partition) for partition in sorted(partitions)])
@@ -113,6 +110,16 @@ async def pending(settings: Settings, show: Callable[[str], None], idle_timeout:
     finally:
         await consumer.stop()
     return count
+
+
+async def _dead_letter_partitions(consumer: AIOKafkaConsumer, settings: Settings) -> set[int]:
+    """The dead-letter topic's partitions, read without creating it; none (said in the log) when there is no such
+    topic yet, no dead letter having been written, or this user may not describe it."""
+    await consumer.topics()
+    partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
+    if not partitions:
+        log.warning("no topic %s (or this user may not describe it): no dead letter", settings.dlq_topic)
+    return partitions
 
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ops.fixtures import UnknownEventType, event_types, fixture_for, not_an_event_type
+from ops.fixtures import UnknownEventType, checked_object_type, event_types, fixture_for, not_an_event_type
 
 #: Fields the template keeps when the example object has them, with the value the generated test sets.
 _SAMPLES: dict[str, Any] = {
@@ -26,7 +26,6 @@ _SAMPLES: dict[str, Any] = {
 }
 
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
-_OBJECT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 _CREATED = 1_700_000_000
 
 
@@ -53,8 +52,11 @@ def new_handler(
     ``modules``: HOOKSTREAM_HANDLERS), and existing files. Writes nothing when it refuses.
     """
     module = module_name(event_type)
-    if object_type is not None and not _OBJECT_TYPE.fullmatch(object_type):
-        raise ScaffoldError(f"{object_type!r} is not an object type (like payout or checkout.session)")
+    if object_type is not None:
+        try:
+            checked_object_type(object_type)
+        except ValueError as exc:
+            raise ScaffoldError(str(exc)) from None
     listed = event_type in event_types()
     if not listed and object_type is None:
         raise ScaffoldError(
@@ -76,13 +78,16 @@ def new_handler(
         fixture: dict[str, Any] | None = fixture_for(event_type)
     except UnknownEventType:
         fixture = None
-    if object_type is not None and fixture is not None and listed:  # its example object says what it carries
-        if object_type != fixture["object"]:
+    if object_type is not None and fixture is not None:
+        if listed and object_type != fixture["object"]:  # its example object says what it carries
             raise ScaffoldError(
                 f"{event_type} is a listed type whose events carry a {fixture['object']}: --object-type is for a "
                 "type newer than hookstream's list (ops/stripe/event-types.txt), or one without an example object"
             )
-        object_type = None
+        if listed:
+            object_type = None  # the example object's type: the handler needs no object_type=
+        else:
+            fixture = None  # a type newer than the list: its object is the user's, not a look-alike's example
     handler_source, test_source = _render(event_type, module, fixture, object_type)
 
     test_path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,13 +152,13 @@ def _render(event_type: str, module: str, fixture: dict[str, Any] | None, declar
     action = event_type.rsplit(".", 1)[1]
     stamp = f"{action}_at"
     function = module if len(module) <= 60 else f"handle_{action}"  # keeps the def line within 120 characters
-    if fixture is not None and declared is None:
+    if fixture is not None:  # a listed type, rendered around its example object
         object_type = str(fixture["object"])
         object_id = str(fixture.get("id") or "obj").split("_", 1)[0] + "_scaffold"
         samples = {name: value for name, value in _SAMPLES.items() if name in fixture}
         status = fixture.get("status") if isinstance(fixture.get("status"), str) else None
         decorator = f"@on({json.dumps(event_type)})"
-    elif declared is not None:  # a type newer than the list: the object type is the user's
+    elif declared is not None:  # a type newer than the list, or one without an example: the object type is the user's
         object_type, object_id, samples, status = declared, "obj_scaffold", {}, None
         decorator = f"@on({json.dumps(event_type)}, object_type={json.dumps(object_type)})"
     else:
@@ -195,7 +200,7 @@ async def {function}(event: StripeEvent, ctx: Context) -> None:
     ctx.fields["{stamp}"] = event.created
 '''
 
-    if fixture is not None and declared is None:
+    if fixture is not None:
         build = (
             "    # A realistic event around Stripe's example object: set the fields your handler reads.\n"
             "    raw = build_event(\n"

@@ -30,6 +30,10 @@ class ConfigError(ValueError):
     """A configuration variable has a value hookstream cannot use."""
 
 
+#: Kafka's own ``message.max.bytes``: the default of KAFKA_MAX_MESSAGE_BYTES, and what a topic takes unless set.
+KAFKA_MESSAGE_MAX_BYTES = 1_048_588
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything hookstream reads from its environment. See DESIGN.md, "Configuration"."""
 
@@ -40,7 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
     kafka_enable_idempotence: bool = True
-    kafka_max_message_bytes: int = 1_048_588
+    kafka_max_message_bytes: int = KAFKA_MESSAGE_MAX_BYTES
     stripe_webhook_secrets: tuple[str, ...] = (DEV_WEBHOOK_SECRET,)
     stripe_webhook_tolerance: int = 300
     gateway_host: str = "0.0.0.0"
@@ -139,7 +143,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             kafka_enable_idempotence=env.flag("KAFKA_ENABLE_IDEMPOTENCE", True),
             # the brokers' message.max.bytes (Kafka's default): a larger record batch is refused
             kafka_max_message_bytes=env.integer(
-                "KAFKA_MAX_MESSAGE_BYTES", 1_048_588, minimum=1024, maximum=1_000_000_000
+                "KAFKA_MAX_MESSAGE_BYTES", KAFKA_MESSAGE_MAX_BYTES, minimum=1024, maximum=1_000_000_000
             ),
             stripe_webhook_secrets=secrets,
             stripe_webhook_tolerance=env.integer("STRIPE_WEBHOOK_TOLERANCE", 300, minimum=0, maximum=MAX_SECONDS),

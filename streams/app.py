@@ -38,6 +38,9 @@ _web_host: dict[str, Any] = {"web_host": settings.worker_web_host} if settings.w
 #: the worker producer's request limit: room for a dead letter of the largest record the gateway publishes, with its
 #: headers, and for a full changelog batch (what the brokers take is KAFKA_MAX_MESSAGE_BYTES: records are kept to it)
 _MAX_REQUEST_BYTES = max(settings.worker_producer_max_batch_size, settings.gateway_max_body_bytes + 65_536)
+#: the largest record the worker sends (a dead letter, an emitted record, a state): what the producer sends and the
+#: brokers store
+_MAX_RECORD_BYTES = min(_MAX_REQUEST_BYTES, settings.kafka_max_message_bytes)
 _data_dir: dict[str, Any] = {"datadir": settings.worker_data_dir} if settings.worker_data_dir else {}
 
 
@@ -149,9 +152,7 @@ async def _send(topic: str, key: bytes | None, value: bytes, headers: list[tuple
     await app.producer.send_and_wait(topic, key, value, None, None, headers)
 
 
-table_writer = TableWriter(
-    app, objects, max_record_bytes=min(_MAX_REQUEST_BYTES, settings.kafka_max_message_bytes) - 4096
-)
+table_writer = TableWriter(app, objects, max_record_bytes=_MAX_RECORD_BYTES - 4096)
 processor = EventProcessor(
     registry,
     table_writer,
@@ -165,8 +166,7 @@ processor = EventProcessor(
     ),
     metrics,
     settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
-    # what the producer sends and the brokers store, for a dead letter or a record a handler emits
-    min(_MAX_REQUEST_BYTES, settings.kafka_max_message_bytes),
+    _MAX_RECORD_BYTES,  # for a dead letter or a record a handler emits
 )
 
 

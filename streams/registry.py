@@ -164,7 +164,7 @@ def _object_type_of(event_type: str, declared: str | None) -> str:
     event type missing from hookstream's list only with ``declared`` (a type newer than the list), so that a
     misspelt one fails here instead of never seeing an event. (``declared`` is not checked against the example:
     some types carry several kinds of object, ``customer.source.*`` a card, a bank account or a source.)"""
-    from ops.fixtures import UnknownEventType, event_types, fixture_for, not_an_event_type
+    from ops.fixtures import UnknownEventType, checked_object_type, event_types, fixture_for, not_an_event_type
 
     if event_type not in event_types() and declared is None:
         raise ValueError(
@@ -172,7 +172,7 @@ def _object_type_of(event_type: str, declared: str | None) -> str:
             "pass object_type=... to @on()"
         )
     if declared is not None:
-        return declared
+        return checked_object_type(declared)
     try:
         return str(fixture_for(event_type)["object"])
     except UnknownEventType:

@@ -20,19 +20,30 @@ from ops.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def prepare_topics(settings: Settings, topics: list[str]) -> None:
+async def prepare_topics(settings: Settings, topics: list[str], patience: float = 30.0) -> None:
     """Event topics and the dead-letter topic, all with ``TOPIC_PARTITIONS`` partitions (co-partitioning).
 
-    Waits for the broker with capped backoff, so workers may start before Kafka does.
+    Waits for the broker with capped backoff, so workers may start before Kafka does, and up to ``patience``
+    seconds for an event topic it cannot see: one just created is known to every broker only a moment later, and
+    one hookstream may not create may be on its way from whoever manages topics. Raises MissingTopics after that,
+    PartitionMismatch for a partition count that breaks co-partitioning.
     """
     delay = 0.5
+    deadline = asyncio.get_running_loop().time() + patience
     while True:
         admin = AIOKafkaAdminClient(**client_options(settings))
         try:
             await admin.start()
             await create_topics(admin, settings, [*topics, settings.dlq_topic])
-            await _check_partitions(admin, settings, topics)
-            return
+            missing = await _check_partitions(admin, settings, topics)
+            if not missing:
+                return
+            if asyncio.get_running_loop().time() >= deadline:
+                raise MissingTopics(
+                    f"{', '.join(missing)} do not exist, and hookstream could not create them: create them with "
+                    f"TOPIC_PARTITIONS={settings.topic_partitions} partitions, or allow hookstream to (CreateTopics)"
+                )
+            log.warning("waiting for topics %s to exist; trying again in %.1fs", ", ".join(missing), delay)
         except KafkaError as exc:
             log.warning(
                 "cannot reach Kafka at %s (%s); retrying in %.1fs", settings.kafka_bootstrap_servers, exc, delay
@@ -43,33 +54,33 @@ async def prepare_topics(settings: Settings, topics: list[str]) -> None:
         delay = min(delay * 2, 10.0)
 
 
+class MissingTopics(RuntimeError):
+    """Event topics a worker needs do not exist, and it may not create them."""
+
+
 class PartitionMismatch(RuntimeError):
     """An event topic's or the changelog's partition count differs from TOPIC_PARTITIONS: the objects table would
     not co-partition with the events (streams/table.py writes an object's state to its event's partition)."""
 
 
-async def _check_partitions(admin: AIOKafkaAdminClient, settings: Settings, topics: list[str]) -> None:
-    """Every event topic, and the objects table's changelog if it exists yet (Faust creates it at the first start;
-    one made by hand, or left from before TOPIC_PARTITIONS changed, may differ), has TOPIC_PARTITIONS partitions.
+async def _check_partitions(admin: AIOKafkaAdminClient, settings: Settings, topics: list[str]) -> list[str]:
+    """The event topics that do not exist (yet); PartitionMismatch unless every other one, and the objects
+    table's changelog if it exists yet (Faust creates it at the first start; one made by hand, or left from before
+    TOPIC_PARTITIONS changed, may differ), has TOPIC_PARTITIONS partitions.
 
     A changelog with another count is assigned apart from the events: a worker would recover other partitions'
     states than those of the events it gets, and take known objects for new ones."""
     cluster = await admin._client.fetch_all_metadata()
     wanted = settings.topic_partitions
-    problems = []
-    for topic in [*topics, settings.changelog_topic]:
-        partitions = cluster.partitions_for_topic(topic)
-        if partitions is None:
-            if topic != settings.changelog_topic:
-                problems.append(f"{topic} does not exist (create it, or allow hookstream to: CreateTopics)")
-        elif len(partitions) != wanted:
-            problems.append(f"{topic} has {len(partitions)}")
-    if problems:
+    counts = {topic: cluster.partitions_for_topic(topic) for topic in [*topics, settings.changelog_topic]}
+    wrong = sorted(f"{topic} has {len(parts)}" for topic, parts in counts.items() if parts and len(parts) != wanted)
+    if wrong:
         raise PartitionMismatch(
             f"every event topic and the objects table's changelog need TOPIC_PARTITIONS={wanted} partitions so "
-            f"that the state co-partitions with the events, but {', '.join(sorted(problems))}. Recreate the topics, "
-            "or set TOPIC_PARTITIONS to match."
+            f"that the state co-partitions with the events, but {', '.join(wrong)}. Recreate the topics, or set "
+            "TOPIC_PARTITIONS to match."
         )
+    return [topic for topic in topics if counts[topic] is None]
 
 
 #: The cyclic garbage collector's thresholds in a worker (Python's default: 700, 10, 10).
@@ -105,7 +116,7 @@ def run_worker(settings: Settings) -> int:
         asyncio.run(prepare_topics(settings, event_topics))
     except KeyboardInterrupt:
         return 130
-    except PartitionMismatch as exc:
+    except (MissingTopics, PartitionMismatch) as exc:
         log.error("%s", exc)
         return 2
     uvloop.install()

@@ -39,6 +39,12 @@ def test_an_event_type_newer_than_the_list_needs_its_object_type() -> None:
     assert registration is not None and registration.object_type == "refund"
 
 
+def test_a_declared_object_type_that_cannot_name_a_topic_is_refused() -> None:
+    """It names the handler's topic: the worker would otherwise fail only when it asks Kafka to create it."""
+    with pytest.raises(ValueError, match=r"'Payout!' is not an object type"):
+        HandlerRegistry().on("payout.teleported", object_type="Payout!")
+
+
 def _sync(event: StripeEvent, ctx: Context) -> None:
     pass
 

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ops.kafka import create_topics
 from ops.settings import Settings
-from streams.worker import PartitionMismatch, prepare_topics
+from streams.worker import MissingTopics, PartitionMismatch, prepare_topics
 from tests.support import BrokerInfo, topic_configs_set, unique
 
 pytestmark = pytest.mark.integration
@@ -86,3 +86,45 @@ def test_a_dead_letter_topic_whose_unlimited_retention_is_refused_is_created_wit
     asyncio.run(create_topics(CappedAdmin(), settings, ["capped.charge", "capped.dlq"]))  # type: ignore[arg-type]
     assert asked == [{"capped.charge": {}, "capped.dlq": {"retention.ms": "-1"}}, {"capped.dlq": {}}]
     assert "deleted unreplayed" in caplog.text and "at most 604800000" in caplog.text
+
+
+class _AdminSeeing:
+    """An admin client whose metadata shows the topics of ``seen``, one list per metadata fetch (the last one
+    repeated), each with TOPIC_PARTITIONS partitions; creating topics does nothing."""
+
+    def __init__(self, seen: list[list[str]], partitions: int) -> None:
+        self.seen, self.partitions, self.fetches = seen, partitions, 0
+        self._client = self
+
+    def __call__(self, **options: Any) -> _AdminSeeing:  # stands for the class: prepare_topics makes one per try
+        return self
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def fetch_all_metadata(self) -> Any:
+        visible = self.seen[min(self.fetches, len(self.seen) - 1)]
+        self.fetches += 1
+        parts = set(range(self.partitions))
+        return SimpleNamespace(partitions_for_topic=lambda topic: parts if topic in visible else None)
+
+
+def test_an_event_topic_not_known_yet_is_waited_for_then_refused_with_the_reason(monkeypatch: Any) -> None:
+    """Just created, a topic reaches every broker's metadata a moment later: a first start must not fail on it. One
+    that never comes (hookstream may not create it, and nobody did) stops the worker with what to do."""
+
+    async def created(*args: Any) -> None: ...
+
+    settings = Settings.from_env({"TOPIC_PREFIX": "late."})
+    monkeypatch.setattr("streams.worker.create_topics", created)
+    late = _AdminSeeing([[], ["late.charge"]], settings.topic_partitions)
+    monkeypatch.setattr("streams.worker.AIOKafkaAdminClient", late)
+    asyncio.run(prepare_topics(settings, ["late.charge"]))
+    assert late.fetches == 2
+
+    never = _AdminSeeing([["late.charge"]], settings.topic_partitions)
+    monkeypatch.setattr("streams.worker.AIOKafkaAdminClient", never)
+    with pytest.raises(MissingTopics, match=r"late\.invoice do not exist.*allow hookstream to \(CreateTopics\)"):
+        asyncio.run(prepare_topics(settings, ["late.charge", "late.invoice"], patience=0.2))
+    assert never.fetches == 2  # tried again once, after its patience ran out (the first wait is 0.5 s)
