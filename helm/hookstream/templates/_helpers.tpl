@@ -246,13 +246,6 @@ streams/actors.py) to end, then 15 s to commit, flush the changelog producer, le
 {{- end }}
 {{- end }}
 
-{{/* The variables of the chart's ConfigMap, set from values of its own, space-separated. config.extra may not
-set them again: a duplicate key in the ConfigMap is kept or refused depending on the client. (gateway.env and
-worker.env may: a container's env overrides its envFrom.) */}}
-{{- define "hookstream.configEnv" -}}
-KAFKA_BOOTSTRAP_SERVERS KAFKA_SECURITY_PROTOCOL KAFKA_ENABLE_IDEMPOTENCE KAFKA_MAX_MESSAGE_BYTES KAFKA_SASL_MECHANISM KAFKA_SASL_USERNAME STRIPE_WEBHOOK_TOLERANCE GATEWAY_HOST GATEWAY_PORT GATEWAY_MAX_BODY_BYTES GATEWAY_PUBLISH_TIMEOUT GATEWAY_CLIENT_TIMEOUT GATEWAY_KEEPALIVE_TIMEOUT GATEWAY_MAX_HEADER_BYTES TOPIC_PREFIX TOPIC_PARTITIONS TOPIC_REPLICATION_FACTOR TOPIC_MIN_INSYNC_REPLICAS HOOKSTREAM_APP_ID WORKER_WEB_PORT LOG_LEVEL
-{{- end }}
-
 {{/* What no values map may set: the variables of the pods' own env lists (a duplicate there is kept or refused
 depending on the client, and one that wins breaks what the chart set up: a data directory off the volume, a
 peer address nobody answers), the secret files and the secrets themselves (Secrets, not values), and the ports,
