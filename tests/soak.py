@@ -41,6 +41,7 @@ from ops.dev import EMBEDDED_BROKER_ENV
 from ops.fixtures import build_event, encode
 from ops.process import free_port, stop_process
 from ops.settings import Settings
+from streams.consumer import LOG_BEHIND, RECORDS_GONE
 from tests.support import REPO, http_request
 
 SECRET = "whsec_soak_" + "s" * 24
@@ -319,7 +320,7 @@ class Soak:
     def offset_reports(self) -> list[str]:
         """The workers' reports of records gone before they were read, or of a log behind its commit
         (streams/consumer.py). Nothing expires or is truncated in a soak: any such line is a false report."""
-        marks = ("were gone before any worker read them", "read or committed: its log was truncated")
+        marks = (RECORDS_GONE, LOG_BEHIND)
         return [
             line
             for path in sorted(self.work.glob("worker-*.log"))

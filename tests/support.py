@@ -44,6 +44,12 @@ class BrokerInfo:
     enable_idempotence: bool
     embedded: EmbeddedBroker | None = None
 
+    @property
+    def is_embedded(self) -> bool:
+        """The embedded broker, started here or given (KAFKA_BOOTSTRAP_SERVERS with KAFKA_ENABLE_IDEMPOTENCE=false):
+        it takes no idempotent producer."""
+        return self.embedded is not None or not self.enable_idempotence
+
     def app_env(self, app_id: str, prefix: str) -> dict[str, str]:
         """``env()`` for the components of one app (consumer groups, changelog) on one topic prefix."""
         return self.env() | {"HOOKSTREAM_APP_ID": app_id, "TOPIC_PREFIX": prefix}
@@ -56,7 +62,7 @@ class BrokerInfo:
             "WORKER_REBALANCE_TIMEOUT": "3",
             "WORKER_SESSION_TIMEOUT": "6",
         }
-        if not self.enable_idempotence:  # the embedded broker (DESIGN.md: one record per changelog batch)
+        if self.is_embedded:  # DESIGN.md: one record per changelog batch
             env |= EMBEDDED_BROKER_ENV
         return env
 
@@ -278,10 +284,8 @@ def start_worker(
     data_dir = tempfile.TemporaryDirectory(prefix=f"{app_id}-")
     environ = {
         **os.environ,
-        **broker.env(),
+        **broker.app_env(app_id, prefix),
         "PYTHONPATH": REPO,
-        "HOOKSTREAM_APP_ID": app_id,
-        "TOPIC_PREFIX": prefix,
         "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
         "WORKER_WEB_PORT": str(port),
         "WORKER_WEB_HOST": "127.0.0.1",
@@ -303,6 +307,26 @@ def start_worker(
         stop_process(process, timeout=30)
         log.close()
         data_dir.cleanup()
+
+
+def hookstream(
+    broker: BrokerInfo, app_id: str, prefix: str, *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``hookstream <args>`` as an operator would run it, for the workers of ``app_id`` on ``prefix``'s topics (with
+    the recording test handlers); the finished process, its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args],
+        env={
+            **os.environ,
+            **broker.app_env(app_id, prefix),
+            "PYTHONPATH": REPO,
+            "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
+        },
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def produce(
@@ -441,11 +465,10 @@ def topic_configs_set(
 
     Kafka lists every config of a topic and says where each value comes from; the embedded broker lists only those
     set on the topic (and calls them defaults): a listed one is set there."""
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     def set_on_topic(source: object) -> bool:
-        return broker.embedded is not None or source == DYNAMIC_TOPIC_CONFIG
+        return broker.is_embedded or source == DYNAMIC_TOPIC_CONFIG
 
     async def describe() -> dict[str, dict[str, str]]:
         admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)

@@ -189,7 +189,7 @@ def test_items_of_a_key_whose_actor_was_left_behind_wait_until_it_ends() -> None
     assert "end next of k" in ran and inflight == 0 and actors == 0
 
 
-def test_nothing_more_of_a_halted_key_runs_until_the_pool_is_cancelled() -> None:
+def test_nothing_more_of_a_halted_key_runs_even_after_a_cancel() -> None:
     """An item whose state was not stored halts its key (streams/app.py): a later item of that object stored on top
     would make it stale when it comes again. Queued and later items of the key are dropped unrun and their slots
     freed, also after a cancel (a rebalance while the worker stops); other keys go on."""

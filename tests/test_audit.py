@@ -4,9 +4,7 @@ application that really happened in the broker's data is reported with its ids a
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +18,7 @@ from gateway.envelope import Record, to_record
 from ops.audit import _delivery, parse_since
 from ops.fixtures import build_event, encode
 from streams.state import ObjectState, encode_state
-from tests.support import REPO, BrokerInfo, charge, produce, start_worker, unique
+from tests.support import BrokerInfo, charge, hookstream, produce, start_worker, unique
 
 pytestmark = pytest.mark.integration
 
@@ -35,22 +33,7 @@ def run_audit(broker: BrokerInfo, app_id: str, prefix: str, *args: str) -> tuple
 
 
 def audit_command(broker: BrokerInfo, app_id: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        **broker.env(),
-        "PYTHONPATH": REPO,
-        "HOOKSTREAM_APP_ID": app_id,
-        "TOPIC_PREFIX": prefix,
-        "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "ops.cli", "audit", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return hookstream(broker, app_id, prefix, "audit", *args)
 
 
 def test_audit_accounts_for_every_event_and_reports_losses(broker: BrokerInfo) -> None:

@@ -586,27 +586,62 @@ def test_keep_alive_is_served_in_order_then_closed_quietly_when_idle(gw: Gateway
             (200, "evt_pipelined_1"),
             (200, "evt_pipelined_2"),
         ]
-        assert sock.recv(1024) == b"" and not buffer  # closed (before the socket's timeout), nothing more said
-        idle_for = time.monotonic() - answered
+        idle_for = _closed_quietly_after(sock, buffer, answered)
     assert KEEPALIVE_TIMEOUT * 0.9 <= idle_for < KEEPALIVE_TIMEOUT + CLOSED_WITHIN, idle_for
     assert gw.metric("hookstream_gateway_requests_total", status="408") == before
+
+
+def _closed_quietly_after(sock: socket.socket, buffer: bytearray, since: float) -> float:
+    """Seconds from ``since`` until the gateway closed ``sock`` without a word (before the socket's timeout)."""
+    assert sock.recv(1024) == b"" and not buffer
+    return time.monotonic() - since
 
 
 def test_a_connection_answered_before_its_body_came_gets_the_client_timeout_for_it_then_the_keep_alive_one(
     gw: GatewayProcess,
 ) -> None:
     """A request to another path is answered (404) before its body is in: the client still has the client timeout to
-    send the rest, and once it has, the connection idles as after any answer (GATEWAY_KEEPALIVE_TIMEOUT)."""
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=KEEPALIVE_TIMEOUT + CLOSED_WITHIN) as sock:
-        sock.sendall(b"POST /elsewhere HTTP/1.1\r\nHost: hookstream\r\nContent-Length: 5\r\n\r\n")
-        buffer = bytearray()
-        answer = _read_answer(sock, buffer)
-        assert answer is not None and answer.status == 404
-        sock.sendall(b"12345")
+    send the rest (one that never does is closed then, quietly: it was answered), and once it has, the connection
+    idles as after any answer (GATEWAY_KEEPALIVE_TIMEOUT)."""
+    head = b"POST /elsewhere HTTP/1.1\r\nHost: hookstream\r\nContent-Length: 5\r\n\r\n"
+    timeout = KEEPALIVE_TIMEOUT + CLOSED_WITHIN
+    with (
+        socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as sending,
+        socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as silent,
+    ):
+        buffers = {sock: bytearray() for sock in (sending, silent)}
+        for sock, buffer in buffers.items():
+            sock.sendall(head)
+            answer = _read_answer(sock, buffer)
+            assert answer is not None and answer.status == 404
+        answered = time.monotonic()
+        sending.sendall(b"12345")
         sent = time.monotonic()
-        assert sock.recv(1024) == b"" and not buffer  # closed quietly: nothing was asked after the answer
-        idle_for = time.monotonic() - sent
+        body_wait = _closed_quietly_after(silent, buffers[silent], answered)  # the body never came
+        idle_for = _closed_quietly_after(sending, buffers[sending], sent)
+    assert CLIENT_TIMEOUT * 0.9 <= body_wait < KEEPALIVE_TIMEOUT * 0.9, body_wait
     assert KEEPALIVE_TIMEOUT * 0.9 <= idle_for < KEEPALIVE_TIMEOUT + CLOSED_WITHIN, idle_for
+
+
+def test_a_pipelined_request_still_coming_when_the_one_before_is_answered_gets_the_client_timeout(
+    gw: GatewayProcess,
+) -> None:
+    """The request after a delivery arrives while the delivery is published (no deadline: the app works), and its
+    body stops short. Once the delivery is answered, the gateway waits for the rest for the client timeout, not the
+    keep-alive one (nothing here is idle), then answers 408."""
+    body = _event("evt_pipelined_then_stuck")
+    delivery = _request(body, [(b"Stripe-Signature", sign(body, SECRET).encode())])
+    stuck = b"POST /webhooks/stripe HTTP/1.1\r\nHost: hookstream\r\nContent-Length: 5\r\n\r\n12"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=KEEPALIVE_TIMEOUT + CLOSED_WITHIN) as sock:
+        sock.sendall(delivery + stuck)
+        buffer = bytearray()
+        first = _read_answer(sock, buffer)
+        answered = time.monotonic()
+        assert first is not None and first.status == 200
+        second = _read_answer(sock, buffer)
+        waited = time.monotonic() - answered
+    assert second is not None and second.status == 408
+    assert CLIENT_TIMEOUT * 0.9 <= waited < KEEPALIVE_TIMEOUT * 0.9, waited
 
 
 def test_the_deadline_never_cuts_a_publish_in_progress() -> None:

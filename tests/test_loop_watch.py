@@ -1,5 +1,6 @@
 """The worker's event loop lag: a handler that blocks the loop shows as about that long a lateness. A real event
-loop and a real block; the only bound asserted is the one the block itself guarantees (a lower one)."""
+loop and a real block; the bounds asserted are the one the block itself guarantees (a lower one), and that a later
+window without the block reports less."""
 
 from __future__ import annotations
 

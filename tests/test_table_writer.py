@@ -225,26 +225,46 @@ def test_the_producers_flush_raises_after_itself_when_a_changelog_batch_was_lost
     assert flushed == ["producer"]
 
 
+class _Stopped(_Producer):
+    """A producer that cannot take the first batch handed to it (stopped, a send error); it would take the rest."""
+
+    def __init__(self, batch_size: int = 1 << 20) -> None:
+        super().__init__(batch_size)
+        self.refused_one = False
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        if not self.refused_one:
+            self.refused_one = True
+            raise RuntimeError("producer stopped")
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+def _put_two_batches(writer: TableWriter) -> None:
+    """Eight records of partition 0 without waiting: batch 0 takes 4, batch 1 the next 4 (1,000-byte batches)."""
+    for i in range(8):
+        done, _ = eager.start(writer.put(b"k%d" % i, b"%03d" % i + b"." * 180, 0))
+        assert done
+
+
 def test_a_batch_the_producer_cannot_take_fails_the_partitions_later_batches_and_stops_commits() -> None:
     """A batch that cannot be handed over (the producer stopped, a send error) loses its states to the changelog,
     and those of the partition's next batches, which can no longer follow it in order: commits stop and the
     worker crashes."""
-
-    class Stopped(_Producer):
-        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
-            raise RuntimeError("producer stopped")
+    producer = _Stopped(batch_size=1_000)
 
     async def run() -> tuple[TableWriter, _App]:
-        writer, app, _ = _writer(Stopped())
-        await writer.put(b"k", b"v", 0)
+        writer, app, _ = _writer(producer)
+        _put_two_batches(writer)
         with pytest.raises(ChangelogLost):
             await writer.flush()
         with pytest.raises(ChangelogLost):
             writer.raise_if_lost()
+        await writer.flush()  # a later flush finds nothing left to hand over
         return writer, app
 
     writer, app = asyncio.run(run())
     assert not writer.consistent and [str(e) for e in app.crashed] == ["producer stopped"]
+    assert producer.sent == []  # batch 1 did not follow the lost batch 0 to the producer
 
 
 def test_a_put_waiting_for_a_batch_that_is_lost_raises_and_leaves_the_store_as_it_was() -> None:
@@ -252,16 +272,9 @@ def test_a_put_waiting_for_a_batch_that_is_lost_raises_and_leaves_the_store_as_i
     one cannot be handed over, the put raises (StateNotStored for the processor) and its value is not stored: the
     store is never ahead of the changelog."""
 
-    class Stopped(_Producer):
-        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
-            await asyncio.sleep(0.01)
-            raise RuntimeError("producer stopped")
-
     async def run() -> tuple[_Table, BaseException | None]:
-        writer, _, table = _writer(Stopped(batch_size=1_000))
-        for i in range(8):  # batch 0 takes 4 records, batch 1 the next 4: both wait for the sender
-            done, _ = eager.start(writer.put(b"k%d" % i, b"%03d" % i + b"." * 180, 0))
-            assert done
+        writer, _, table = _writer(_Stopped(batch_size=1_000))
+        _put_two_batches(writer)
         try:
             await writer.put(b"k8", b"008" + b"." * 180, 0)  # batch 1 full, batch 0 not handed over: waits
         except ChangelogLost as exc:

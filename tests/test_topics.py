@@ -16,8 +16,6 @@ from ops.settings import Settings
 from streams.worker import MissingTopics, PartitionMismatch, prepare_topics
 from tests.support import BrokerInfo, topic_configs_set, unique
 
-pytestmark = pytest.mark.integration
-
 
 def _settings(broker: BrokerInfo, app_id: str, prefix: str) -> Settings:
     return Settings.from_env(broker.app_env(app_id, prefix))
@@ -35,6 +33,7 @@ def _create(broker: BrokerInfo, topic: str, partitions: int) -> None:
     asyncio.run(create())
 
 
+@pytest.mark.integration
 def test_an_event_topic_with_another_partition_count_is_refused(broker: BrokerInfo) -> None:
     app_id, prefix = unique("parts")
     settings = _settings(broker, app_id, prefix)
@@ -45,6 +44,7 @@ def test_an_event_topic_with_another_partition_count_is_refused(broker: BrokerIn
         asyncio.run(prepare_topics(settings, [prefix + "charge", prefix + "invoice"]))
 
 
+@pytest.mark.integration
 def test_a_changelog_with_another_partition_count_is_refused(broker: BrokerInfo) -> None:
     """Made by hand, or left from before TOPIC_PARTITIONS changed: assigned apart from the events, a worker would
     recover other partitions' states than its events', and take known objects for new ones."""
@@ -55,6 +55,7 @@ def test_a_changelog_with_another_partition_count_is_refused(broker: BrokerInfo)
         asyncio.run(prepare_topics(settings, [prefix + "charge"]))
 
 
+@pytest.mark.integration
 def test_the_dead_letter_topic_keeps_its_records_until_replayed(broker: BrokerInfo) -> None:
     """The brokers' default retention (7 days) would delete a dead letter nobody replayed yet, without a word."""
     app_id, prefix = unique("dlq")

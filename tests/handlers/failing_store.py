@@ -7,20 +7,14 @@ id starts with ``ch_store_fails`` raises OSError, until the file named by HOOKST
 
 from __future__ import annotations
 
-import os
-
 from streams.table import TableWriter
+from tests.handlers.recording import fixed
 
-_fixed_path = os.environ.get("HOOKSTREAM_TEST_FIXED", "")
 _put = TableWriter.put
 
 
-def _fixed() -> bool:
-    return bool(_fixed_path) and os.path.exists(_fixed_path)
-
-
 async def _failing_put(self: TableWriter, key: bytes, value: bytes, partition: int) -> None:
-    if key.startswith(b"ch_store_fails") and not _fixed():
+    if key.startswith(b"ch_store_fails") and not fixed():
         raise OSError(28, "No space left on device (injected by tests.handlers.failing_store)")
     await _put(self, key, value, partition)
 

@@ -26,7 +26,8 @@ _max_delay = float(os.environ.get("HOOKSTREAM_TEST_MAX_DELAY", "0.002"))
 _pid = os.getpid()
 
 
-def _fixed() -> bool:
+def fixed() -> bool:
+    """True once the file named by HOOKSTREAM_TEST_FIXED exists: the tests' way to mend an injected fault."""
     return bool(_fixed_path) and os.path.exists(_fixed_path)
 
 
@@ -41,21 +42,21 @@ async def record_charge(event: StripeEvent, ctx: Context) -> None:
     obj = event.object
     seq = int(obj.get("metadata", {}).get("seq", -1))
     _write(f"start {_pid} {obj['id']} {seq} {event.id}")
-    if obj.get("metadata", {}).get("fail") == "true" and not _fixed():
+    if obj.get("metadata", {}).get("fail") == "true" and not fixed():
         _write(f"fail {_pid} {obj['id']} {seq} {event.id}")
         raise RuntimeError(f"poison event {event.id}")
     if obj.get("metadata", {}).get("hang") == "true":
         _write(f"hang {_pid} {obj['id']} {seq} {event.id}")
         try:
             async with asyncio.timeout(3600):
-                while not _fixed():  # noqa: ASYNC110  # a file another process creates, not an Event
+                while not fixed():  # noqa: ASYNC110  # a file another process creates, not an Event
                     await asyncio.sleep(0.1)
         except asyncio.CancelledError:
             _write(f"cancelled {_pid} {obj['id']} {seq} {event.id}")
             raise
     if obj.get("metadata", {}).get("stubborn") == "true":
         _write(f"stubborn {_pid} {obj['id']} {seq} {event.id}")
-        while not _fixed():
+        while not fixed():
             try:
                 await asyncio.sleep(0.1)
             except BaseException:  # the bug: it swallows the deadline's and the stop's cancellations
