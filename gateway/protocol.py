@@ -9,9 +9,8 @@ without a limit. This subclass adds:
   request's first byte, to receive it completely. It runs only while the gateway waits for the client, never
   while the app works on a request it has received (a publish may take up to GATEWAY_PUBLISH_TIMEOUT). On
   expiry the request being received gets ``408`` and the connection is closed. A keep-alive connection idle
-  after an answer is closed without one after GATEWAY_KEEPALIVE_TIMEOUT (75 s): longer than the 60 s for which
-  proxies (nginx, AWS load balancers) keep idle upstream connections, so that a proxy never sends a request on a
-  connection the gateway is closing (it would answer that delivery 502, and not retry a POST);
+  after an answer is closed without one after GATEWAY_KEEPALIVE_TIMEOUT, set above a proxy's idle upstream
+  timeout (README, "Configuration"), so that a proxy never sends a request on a connection being closed;
 - a cap of GATEWAY_MAX_HEADER_BYTES on everything in a request that is not body (request line, headers, chunked
   framing, trailers): beyond it, ``431`` and close, before httptools has buffered more.
 

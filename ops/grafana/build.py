@@ -228,7 +228,7 @@ ROWS = [
                 "Dead letters waiting",
                 "Dead letters no replay has taken yet (every worker of a release counts them all: its largest count). "
                 "`hookstream replay --list` shows them; replay them, or --discard an event that must never apply.",
-                [Target(f"sum(max by (namespace) ({sel('hookstream_dead_letters_pending')}))", "waiting")],
+                [Target(f"sum(max by (namespace, job) ({sel('hookstream_dead_letters_pending')}))", "waiting")],
                 width=6,
                 thresholds=[(None, "green"), (1, "orange")],
             ),
