@@ -74,8 +74,9 @@ class BatchingConsumer(AIOKafkaConsumer):
         finished = self._acked_index[tp]
         gaps = self._gap[tp]
         end = base
-        while acked and (end in finished or gaps.overlaps_point(end)):
-            end += 1
+        if acked:
+            while end in finished or gaps.overlaps_point(end):
+                end += 1
         if end == base:
             # a base above the committed offset: the records between were gone before they were read (_follow);
             # committed now, a restart or a rebalance does not find them gone again
