@@ -202,6 +202,37 @@ def test_a_revoked_partition_forgets_its_commit_base_and_takes_a_new_one_when_it
     assert consumer._commit_bases == {TP0: 900, TP1: 7}
 
 
+def test_what_a_revoked_partition_finished_is_committed_once_its_records_in_flight_are_done(monkeypatch: Any) -> None:
+    """Faust drops a revoked partition's acks before it waits for the records in flight; the acks from before and
+    those that come in while it waits are committed together, by the commit rule, and then forgotten."""
+
+    async def faust_revoke(self: Any, revoked: set[TP]) -> None:  # drops the bookkeeping, then records finish
+        for tp in revoked:
+            self._acked.pop(tp, None), self._acked_index.pop(tp, None), self._gap.pop(tp, None)
+            self._committed_offset.pop(tp, None)
+        for offset in (502, 504):
+            self._acked[TP0].append(offset), self._acked_index[TP0].add(offset)
+
+    committed: list[dict[TP, int | None]] = []
+
+    async def force_commit(self: Any, topics: set[TP]) -> bool:
+        committed.append({tp: self._new_offset(tp) for tp in topics})
+        return True
+
+    monkeypatch.setattr(BatchingConsumer.__mro__[1], "on_partitions_revoked", faust_revoke)
+    monkeypatch.setattr(_ScriptedConsumer, "force_commit", force_commit, raising=False)
+    consumer = _ScriptedConsumer([])
+    consumer._commit_bases.update({TP0: 500, TP1: 7})
+    consumer._committed_offset[TP0] = 500
+    for offset in (500, 501):
+        consumer._acked[TP0].append(offset), consumer._acked_index[TP0].add(offset)
+    consumer._gap[TP0].addi(503, 504)  # 503 does not exist
+    asyncio.run(consumer.on_partitions_revoked({TP0}))
+    assert committed == [{TP0: 505}]  # 500-501 acked before, 502 and 504 while Faust waited, 503 a gap
+    assert consumer._commit_bases == {TP1: 7}
+    assert not consumer._acked.get(TP0) and not consumer._acked_index.get(TP0) and not consumer._gap.get(TP0)
+
+
 def _assigned(committed: int | None) -> _ScriptedConsumer:
     """A consumer just assigned TP0, sought to its committed offset as Faust's ``perform_seek`` leaves it."""
     consumer = _ScriptedConsumer([])
