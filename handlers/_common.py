@@ -1,4 +1,5 @@
-"""Helpers the shipped handlers share: copy fields from the object snapshot, and stamp when things happened.
+"""Helpers the shipped handlers share: copy fields from the object snapshot, and stamp when things happened
+(for stale events too: the shipped handlers register with ``stale=True`` and only stamp those).
 
 Not a handler module (the leading underscore keeps ``registry.discover`` from importing it as one).
 """
@@ -30,7 +31,11 @@ def keep(ctx: Context, obj: Mapping[str, Any], *names: str) -> None:
 
 
 def stamp(ctx: Context, event: StripeEvent, names: Mapping[str, str]) -> None:
-    """Keep ``event.created`` under ``names[event.type]`` (e.g. ``paid_at`` for ``invoice.paid``), if listed."""
+    """Keep ``event.created`` under ``names[event.type]`` (e.g. ``paid_at`` for ``invoice.paid``), if listed,
+    unless a later time is kept there (the event is stale: a second ``invoice.payment_failed`` came first)."""
     name = names.get(event.type)
-    if name is not None:
+    if name is None:
+        return
+    kept = ctx.fields.get(name)
+    if not (isinstance(kept, int) and kept > event.created):
         ctx.fields[name] = event.created

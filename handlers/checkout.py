@@ -28,8 +28,10 @@ _STAMPS = {
 }
 
 
-@on(*CHECKOUT_EVENTS)
+@on(*CHECKOUT_EVENTS, stale=True)
 async def checkout_session_changed(event: StripeEvent, ctx: Context) -> None:
+    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
+        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "payment_status", "mode", "amount_subtotal", "amount_total", "currency", "customer")
     keep(ctx, obj, "client_reference_id", "payment_intent", "subscription", "invoice", "expires_at")

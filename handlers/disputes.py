@@ -28,8 +28,10 @@ _STAMPS = {
 }
 
 
-@on(*DISPUTE_EVENTS)
+@on(*DISPUTE_EVENTS, stale=True)
 async def dispute_changed(event: StripeEvent, ctx: Context) -> None:
+    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
+        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "amount", "currency", "reason", "charge", "payment_intent", "is_charge_refundable")
     evidence = obj.get("evidence_details") or {}

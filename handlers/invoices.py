@@ -53,8 +53,10 @@ _STAMPS = {
 }
 
 
-@on(*INVOICE_EVENTS)
+@on(*INVOICE_EVENTS, stale=True)
 async def invoice_changed(event: StripeEvent, ctx: Context) -> None:
+    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
+        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "amount_due", "amount_paid", "amount_remaining", "amount_overpaid", "total", "currency")
     keep(ctx, obj, "customer", "number", "billing_reason", "collection_method", "due_date")

@@ -46,8 +46,10 @@ _STAMPS = {
 }
 
 
-@on(*PAYMENT_INTENT_EVENTS)
+@on(*PAYMENT_INTENT_EVENTS, stale=True)
 async def payment_intent_changed(event: StripeEvent, ctx: Context) -> None:
+    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
+        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "amount", "amount_capturable", "amount_received", "currency", "customer", "latest_charge")
     keep(ctx, obj, "capture_method", "canceled_at", "cancellation_reason")
@@ -58,8 +60,10 @@ async def payment_intent_changed(event: StripeEvent, ctx: Context) -> None:
     stamp(ctx, event, _STAMPS)
 
 
-@on(*CHARGE_EVENTS)
+@on(*CHARGE_EVENTS, stale=True)
 async def charge_changed(event: StripeEvent, ctx: Context) -> None:
+    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
+        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "amount", "amount_captured", "amount_refunded", "currency", "customer", "payment_intent")
     keep(ctx, obj, "paid", "captured", "refunded", "disputed", "failure_code", "failure_message")

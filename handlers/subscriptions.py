@@ -38,8 +38,10 @@ _STAMPS = {
 }
 
 
-@on(*SUBSCRIPTION_EVENTS)
+@on(*SUBSCRIPTION_EVENTS, stale=True)
 async def subscription_changed(event: StripeEvent, ctx: Context) -> None:
+    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
+        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "customer", "currency", "collection_method", "latest_invoice", "trial_start", "trial_end")
     keep(ctx, obj, "cancel_at", "canceled_at", "cancel_at_period_end", "ended_at")

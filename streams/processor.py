@@ -31,6 +31,7 @@ from streams.state import (
     judge,
     new_state,
     record_applied,
+    remember,
     start_applying,
 )
 
@@ -169,6 +170,9 @@ class EventProcessor:
         stored = self._store.get(object_id)
         state = decode_state(stored) if stored is not None else None
         verdict = judge(state, event) if state is not None else None
+        if verdict is Outcome.STALE and registration.stale:  # its handler runs, and the newer state stays
+            outcome = await self._apply(record, headers, event, registration, object_id, stored, state, stale=True)
+            return (verdict if outcome is Outcome.OK else outcome), event.type
         if verdict is not None:
             return verdict, event.type
         return await self._apply(record, headers, event, registration, object_id, stored, state), event.type
@@ -204,6 +208,7 @@ class EventProcessor:
         object_id: bytes,
         stored: bytes | None,
         decoded: ObjectState | None,
+        stale: bool = False,
     ) -> Outcome:
         retry = self._retry
         for attempt in range(1, retry.max_attempts + 1):
@@ -215,8 +220,9 @@ class EventProcessor:
                 state = decode_state(stored)
             else:
                 state = new_state(object_id.decode(errors="replace"), event, registration.object_type)
-            context = Context(state, attempt)
-            start_applying(state, event)
+            context = Context(state, attempt, stale)
+            if not stale:
+                start_applying(state, event)
             started = time.perf_counter()
             failure: Exception | None = None
             timed_out = False  # the deadline cancelled the attempt, and nothing else did
@@ -258,7 +264,10 @@ class EventProcessor:
                 self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
                 continue
-            record_applied(state, event)
+            if stale:
+                remember(state, event)
+            else:
+                record_applied(state, event)
             try:
                 encoded = encode_state(state, checked=True)
                 self._store.check(object_id, encoded)

@@ -35,10 +35,12 @@ class Emitted:
 @dataclass(frozen=True)
 class Context:
     """What a handler may touch: the object's state (its attributes, not the state itself: ``ctx.state = ...``
-    raises), the attempt number and a way to emit records."""
+    raises), the attempt number and a way to emit records. ``stale``: the event is older than the state (only for
+    handlers registered with ``stale=True``): the state holds a newer snapshot, which the handler should keep."""
 
     state: ObjectState
     attempt: int = 1
+    stale: bool = False
     emitted: list[Emitted] = field(default_factory=list)
 
     @property
@@ -68,6 +70,7 @@ class Registration:
     object_type: str
     handler: Handler
     model: type | None = None  # what ``data.object`` is decoded into (None: a dict)
+    stale: bool = False  # also run for events older than the state (``Context.stale``)
 
 
 class HandlerRegistry:
@@ -77,13 +80,15 @@ class HandlerRegistry:
         self._by_type: dict[str, Registration] = {}
 
     def on(
-        self, *event_types: str, object_type: str | None = None, model: type | None = None
+        self, *event_types: str, object_type: str | None = None, model: type | None = None, stale: bool = False
     ) -> Callable[[Handler], Handler]:
         """Register the decorated coroutine function for ``event_types``.
 
         The object type (and so the topic) is read from Stripe's example object for each event type; pass
         ``object_type`` for event types without one. ``model``: a msgspec Struct to decode ``data.object`` into
-        (only its fields are built), instead of a dict.
+        (only its fields are built), instead of a dict. ``stale``: run it also for an event older than its object's
+        state (Stripe does not promise order), with ``ctx.stale`` True, for what must happen once per event (a
+        receipt on ``invoice.paid``, a time stamp); the state keeps its newer snapshot and status.
         """
         if not event_types:
             raise TypeError("@on() needs at least one event type")
@@ -101,7 +106,7 @@ class HandlerRegistry:
                         f"{event_type} already has a handler: {handler_name(existing.handler)}; "
                         f"{handler_name(handler)} cannot take it too"
                     )
-                self._by_type[event_type] = Registration(event_type, objects[event_type], handler, model)
+                self._by_type[event_type] = Registration(event_type, objects[event_type], handler, model, stale)
             return handler
 
         return register

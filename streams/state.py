@@ -134,6 +134,12 @@ def record_applied(state: ObjectState, event: StripeEvent) -> None:
     state.last_event_type = event.type
     state.last_event_created = event.created
     state.events_applied += 1
+    remember(state, event)
+
+
+def remember(state: ObjectState, event: StripeEvent) -> None:
+    """Note ``event`` as seen, so that a redelivery of it is a duplicate: alone, for a stale event whose handler
+    ran (``@on(..., stale=True)``), which the state's newer snapshot and count do not take in."""
     recent = state.recent_event_ids
     recent.append(event.id)
     if len(recent) > RECENT_EVENT_IDS:

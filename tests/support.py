@@ -418,9 +418,10 @@ class ConsumedRecord:
     headers: Any
 
     @classmethod
-    def of_event(cls, event_type: str, object_id: str, offset: int = 0) -> ConsumedRecord:
-        """A realistic event of ``object_id``, as the gateway publishes it and a worker consumes it."""
-        record = to_record(encode(build_event(event_type, object_id=object_id)), "stripe.", 0)
+    def of_event(cls, event_type: str, object_id: str, offset: int = 0, **event: Any) -> ConsumedRecord:
+        """A realistic event of ``object_id``, as the gateway publishes it and a worker consumes it (``event``:
+        more of ``build_event``'s arguments)."""
+        record = to_record(encode(build_event(event_type, object_id=object_id, **event)), "stripe.", 0)
         return cls(record.topic, 0, offset, record.key, record.value, record.headers)
 
 

@@ -15,7 +15,8 @@ import pytest
 from ops.fixtures import build_event, encode, event_types, fixture_for
 from streams.events import StripeEvent, decode_event
 from streams.registry import Context, registry
-from streams.state import ObjectState, new_state, record_applied, start_applying
+from streams.state import ObjectState, decode_state, new_state, record_applied, start_applying
+from tests.support import ConsumedRecord, DictStore, processor
 
 registry.discover()  # the shipped handlers (the default)
 
@@ -303,6 +304,32 @@ def test_invoice_payment_failed_then_paid() -> None:
     assert state.fields["next_payment_attempt"] is None
     assert state.fields["paid_at"] == T0 + 86400
     assert state.fields["payment_failed_at"] == T0
+
+
+def test_events_delivered_after_newer_ones_still_stamp_when_they_happened() -> None:
+    """Stripe does not promise order. Run by the worker's processor: an ``invoice.paid`` delivered after a later
+    ``invoice.updated`` (which shows the invoice paid) is stale, and its handler still stamps ``paid_at`` while the
+    newer snapshot stays; two payment failures delivered in reverse keep the later one's time."""
+    store, sent = DictStore(), []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent.append(topic)
+
+    processing = processor(registry, store, send)
+
+    def deliver(event_type: str, created: int, **fields: Any) -> str:
+        record = ConsumedRecord.of_event(event_type, "in_late", created=created, object_fields=fields)
+        return str(asyncio.run(processing.process(record)))
+
+    assert deliver("invoice.updated", T0 + 20, status="paid", amount_paid=4200, attempt_count=3) == "ok"
+    assert deliver("invoice.payment_failed", T0 + 5, status="open", amount_paid=0, attempt_count=2) == "stale"
+    assert deliver("invoice.payment_failed", T0, status="open", amount_paid=0, attempt_count=1) == "stale"
+    assert deliver("invoice.paid", T0 + 10, status="paid", amount_paid=4200, attempt_count=3) == "stale"
+    state = decode_state(store[b"in_late"])
+    assert state.fields["paid_at"] == T0 + 10 and state.fields["payment_failed_at"] == T0 + 5
+    assert state.fields["amount_paid"] == 4200 and state.fields["attempt_count"] == 3  # the newer snapshot's
+    assert (state.status, state.last_event_type, state.events_applied) == ("paid", "invoice.updated", 1)
+    assert sent == []
 
 
 def test_invoice_fixture_values_and_subscription_from_either_api_shape() -> None:

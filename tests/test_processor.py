@@ -1,6 +1,7 @@
 """The processor's own nets (no broker: a dict store and a recording send): a failed attempt leaves nothing
 behind, a record it cannot read is dead-lettered rather than raised (raised, Faust would ack and drop it), and a
-dead letter is sent however often the brokers refuse it."""
+dead letter is sent however often the brokers refuse it; and what a handler registered with ``stale=True`` sees of
+an event older than its object's state."""
 
 from __future__ import annotations
 
@@ -82,3 +83,78 @@ def test_a_dead_letter_the_brokers_refuse_is_retried_not_given_up() -> None:
     processing = processor(handlers, DictStore(), send)
     assert str(asyncio.run(processing.process(ConsumedRecord.of_event("invoice.paid", "in_3")))) == "dead_lettered"
     assert sent == [("stripe.dlq", b"1")] and refusals == []
+
+
+def _stamping(stale: bool, fail: bool = False) -> tuple[HandlerRegistry, list[bool]]:
+    """A handler that stamps ``paid_at`` and emits on ``invoice.paid``, and keeps the snapshot's amount otherwise;
+    the ``ctx.stale`` of each run is noted."""
+    handlers, runs = HandlerRegistry(), []
+
+    @handlers.on("invoice.paid", "invoice.updated", stale=stale)
+    async def invoice(event: StripeEvent, ctx: Context) -> None:
+        runs.append(ctx.stale)
+        if fail:
+            raise RuntimeError("the receipt service is down")
+        if event.type == "invoice.paid":
+            ctx.fields["paid_at"] = event.created
+            ctx.emit("receipts", event.id.encode())
+        if not ctx.stale:
+            ctx.fields["amount_paid"] = event.object["amount_paid"]
+
+    return handlers, runs
+
+
+def _paid_after_a_newer_update(
+    handlers: HandlerRegistry, sent: list[tuple[str, dict[str, bytes]]]
+) -> tuple[DictStore, str, str]:
+    """``invoice.updated`` (amount 500, status paid) applied, then the older ``invoice.paid``: the store, and the
+    outcomes of the paid event and of its redelivery."""
+    store = DictStore()
+    processing = processor(handlers, store, _recording_send(sent), attempts=2)
+    fields = {"amount_paid": 500, "status": "paid"}
+    updated = ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
+    paid = ConsumedRecord.of_event(
+        "invoice.paid", "in_9", 1, created=1_800_000_000, event_id="evt_paid", object_fields={"amount_paid": 400}
+    )
+    assert str(asyncio.run(processing.process(updated))) == "ok"
+    outcome = str(asyncio.run(processing.process(paid)))
+    again = str(asyncio.run(processing.process(paid)))
+    return store, outcome, again
+
+
+def test_a_stale_event_runs_the_handlers_that_ask_for_it_and_the_newer_state_stays() -> None:
+    handlers, runs = _stamping(stale=True)
+    sent: list[tuple[str, dict[str, bytes]]] = []
+    store, outcome, again = _paid_after_a_newer_update(handlers, sent)
+    assert (outcome, again) == ("stale", "duplicate")  # counted stale; a redelivery of it is a duplicate
+    assert runs == [False, True]
+    state = decode_state(store[b"in_9"])
+    assert state.fields == {"amount_paid": 500, "paid_at": 1_800_000_000}  # the stamp kept, the newer amount too
+    assert (state.status, state.last_event_type, state.last_event_created) == ("paid", "invoice.updated", 1_800_000_010)
+    assert state.events_applied == 1 and state.recent_event_ids[-1] == "evt_paid"
+    assert [topic for topic, _ in sent] == ["receipts"]
+
+
+def test_a_stale_event_never_reaches_a_handler_that_did_not_ask_for_it() -> None:
+    handlers, runs = _stamping(stale=False)
+    sent: list[tuple[str, dict[str, bytes]]] = []
+    store, outcome, again = _paid_after_a_newer_update(handlers, sent)
+    assert (outcome, again) == ("stale", "stale") and runs == [False] and sent == []
+    assert decode_state(store[b"in_9"]).fields == {"amount_paid": 500}
+
+
+def test_a_stale_event_whose_handler_fails_is_retried_and_dead_lettered_leaving_the_state() -> None:
+    handlers, runs = _stamping(stale=True)
+    sent: list[tuple[str, dict[str, bytes]]] = []
+    store = DictStore()
+    processing = processor(handlers, store, _recording_send(sent), attempts=2)
+    fields = {"amount_paid": 500, "status": "paid"}
+    updated = ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
+    assert str(asyncio.run(processing.process(updated))) == "ok"
+    before = store[b"in_9"]
+    failing, runs = _stamping(stale=True, fail=True)
+    processing = processor(failing, store, _recording_send(sent), attempts=2)
+    paid = ConsumedRecord.of_event("invoice.paid", "in_9", 1, created=1_800_000_000)
+    assert str(asyncio.run(processing.process(paid))) == "dead_lettered"
+    assert runs == [True, True] and [topic for topic, _ in sent] == ["stripe.dlq"]
+    assert store[b"in_9"] == before
