@@ -146,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
         "--object-type",
         metavar="OBJECT",
         help="the object its events carry (data.object.object, which names the topic), for a type newer than "
-        "hookstream's list of Stripe's event types (ops/stripe/event-types.txt) or one without an example object",
+        "hookstream's list of Stripe's event types (ops/stripe/event-types.txt), one without an example object, or "
+        "one whose events carry several kinds (customer.source.*: card, bank_account or source)",
     )
     scaffold.set_defaults(run=_new_handler)
 

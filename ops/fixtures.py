@@ -46,6 +46,25 @@ _STATUS_AFTER = {
 }
 
 
+#: Event types whose events carry one of several kinds of object (Stripe's API reference); their example object is
+#: one of them. A handler of another of them declares it (``@on(..., object_type="card")``): it names the topic.
+_SEVERAL_OBJECTS = {
+    "customer.source": frozenset({"card", "bank_account", "source"}),
+    "account.external_account": frozenset({"card", "bank_account"}),
+}
+
+
+def carried_object_types(event_type: str) -> frozenset[str]:
+    """The kinds of object events of ``event_type`` may carry, when Stripe sends several (else empty)."""
+    return _SEVERAL_OBJECTS.get(event_type.rsplit(".", 1)[0], frozenset())
+
+
+def example_object(object_type: str) -> dict[str, Any] | None:
+    """A fresh copy of Stripe's example ``object_type``, if there is one."""
+    found = _resources().get(object_type)
+    return copy.deepcopy(found) if found is not None else None
+
+
 class UnknownEventType(LookupError):
     """No Stripe fixture holds the object this event type carries."""
 
@@ -108,9 +127,13 @@ def build_event(
     created: int | None = None,
     object_fields: dict[str, Any] | None = None,
     account: str | None = None,
+    object_type: str | None = None,
 ) -> dict[str, Any]:
-    """A Stripe event of ``event_type`` around the fixture object, with the given ids and time."""
-    obj = fixture_for(event_type)
+    """A Stripe event of ``event_type`` around the fixture object (Stripe's example ``object_type`` for a type
+    whose events carry several kinds of object), with the given ids and time."""
+    obj = fixture_for(event_type) if object_type is None else example_object(object_type)
+    if obj is None:
+        raise UnknownEventType(f"no Stripe example object {object_type!r}")
     if event_type in _STATUS_AFTER and "status" in obj:
         obj["status"] = _STATUS_AFTER[event_type]
     if object_id is not None:

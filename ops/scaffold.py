@@ -14,7 +14,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ops.fixtures import UnknownEventType, checked_object_type, event_types, fixture_for, not_an_event_type
+from ops.fixtures import (
+    UnknownEventType,
+    carried_object_types,
+    checked_object_type,
+    event_types,
+    example_object,
+    fixture_for,
+    not_an_event_type,
+)
 
 #: Fields the template keeps when the example object has them, with the value the generated test sets.
 _SAMPLES: dict[str, Any] = {
@@ -46,8 +54,9 @@ def new_handler(
     """Write ``handlers/<module>.py`` and ``tests/test_handler_<module>.py`` under ``root``; return both paths.
 
     ``object_type`` (what ``data.object.object`` is, so the topic) is for a type newer than hookstream's list of
-    the types Stripe sends (without it such a type is refused as a typo would be), or a listed one without an
-    example object (instead of a guess); one that contradicts the example object is refused. Refuses
+    the types Stripe sends (without it such a type is refused as a typo would be), a listed one without an
+    example object (instead of a guess), or one whose events carry several kinds of object (``customer.source.*``:
+    a card, a bank account or a source); one that contradicts the example object is refused. Refuses
     (``ScaffoldError``) also a type a handler already takes (a handler module under ``root``, or one of
     ``modules``: HOOKSTREAM_HANDLERS), and existing files. Writes nothing when it refuses.
     """
@@ -79,12 +88,17 @@ def new_handler(
     except UnknownEventType:
         fixture = None
     if object_type is not None and fixture is not None:
-        if listed and object_type != fixture["object"]:  # its example object says what it carries
+        carried = carried_object_types(event_type)
+        if listed and object_type in carried - {fixture["object"]}:  # another of the objects its events carry
+            fixture = example_object(object_type)
+        elif listed and object_type != fixture["object"]:  # its example object says what it carries
+            kinds = " or a ".join(sorted(carried)) if carried else fixture["object"]
             raise ScaffoldError(
-                f"{event_type} is a listed type whose events carry a {fixture['object']}: --object-type is for a "
-                "type newer than hookstream's list (ops/stripe/event-types.txt), or one without an example object"
+                f"{event_type} is a listed type whose events carry a {kinds}: --object-type is for a type newer "
+                "than hookstream's list (ops/stripe/event-types.txt), one without an example object, or one whose "
+                "events carry several kinds of object"
             )
-        if listed:
+        elif listed:
             object_type = None  # the example object's type: the handler needs no object_type=
         else:
             fixture = None  # a type newer than the list: its object is the user's, not a look-alike's example
@@ -157,7 +171,11 @@ def _render(event_type: str, module: str, fixture: dict[str, Any] | None, declar
         object_id = str(fixture.get("id") or "obj").split("_", 1)[0] + "_scaffold"
         samples = {name: value for name, value in _SAMPLES.items() if name in fixture}
         status = fixture.get("status") if isinstance(fixture.get("status"), str) else None
-        decorator = f"@on({json.dumps(event_type)})"
+        decorator = (
+            f"@on({json.dumps(event_type)})"
+            if declared is None  # else one of the kinds of object its events carry
+            else f"@on({json.dumps(event_type)}, object_type={json.dumps(object_type)})"
+        )
     elif declared is not None:  # a type newer than the list, or one without an example: the object type is the user's
         object_type, object_id, samples, status = declared, "obj_scaffold", {}, None
         decorator = f"@on({json.dumps(event_type)}, object_type={json.dumps(object_type)})"
@@ -210,6 +228,7 @@ async def {function}(event: StripeEvent, ctx: Context) -> None:
             "        object_id=OBJECT_ID,\n"
             "        created=CREATED,\n"
             + (f"        object_fields={{{set_fields}}},\n" if set_fields else "")
+            + ("        object_type=OBJECT_TYPE,\n" if declared is not None else "")
             + "    )\n"
         )
         fixtures_import = "from ops.fixtures import build_event, encode\n"

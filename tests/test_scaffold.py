@@ -74,7 +74,12 @@ def test_generated_handlers_and_tests_pass_ruff_and_pytest(project: Path) -> Non
     newer_handler, newer_test = new_handler("payout.reconciliation_settled", project, object_type="payout")
     assert '@on("payout.reconciliation_settled", object_type="payout")' in newer_handler.read_text()
     assert "is a guess" not in newer_handler.read_text() and 'OBJECT_TYPE = "payout"' in newer_test.read_text()
+    # a type whose events carry several kinds of object: another than its example's, around that one's example
+    card_handler, card_test = new_handler("customer.source.expiring", project, object_type="card")
+    assert '@on("customer.source.expiring", object_type="card")' in card_handler.read_text()
+    assert 'OBJECT_TYPE = "card"' in card_test.read_text() and "object_type=OBJECT_TYPE" in card_test.read_text()
     files = [str(handler), str(test), str(bare_handler), str(bare_test), str(newer_handler), str(newer_test)]
+    files += [str(card_handler), str(card_test)]
 
     config = ["--config", str(REPO / "pyproject.toml"), "--no-cache"]
     lint = subprocess.run([sys.executable, "-m", "ruff", "check", *config, *files], capture_output=True, text=True)
@@ -85,14 +90,14 @@ def test_generated_handlers_and_tests_pass_ruff_and_pytest(project: Path) -> Non
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test), str(bare_test), str(newer_test)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files[1::2]],
         cwd=project,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "3 passed" in run.stdout
+    assert "4 passed" in run.stdout
 
 
 def test_the_generated_test_still_passes_once_the_handler_declares_a_model(project: Path) -> None:
@@ -134,6 +139,8 @@ def test_refuses_a_type_stripe_does_not_send(project: Path) -> None:
         ScaffoldError, match=r"payout\.paid is a listed type whose events carry a payout: --object-type"
     ):
         new_handler("payout.paid", project, object_type="charge")
+    with pytest.raises(ScaffoldError, match=r"carry a bank_account or a card: --object-type"):
+        new_handler("account.external_account.created", project, object_type="charge")
     assert _listing(project) == ["handlers", "handlers/__init__.py", "pytest.ini", "tests", "tests/__init__.py"]
 
 
