@@ -1,5 +1,5 @@
 """Helpers the shipped handlers share: copy fields from the object snapshot, and stamp when things happened
-(for stale events too: the shipped handlers register with ``stale=True`` and only stamp those).
+(for stale events too: the shipped handlers register with ``include_stale=True`` and only stamp those).
 
 Not a handler module (the leading underscore keeps ``registry.discover`` from importing it as one).
 """

@@ -28,7 +28,7 @@ _STAMPS = {
 }
 
 
-@on(*DISPUTE_EVENTS, stale=True)
+@on(*DISPUTE_EVENTS, include_stale=True)
 async def dispute_changed(event: StripeEvent, ctx: Context) -> None:
     if ctx.stale:  # its newer snapshot is kept: only when this happened is news
         return stamp(ctx, event, _STAMPS)

@@ -53,7 +53,7 @@ _STAMPS = {
 }
 
 
-@on(*INVOICE_EVENTS, stale=True)
+@on(*INVOICE_EVENTS, include_stale=True)
 async def invoice_changed(event: StripeEvent, ctx: Context) -> None:
     if ctx.stale:  # its newer snapshot is kept: only when this happened is news
         return stamp(ctx, event, _STAMPS)

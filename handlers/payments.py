@@ -46,7 +46,7 @@ _STAMPS = {
 }
 
 
-@on(*PAYMENT_INTENT_EVENTS, stale=True)
+@on(*PAYMENT_INTENT_EVENTS, include_stale=True)
 async def payment_intent_changed(event: StripeEvent, ctx: Context) -> None:
     if ctx.stale:  # its newer snapshot is kept: only when this happened is news
         return stamp(ctx, event, _STAMPS)
@@ -60,7 +60,7 @@ async def payment_intent_changed(event: StripeEvent, ctx: Context) -> None:
     stamp(ctx, event, _STAMPS)
 
 
-@on(*CHARGE_EVENTS, stale=True)
+@on(*CHARGE_EVENTS, include_stale=True)
 async def charge_changed(event: StripeEvent, ctx: Context) -> None:
     if ctx.stale:  # its newer snapshot is kept: only when this happened is news
         return stamp(ctx, event, _STAMPS)

@@ -38,7 +38,7 @@ _STAMPS = {
 }
 
 
-@on(*SUBSCRIPTION_EVENTS, stale=True)
+@on(*SUBSCRIPTION_EVENTS, include_stale=True)
 async def subscription_changed(event: StripeEvent, ctx: Context) -> None:
     if ctx.stale:  # its newer snapshot is kept: only when this happened is news
         return stamp(ctx, event, _STAMPS)

@@ -6,8 +6,7 @@ applied event, whose ``last_event_id`` names it and whose ``events_applied`` num
 topic. The audit reads all three from the broker, as a plain consumer outside any group, and classifies every
 acknowledged event id:
 
-- applied: some changelog record names it (or an object still remembers it among its recent event ids, as it
-  does a stale event whose handler registered with ``stale=True`` ran);
+- applied: some changelog record names it (or an object still remembers it among its recent event ids);
   *duplicated* when two changelog records of one object name it with different counts (applied twice);
 - dead-lettered: a dead letter points at its last record (a replayed dead letter is judged by the replay);
 - unhandled: no handler takes its type (nothing to apply), as the audit's ``HOOKSTREAM_HANDLERS`` says: events

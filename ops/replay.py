@@ -4,7 +4,8 @@ Reads the dead-letter topic as consumer group ``<app id>-replay`` and commits af
 acknowledged, so every dead letter is replayed once however often the command runs. A replayed event keeps its
 key, value and original headers, plus ``replayed-at`` (its end-to-end time starts there). Workers judge it like
 any delivery: applied, or counted a duplicate (applied meanwhile) or stale (its object applied a newer event
-meanwhile, whose snapshot already holds what it would set).
+meanwhile, whose snapshot already holds what it would set; only a handler registered with ``include_stale=True``
+runs then).
 """
 
 from __future__ import annotations

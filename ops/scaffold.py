@@ -200,8 +200,8 @@ The handler runs for each event, in order per object; if it raises, nothing it d
 event is retried, then dead-lettered. It may run more than once for one event (a retry, a worker stopped before
 the state was stored, a replay): make calls to other systems idempotent (keyed by ``event.id``). Other event
 types of the same object can share it: list them in ``@on(...)``. An event older than its object's state (Stripe
-does not promise order) is counted stale and does not reach it, unless it is registered with ``stale=True``: it
-then runs with ``ctx.stale`` True, and should keep the newer state and record only what this event alone tells.
+does not promise order) is counted stale and does not reach it, unless it is registered with ``include_stale=True``:
+it then runs with ``ctx.stale`` True, and should keep the newer state and record only what this event alone tells.
 """
 
 from __future__ import annotations

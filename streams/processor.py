@@ -31,7 +31,6 @@ from streams.state import (
     judge,
     new_state,
     record_applied,
-    remember,
     start_applying,
 )
 
@@ -170,7 +169,7 @@ class EventProcessor:
         stored = self._store.get(object_id)
         state = decode_state(stored) if stored is not None else None
         verdict = judge(state, event) if state is not None else None
-        if verdict is Outcome.STALE and registration.stale:  # its handler runs, and the newer state stays
+        if verdict is Outcome.STALE and registration.include_stale:  # its handler runs; the newer state stays
             outcome = await self._apply(record, headers, event, registration, object_id, stored, state, stale=True)
             return (verdict if outcome is Outcome.OK else outcome), event.type
         if verdict is not None:
@@ -220,7 +219,8 @@ class EventProcessor:
                 state = decode_state(stored)
             else:
                 state = new_state(object_id.decode(errors="replace"), event, registration.object_type)
-            context = Context(state, attempt, stale)
+            context = Context(state, attempt, stale=stale)
+            newer_status = state.status
             if not stale:
                 start_applying(state, event)
             started = time.perf_counter()
@@ -264,8 +264,8 @@ class EventProcessor:
                 self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
                 continue
-            if stale:
-                remember(state, event)
+            if stale:  # not applied: the newer event stays the last one, its status the object's
+                state.status = newer_status
             else:
                 record_applied(state, event)
             try:

@@ -36,12 +36,13 @@ class Emitted:
 class Context:
     """What a handler may touch: the object's state (its attributes, not the state itself: ``ctx.state = ...``
     raises), the attempt number and a way to emit records. ``stale``: the event is older than the state (only for
-    handlers registered with ``stale=True``): the state holds a newer snapshot, which the handler should keep."""
+    handlers registered with ``include_stale=True``): the state holds a newer snapshot, which the handler should
+    keep, and its status stays the newer one's whatever the handler sets."""
 
     state: ObjectState
     attempt: int = 1
-    stale: bool = False
     emitted: list[Emitted] = field(default_factory=list)
+    stale: bool = False
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -70,7 +71,7 @@ class Registration:
     object_type: str
     handler: Handler
     model: type | None = None  # what ``data.object`` is decoded into (None: a dict)
-    stale: bool = False  # also run for events older than the state (``Context.stale``)
+    include_stale: bool = False  # also run for events older than the state (``Context.stale``)
 
 
 class HandlerRegistry:
@@ -80,15 +81,20 @@ class HandlerRegistry:
         self._by_type: dict[str, Registration] = {}
 
     def on(
-        self, *event_types: str, object_type: str | None = None, model: type | None = None, stale: bool = False
+        self,
+        *event_types: str,
+        object_type: str | None = None,
+        model: type | None = None,
+        include_stale: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated coroutine function for ``event_types``.
 
         The object type (and so the topic) is read from Stripe's example object for each event type; pass
         ``object_type`` for event types without one. ``model``: a msgspec Struct to decode ``data.object`` into
-        (only its fields are built), instead of a dict. ``stale``: run it also for an event older than its object's
-        state (Stripe does not promise order), with ``ctx.stale`` True, for what must happen once per event (a
-        receipt on ``invoice.paid``, a time stamp); the state keeps its newer snapshot and status.
+        (only its fields are built), instead of a dict. ``include_stale``: run it also for an event older than its
+        object's state (Stripe does not promise order), with ``ctx.stale`` True, for what must happen for every
+        event of a type (a receipt on ``invoice.paid``, a time stamp); the state keeps its newer status and last
+        event, and only what the handler sets in ``ctx.fields`` (and emits) is kept.
         """
         if not event_types:
             raise TypeError("@on() needs at least one event type")
@@ -106,7 +112,7 @@ class HandlerRegistry:
                         f"{event_type} already has a handler: {handler_name(existing.handler)}; "
                         f"{handler_name(handler)} cannot take it too"
                     )
-                self._by_type[event_type] = Registration(event_type, objects[event_type], handler, model, stale)
+                self._by_type[event_type] = Registration(event_type, objects[event_type], handler, model, include_stale)
             return handler
 
         return register

@@ -82,7 +82,7 @@ def new_state(object_id: str, event: StripeEvent, object_type: str = "") -> Obje
 FINAL_STATUSES: dict[str, frozenset[str]] = {
     "payment_intent": frozenset({"succeeded", "canceled"}),
     "setup_intent": frozenset({"succeeded", "canceled"}),
-    "invoice": frozenset({"paid", "void"}),
+    "invoice": frozenset({"paid", "void", "deleted"}),  # deleted: hookstream's, for invoice.deleted
     "subscription": frozenset({"canceled", "incomplete_expired"}),
     "subscription_schedule": frozenset({"completed", "released", "canceled"}),
     "checkout.session": frozenset({"complete", "expired"}),
@@ -134,12 +134,6 @@ def record_applied(state: ObjectState, event: StripeEvent) -> None:
     state.last_event_type = event.type
     state.last_event_created = event.created
     state.events_applied += 1
-    remember(state, event)
-
-
-def remember(state: ObjectState, event: StripeEvent) -> None:
-    """Note ``event`` as seen, so that a redelivery of it is a duplicate: alone, for a stale event whose handler
-    ran (``@on(..., stale=True)``), which the state's newer snapshot and count do not take in."""
     recent = state.recent_event_ids
     recent.append(event.id)
     if len(recent) > RECENT_EVENT_IDS:

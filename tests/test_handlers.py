@@ -7,6 +7,7 @@ Events are built from Stripe's example objects and run through the registered ha
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 from typing import Any
 
@@ -306,30 +307,57 @@ def test_invoice_payment_failed_then_paid() -> None:
     assert state.fields["payment_failed_at"] == T0
 
 
-def test_events_delivered_after_newer_ones_still_stamp_when_they_happened() -> None:
-    """Stripe does not promise order. Run by the worker's processor: an ``invoice.paid`` delivered after a later
-    ``invoice.updated`` (which shows the invoice paid) is stale, and its handler still stamps ``paid_at`` while the
-    newer snapshot stays; two payment failures delivered in reverse keep the later one's time."""
+STAMPED = [
+    (event_type, name, module)
+    for module in ("payments", "subscriptions", "invoices", "checkout", "disputes")
+    for event_type, name in importlib.import_module(f"handlers.{module}")._STAMPS.items()
+]
+
+
+@pytest.mark.parametrize(("event_type", "name", "module"), STAMPED, ids=[t for t, _, _ in STAMPED])
+def test_an_event_delivered_after_a_newer_one_still_stamps_when_it_happened(
+    event_type: str, name: str, module: str
+) -> None:
+    """Stripe does not promise order. Run by the worker's processor: an event delivered after a newer one of its
+    object is stale; the shipped handler still stamps its time, and keeps nothing of its older snapshot."""
+    registration = registry.get(event_type)
+    assert registration is not None and registration.include_stale, f"{event_type}: include_stale=True"
+    stamps = importlib.import_module(f"handlers.{module}")._STAMPS
+    same_handler = [t for t in FAMILY_TYPES if getattr(registry.get(t), "handler", None) is registration.handler]
+    newer_type = next(t for t in same_handler if stamps.get(t) != name)
     store, sent = DictStore(), []
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         sent.append(topic)
 
-    processing = processor(registry, store, send)
-
     def deliver(event_type: str, created: int, **fields: Any) -> str:
-        record = ConsumedRecord.of_event(event_type, "in_late", created=created, object_fields=fields)
-        return str(asyncio.run(processing.process(record)))
+        record = ConsumedRecord.of_event(event_type, "obj_late", created=created, object_fields=fields)
+        return str(asyncio.run(processor(registry, store, send).process(record)))
 
-    assert deliver("invoice.updated", T0 + 20, status="paid", amount_paid=4200, attempt_count=3) == "ok"
-    assert deliver("invoice.payment_failed", T0 + 5, status="open", amount_paid=0, attempt_count=2) == "stale"
-    assert deliver("invoice.payment_failed", T0, status="open", amount_paid=0, attempt_count=1) == "stale"
-    assert deliver("invoice.paid", T0 + 10, status="paid", amount_paid=4200, attempt_count=3) == "stale"
+    assert deliver(newer_type, T0 + 100) == "ok"
+    before = decode_state(store[b"obj_late"])
+    assert deliver(event_type, T0, currency="zzz", status="stale_status") == "stale"
+    after = decode_state(store[b"obj_late"])
+    assert after.fields.pop(name) == T0 and name not in before.fields
+    assert after == before and sent == []  # the newer snapshot's fields, status and last event
+
+
+def test_a_stamp_keeps_the_later_of_two_times() -> None:
+    """Two payment failures delivered in reverse (the second stale) keep the later one's time."""
+    store, sent = DictStore(), []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent.append(topic)
+
+    def deliver(created: int, attempt_count: int) -> str:
+        record = ConsumedRecord.of_event(
+            "invoice.payment_failed", "in_late", created=created, object_fields={"attempt_count": attempt_count}
+        )
+        return str(asyncio.run(processor(registry, store, send).process(record)))
+
+    assert (deliver(T0 + 5, 2), deliver(T0, 1)) == ("ok", "stale")
     state = decode_state(store[b"in_late"])
-    assert state.fields["paid_at"] == T0 + 10 and state.fields["payment_failed_at"] == T0 + 5
-    assert state.fields["amount_paid"] == 4200 and state.fields["attempt_count"] == 3  # the newer snapshot's
-    assert (state.status, state.last_event_type, state.events_applied) == ("paid", "invoice.updated", 1)
-    assert sent == []
+    assert state.fields["payment_failed_at"] == T0 + 5 and state.fields["attempt_count"] == 2 and sent == []
 
 
 def test_invoice_fixture_values_and_subscription_from_either_api_shape() -> None:

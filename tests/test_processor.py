@@ -1,7 +1,7 @@
 """The processor's own nets (no broker: a dict store and a recording send): a failed attempt leaves nothing
 behind, a record it cannot read is dead-lettered rather than raised (raised, Faust would ack and drop it), and a
-dead letter is sent however often the brokers refuse it; and what a handler registered with ``stale=True`` sees of
-an event older than its object's state."""
+dead letter is sent however often the brokers refuse it; and what a handler registered with ``include_stale=True``
+sees of an event older than its object's state."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from aiokafka.errors import TopicAuthorizationFailedError
 from streams.events import StripeEvent
 from streams.processor import Send
 from streams.registry import Context, HandlerRegistry
-from streams.state import decode_state
+from streams.state import ObjectState, decode_state
 from tests.support import ConsumedRecord, DictStore, processor
 
 
@@ -85,15 +85,18 @@ def test_a_dead_letter_the_brokers_refuse_is_retried_not_given_up() -> None:
     assert sent == [("stripe.dlq", b"1")] and refusals == []
 
 
-def _stamping(stale: bool, fail: bool = False) -> tuple[HandlerRegistry, list[bool]]:
-    """A handler that stamps ``paid_at`` and emits on ``invoice.paid``, and keeps the snapshot's amount otherwise;
-    the ``ctx.stale`` of each run is noted."""
+def _stamping(include_stale: bool, failing_attempts: int = 0) -> tuple[HandlerRegistry, list[bool]]:
+    """A handler that takes the snapshot's status and amount, and on ``invoice.paid`` stamps ``paid_at`` and emits;
+    for a stale event only the stamp and the emit. Its first ``failing_attempts`` attempts dirty the state, then
+    fail. The ``ctx.stale`` of each run is noted."""
     handlers, runs = HandlerRegistry(), []
 
-    @handlers.on("invoice.paid", "invoice.updated", stale=stale)
+    @handlers.on("invoice.paid", "invoice.updated", include_stale=include_stale)
     async def invoice(event: StripeEvent, ctx: Context) -> None:
         runs.append(ctx.stale)
-        if fail:
+        ctx.state.status = event.object["status"]  # what a handler may do: the worker keeps the newer one if stale
+        if ctx.attempt <= failing_attempts:
+            ctx.fields["dirty"] = True
             raise RuntimeError("the receipt service is down")
         if event.type == "invoice.paid":
             ctx.fields["paid_at"] = event.created
@@ -104,17 +107,17 @@ def _stamping(stale: bool, fail: bool = False) -> tuple[HandlerRegistry, list[bo
     return handlers, runs
 
 
-def _paid_after_a_newer_update(
+def _paid_after_a_newer_void(
     handlers: HandlerRegistry, sent: list[tuple[str, dict[str, bytes]]]
 ) -> tuple[DictStore, str, str]:
-    """``invoice.updated`` (amount 500, status paid) applied, then the older ``invoice.paid``: the store, and the
-    outcomes of the paid event and of its redelivery."""
+    """``invoice.updated`` (amount 500, status void) applied, then the older ``invoice.paid`` (status paid) twice:
+    the store, and the outcomes of the paid event and of its redelivery."""
     store = DictStore()
     processing = processor(handlers, store, _recording_send(sent), attempts=2)
-    fields = {"amount_paid": 500, "status": "paid"}
+    fields = {"amount_paid": 500, "status": "void"}
     updated = ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
     paid = ConsumedRecord.of_event(
-        "invoice.paid", "in_9", 1, created=1_800_000_000, event_id="evt_paid", object_fields={"amount_paid": 400}
+        "invoice.paid", "in_9", 1, created=1_800_000_000, object_fields={"amount_paid": 400, "status": "paid"}
     )
     assert str(asyncio.run(processing.process(updated))) == "ok"
     outcome = str(asyncio.run(processing.process(paid)))
@@ -122,39 +125,50 @@ def _paid_after_a_newer_update(
     return store, outcome, again
 
 
-def test_a_stale_event_runs_the_handlers_that_ask_for_it_and_the_newer_state_stays() -> None:
-    handlers, runs = _stamping(stale=True)
+def _still_the_newer_update(state: ObjectState) -> None:
+    assert (state.status, state.last_event_type, state.last_event_created) == ("void", "invoice.updated", 1_800_000_010)
+    assert state.events_applied == 1 and len(state.recent_event_ids) == 1
+
+
+def test_a_stale_event_runs_the_handlers_that_include_stale_ones_and_the_newer_state_stays() -> None:
+    """Counted stale, not applied: the status the handler set and the last event stay the newer event's, and the
+    event is not remembered, so a redelivery runs the handler again (at least once, as for any event)."""
+    handlers, runs = _stamping(include_stale=True)
     sent: list[tuple[str, dict[str, bytes]]] = []
-    store, outcome, again = _paid_after_a_newer_update(handlers, sent)
-    assert (outcome, again) == ("stale", "duplicate")  # counted stale; a redelivery of it is a duplicate
-    assert runs == [False, True]
+    store, outcome, again = _paid_after_a_newer_void(handlers, sent)
+    assert (outcome, again) == ("stale", "stale") and runs == [False, True, True]
     state = decode_state(store[b"in_9"])
     assert state.fields == {"amount_paid": 500, "paid_at": 1_800_000_000}  # the stamp kept, the newer amount too
-    assert (state.status, state.last_event_type, state.last_event_created) == ("paid", "invoice.updated", 1_800_000_010)
-    assert state.events_applied == 1 and state.recent_event_ids[-1] == "evt_paid"
-    assert [topic for topic, _ in sent] == ["receipts"]
+    _still_the_newer_update(state)
+    assert [topic for topic, _ in sent] == ["receipts", "receipts"]
 
 
-def test_a_stale_event_never_reaches_a_handler_that_did_not_ask_for_it() -> None:
-    handlers, runs = _stamping(stale=False)
+def test_a_stale_event_never_reaches_a_handler_that_does_not_include_stale_ones() -> None:
+    handlers, runs = _stamping(include_stale=False)
     sent: list[tuple[str, dict[str, bytes]]] = []
-    store, outcome, again = _paid_after_a_newer_update(handlers, sent)
+    store, outcome, again = _paid_after_a_newer_void(handlers, sent)
     assert (outcome, again) == ("stale", "stale") and runs == [False] and sent == []
-    assert decode_state(store[b"in_9"]).fields == {"amount_paid": 500}
+    state = decode_state(store[b"in_9"])
+    assert state.fields == {"amount_paid": 500}
+    _still_the_newer_update(state)
 
 
-def test_a_stale_event_whose_handler_fails_is_retried_and_dead_lettered_leaving_the_state() -> None:
-    handlers, runs = _stamping(stale=True)
+def test_a_stale_event_whose_handler_fails_is_retried_from_the_stored_state_then_dead_lettered() -> None:
     sent: list[tuple[str, dict[str, bytes]]] = []
     store = DictStore()
-    processing = processor(handlers, store, _recording_send(sent), attempts=2)
-    fields = {"amount_paid": 500, "status": "paid"}
+    newer, _ = _stamping(include_stale=True)
+    fields = {"amount_paid": 500, "status": "void"}
     updated = ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
-    assert str(asyncio.run(processing.process(updated))) == "ok"
+    assert str(asyncio.run(processor(newer, store, _recording_send(sent)).process(updated))) == "ok"
     before = store[b"in_9"]
-    failing, runs = _stamping(stale=True, fail=True)
-    processing = processor(failing, store, _recording_send(sent), attempts=2)
-    paid = ConsumedRecord.of_event("invoice.paid", "in_9", 1, created=1_800_000_000)
-    assert str(asyncio.run(processing.process(paid))) == "dead_lettered"
-    assert runs == [True, True] and [topic for topic, _ in sent] == ["stripe.dlq"]
-    assert store[b"in_9"] == before
+    paid = ConsumedRecord.of_event("invoice.paid", "in_9", 1, created=1_800_000_000, object_fields={"status": "paid"})
+    failing, runs = _stamping(include_stale=True, failing_attempts=2)
+    assert (
+        str(asyncio.run(processor(failing, store, _recording_send(sent), attempts=2).process(paid))) == "dead_lettered"
+    )
+    assert runs == [True, True] and [topic for topic, _ in sent] == ["stripe.dlq"] and store[b"in_9"] == before
+    recovering, runs = _stamping(include_stale=True, failing_attempts=1)
+    assert str(asyncio.run(processor(recovering, store, _recording_send(sent), attempts=2).process(paid))) == "stale"
+    state = decode_state(store[b"in_9"])
+    assert runs == [True, True] and state.fields == {"amount_paid": 500, "paid_at": 1_800_000_000}  # not dirty
+    _still_the_newer_update(state)
