@@ -40,8 +40,6 @@ _Fetched = tuple[Mapping[TP, list[Any]] | None, set[TP] | None, int]
 #: either: nothing expires or is truncated in a soak)
 RECORDS_GONE = "were gone before any worker read them"
 LOG_BEHIND = "its log was truncated or recreated"
-#: seconds a revoke waits for its commit: the group's rebalance waits for it (a commit takes milliseconds)
-_REVOKE_COMMIT_PATIENCE = 10.0
 
 
 class _Finished(NamedTuple):
@@ -107,7 +105,9 @@ class BatchingConsumer(AIOKafkaConsumer):
         since the last periodic commit (a quarter of the events in a test with two rebalances: each one a
         duplicate, or an emit sent twice). The bookkeeping is kept aside here, merged with the acks that came in
         while Faust waited, and committed by the rule of ``_new_offset``: Kafka takes a commit of the generation
-        that is ending until this member rejoins, and the next owner reads it once the rebalance completes."""
+        that is ending until this member rejoins, and the next owner reads it once the rebalance completes. Not when
+        the worker stops: Faust closes the consumer instead, and a commit on a closing client could fail the stop
+        (the next owner then processes those records again, as before)."""
         leaving = {
             tp: _Finished(
                 self._commit_bases.pop(tp),
@@ -120,7 +120,7 @@ class BatchingConsumer(AIOKafkaConsumer):
         }
         # without a base, Faust's own commit here takes nothing of a revoked partition
         await super().on_partitions_revoked(revoked)
-        if not leaving:
+        if not leaving or self.app.should_stop:  # stopping: Faust closed the consumer instead
             return
         for tp, kept in leaving.items():
             finished = kept.acked | self._acked_index.pop(tp, set())
@@ -129,9 +129,13 @@ class BatchingConsumer(AIOKafkaConsumer):
             self._acked[tp] = sorted(finished)
             self._gap[tp] = kept.gaps
             self._committed_offset[tp] = kept.committed
+        # Not bounded here: a timeout would leave the commit running in Faust's consumer thread, where aiokafka
+        # retries it with the generation of the moment, which after the rejoin could move another owner's commit
+        # back. Unbounded, it ends before this member rejoins: done, or refused as the group has moved on (Faust
+        # then commits nothing), like the producer flush Faust's revoke already waits for.
         try:
-            await asyncio.wait_for(self.force_commit(set(leaving)), _REVOKE_COMMIT_PATIENCE)
-        except Exception as exc:  # the next owner processes them again, as it would have
+            await self.force_commit(set(leaving))
+        except Exception as exc:  # the changelog could not be flushed: the next owner processes them again
             log.warning("cannot commit what the revoked partitions finished: %r", exc)
         finally:
             for tp in leaving:

@@ -53,6 +53,7 @@ class _ScriptedConsumer(BatchingConsumer):
         self.flow_active = True
         self.can_resume_flow = asyncio.Event()
         self.app = SimpleNamespace(
+            should_stop=False,
             consumer_generation_id=1,
             monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
             topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
@@ -189,7 +190,12 @@ def test_a_revoked_partition_forgets_its_commit_base_and_takes_a_new_one_when_it
         self.faust_revoked = set(revoked)
         self.bases_at_faust_revoke = dict(self._commit_bases)  # Faust commits what finishes: the base must be gone
 
+    async def force_commit(self: Any, topics: set[TP]) -> bool:  # nothing of TP0 finished: nothing to commit
+        assert self._new_offset(TP0) is None
+        return False
+
     monkeypatch.setattr(BatchingConsumer.__mro__[1], "on_partitions_revoked", faust_revoke)
+    monkeypatch.setattr(_ScriptedConsumer, "force_commit", force_commit, raising=False)
     consumer = _ScriptedConsumer([])
     consumer._commit_bases.update({TP0: 500, TP1: 7})
     asyncio.run(consumer.on_partitions_revoked({TP0}))
@@ -202,35 +208,90 @@ def test_a_revoked_partition_forgets_its_commit_base_and_takes_a_new_one_when_it
     assert consumer._commit_bases == {TP0: 900, TP1: 7}
 
 
-def test_what_a_revoked_partition_finished_is_committed_once_its_records_in_flight_are_done(monkeypatch: Any) -> None:
-    """Faust drops a revoked partition's acks before it waits for the records in flight; the acks from before and
-    those that come in while it waits are committed together, by the commit rule, and then forgotten."""
+def _finish(consumer: _ScriptedConsumer, offset: int) -> None:
+    """An actor acks TP0's record at ``offset`` (Faust's own ``ack``)."""
+    message = _Message(TP0, offset, consumer.app.consumer_generation_id)
+    message.acked, message.topic = False, TOPIC  # type: ignore[attr-defined]
+    assert BatchingConsumer.ack(consumer, message)  # type: ignore[arg-type]
 
-    async def faust_revoke(self: Any, revoked: set[TP]) -> None:  # drops the bookkeeping, then records finish
+
+def _revoking(monkeypatch: Any, finishing: tuple[int, ...], commit: Any) -> _ScriptedConsumer:
+    """A consumer whose TP0 (base 500, committed 500) and TP1 (base 7) are revoked: Faust's revoke drops TP0's
+    bookkeeping and then, while it waits, the records at ``finishing`` are acked; ``commit`` stands for
+    ``force_commit``."""
+
+    async def faust_revoke(self: Any, revoked: set[TP]) -> None:  # Faust's own, without the app
         for tp in revoked:
             self._acked.pop(tp, None), self._acked_index.pop(tp, None), self._gap.pop(tp, None)
             self._committed_offset.pop(tp, None)
-        for offset in (502, 504):
-            self._acked[TP0].append(offset), self._acked_index[TP0].add(offset)
+        for offset in finishing:
+            _finish(self, offset)
 
+    monkeypatch.setattr(BatchingConsumer.__mro__[1], "on_partitions_revoked", faust_revoke)
+    monkeypatch.setattr(_ScriptedConsumer, "force_commit", commit, raising=False)
+    consumer = _ScriptedConsumer([])
+    consumer._n_acked, consumer._waiting_for_ack = 0, None  # type: ignore[attr-defined]
+    consumer._commit_bases.update({TP0: 500, TP1: 7})
+    consumer._committed_offset[TP0] = 500
+    return consumer
+
+
+def _forgot_tp0(consumer: _ScriptedConsumer) -> bool:
+    bookkeeping = (consumer._acked, consumer._acked_index, consumer._gap, consumer._committed_offset)
+    return consumer._commit_bases == {TP1: 7} and not any(book.get(TP0) for book in bookkeeping)
+
+
+def test_what_a_revoked_partition_finished_is_committed_once_its_records_in_flight_are_done(monkeypatch: Any) -> None:
+    """Faust drops a revoked partition's acks before it waits for the records in flight; the acks from before and
+    those that come in while it waits are committed together, by the commit rule, and then forgotten."""
     committed: list[dict[TP, int | None]] = []
 
     async def force_commit(self: Any, topics: set[TP]) -> bool:
         committed.append({tp: self._new_offset(tp) for tp in topics})
         return True
 
-    monkeypatch.setattr(BatchingConsumer.__mro__[1], "on_partitions_revoked", faust_revoke)
-    monkeypatch.setattr(_ScriptedConsumer, "force_commit", force_commit, raising=False)
-    consumer = _ScriptedConsumer([])
-    consumer._commit_bases.update({TP0: 500, TP1: 7})
-    consumer._committed_offset[TP0] = 500
+    consumer = _revoking(monkeypatch, (502, 504), force_commit)
     for offset in (500, 501):
-        consumer._acked[TP0].append(offset), consumer._acked_index[TP0].add(offset)
+        _finish(consumer, offset)
     consumer._gap[TP0].addi(503, 504)  # 503 does not exist
     asyncio.run(consumer.on_partitions_revoked({TP0}))
     assert committed == [{TP0: 505}]  # 500-501 acked before, 502 and 504 while Faust waited, 503 a gap
-    assert consumer._commit_bases == {TP1: 7}
-    assert not consumer._acked.get(TP0) and not consumer._acked_index.get(TP0) and not consumer._gap.get(TP0)
+    assert _forgot_tp0(consumer)
+
+
+def test_a_revoked_partition_whose_base_is_above_its_commit_commits_the_base(monkeypatch: Any) -> None:
+    """Records gone before they were read (the base above the commit) are committed past even if nothing else
+    finished, as the periodic commit does, so the next owner does not find them gone again."""
+    committed: list[dict[TP, int | None]] = []
+
+    async def force_commit(self: Any, topics: set[TP]) -> bool:
+        committed.append({tp: self._new_offset(tp) for tp in topics})
+        return True
+
+    consumer = _revoking(monkeypatch, (), force_commit)
+    consumer._commit_bases[TP0] = 800
+    asyncio.run(consumer.on_partitions_revoked({TP0}))
+    assert committed == [{TP0: 800}] and _forgot_tp0(consumer)
+
+
+def test_a_revoke_commit_that_fails_or_a_revoke_while_stopping_forgets_the_partition(monkeypatch: Any) -> None:
+    async def force_commit(self: Any, topics: set[TP]) -> bool:
+        raise RuntimeError("changelog records not stored")
+
+    consumer = _revoking(monkeypatch, (500,), force_commit)
+    asyncio.run(consumer.on_partitions_revoked({TP0}))
+    assert _forgot_tp0(consumer)
+
+    commits: list[set[TP]] = []
+
+    async def commit(self: Any, topics: set[TP]) -> bool:
+        commits.append(topics)
+        return True
+
+    consumer = _revoking(monkeypatch, (500,), commit)
+    consumer.app.should_stop = True  # Faust closed the consumer instead of waiting
+    asyncio.run(consumer.on_partitions_revoked({TP0}))
+    assert commits == [] and TP0 not in consumer._commit_bases
 
 
 def _assigned(committed: int | None) -> _ScriptedConsumer:

@@ -87,6 +87,16 @@ def test_within_a_second_a_final_status_is_not_left() -> None:
     assert judge(state, later) is None  # a later second decides, whatever it shows
 
 
+def test_within_a_second_a_deleted_invoice_stays_deleted() -> None:
+    """invoice.deleted (the shipped handler sets ``deleted``, hookstream's own status) and an invoice.updated of
+    the same second arrive reversed: the draft snapshot is the older one."""
+    state = new_state("in_2", event("evt_del", 500, status="draft", event_type="invoice.deleted", object_id="in_2"))
+    state.status = "deleted"
+    state.last_event_created = 500
+    updated = event("evt_upd", 500, status="draft", event_type="invoice.updated", object_id="in_2")
+    assert judge(state, updated) is Outcome.STALE
+
+
 def test_within_a_second_a_status_that_is_not_final_follows_arrival_order() -> None:
     """A subscription's past_due is not final: an active from the same second after it applies (and the
     reverse); a payout's paid is not final either (a paid payout can still fail)."""
