@@ -65,6 +65,8 @@ class BatchingConsumer(AIOKafkaConsumer):
         #: per partition, the next offset a commit may start from: the first record fetched since the assignment,
         #: then each committed offset (see ``_new_offset``)
         self._commit_bases: dict[TP, int] = {}
+        #: event-topic partitions resumed and waiting for their seek (``resume_partitions``)
+        self._unsought: set[TP] = set()
 
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit: the end of the run of finished records that starts at the partition's base.
@@ -144,6 +146,29 @@ class BatchingConsumer(AIOKafkaConsumer):
                 self._acked_index.pop(tp, None)
                 self._gap.pop(tp, None)
                 self._committed_offset.pop(tp, None)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        """Event-topic partitions are held back until the seek that follows is done.
+
+        After a rebalance Faust resumes the stream partitions, then seeks them to their committed offsets. A fetch
+        in between reads from where the consumer stood; its records were collected with no read offset, then read
+        again after the seek: submitted twice, or taken for a truncated log. Held back, they are fetched only from
+        the offsets the seek set (``perform_seek`` resumes them). Both of Faust's resumes of stream partitions are
+        followed by that seek; other partitions (changelogs in recovery) resume at once."""
+        tps = set(tps)
+        held = {tp for tp in tps if tp.topic in self.batch_topics}
+        self._unsought |= held
+        super().resume_partitions(tps - held)
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, then resume the event-topic partitions held back for it (still assigned:
+        a rebalance may have begun meanwhile). Resumed even if the seek fails, as Faust would have."""
+        held, self._unsought = self._unsought, set()
+        try:
+            await super().perform_seek()
+        finally:
+            if held:
+                super().resume_partitions(held & self.assignment())
 
     def forget(self, message: Message) -> None:
         """Stop waiting for ``message``'s ack: it will not be processed (its partition is being rebalanced).

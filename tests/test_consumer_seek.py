@@ -1,13 +1,15 @@
 """Where the worker's consumer resumes a partition after dropping fetched records (streams/consumer.py): at the
-committed offset, or at the beginning of a partition that has none."""
+committed offset, or at the beginning of a partition that has none; and not before the seek after a rebalance."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from types import SimpleNamespace
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 
 from streams.consumer import BatchingConsumer
 from tests.support import BrokerInfo, charge, produce, unique
@@ -54,3 +56,28 @@ def test_a_partition_without_a_commit_goes_back_to_its_beginning(broker: BrokerI
     assert sum(read_to.values()) == len(records)
     assert after_plain == read_to  # what would skip them: the next records read are past them
     assert after_ours == dict.fromkeys(read_to, 0)  # every record is read again
+
+
+def test_event_partitions_resumed_after_a_rebalance_wait_for_their_seek(monkeypatch: Any) -> None:
+    """Faust resumes the stream partitions, then seeks them to their committed offsets: a fetch in between read from
+    where the consumer stood. Event-topic partitions are fetched only once the seek is done; others (a changelog in
+    recovery) at once. One revoked meanwhile is not resumed."""
+    event_tp, other_tp, changelog_tp = TP("stripe.charge", 0), TP("stripe.charge", 1), TP("app-objects-changelog", 0)
+    active_at_seek: list[set[TP]] = []
+
+    async def faust_seek(self: Any) -> None:  # Faust's own seeks to the committed offsets through the consumer thread
+        active_at_seek.append(set(self._get_active_partitions()))
+
+    monkeypatch.setattr(BatchingConsumer.__mro__[1], "perform_seek", faust_seek)
+    consumer = BatchingConsumer.__new__(BatchingConsumer)
+    consumer.batch_topics = frozenset({"stripe.charge"})
+    consumer._active_partitions, consumer._paused_partitions = set(), {event_tp, other_tp, changelog_tp}
+    consumer._unsought = set()
+    consumer.assignment = lambda: {event_tp, changelog_tp}  # type: ignore[method-assign]  # other_tp revoked by then
+    consumer.resume_partitions({event_tp, other_tp, changelog_tp})
+    assert consumer._get_active_partitions() == {changelog_tp}
+    asyncio.run(consumer.perform_seek())
+    assert active_at_seek == [{changelog_tp}]
+    assert consumer._get_active_partitions() == {event_tp, changelog_tp} and not consumer._paused_partitions & {
+        event_tp
+    }

@@ -390,7 +390,7 @@ def test_a_rebalance_hands_over_partitions_without_processing_anything_again(bro
     def feed() -> None:  # until the first worker has its partitions back, so both handovers meet events coming
         while not handed_back.is_set() or fed[0] < 20:
             records = [charge(prefix, f"ch_{i}", fed[0], BASE + fed[0]) for i in range(objects)]
-            produce(broker.bootstrap_servers, records, enable_idempotence=True)  # a retry writes no second record
+            produce(broker.bootstrap_servers, records, broker.enable_idempotence)  # then a retry writes no repeat
             fed[0] += 1
             time.sleep(0.1)
 
