@@ -65,8 +65,9 @@ class BatchingConsumer(AIOKafkaConsumer):
         #: per partition, the next offset a commit may start from: the first record fetched since the assignment,
         #: then each committed offset (see ``_new_offset``)
         self._commit_bases: dict[TP, int] = {}
-        #: event-topic partitions resumed and waiting for their seek (``resume_partitions``)
-        self._unsought: set[TP] = set()
+        #: event-topic partitions resumed and waiting for their seek (``resume_partitions``), with the consumer
+        #: generation they were resumed in
+        self._unsought: dict[TP, int | None] = {}
 
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit: the end of the run of finished records that starts at the partition's base.
@@ -157,17 +158,21 @@ class BatchingConsumer(AIOKafkaConsumer):
         followed by that seek; other partitions (changelogs in recovery) resume at once."""
         tps = set(tps)
         held = {tp for tp in tps if tp.topic in self.batch_topics}
-        self._unsought |= held
+        self._unsought.update(dict.fromkeys(held, self.app.consumer_generation_id))
         super().resume_partitions(tps - held)
 
     async def perform_seek(self) -> None:
-        """Seek to the committed offsets, then resume the event-topic partitions held back for it (still assigned:
-        a rebalance may have begun meanwhile). Resumed even if the seek fails, as Faust would have."""
-        held, self._unsought = self._unsought, set()
+        """Seek to the committed offsets, then resume the event-topic partitions held back for it in this consumer
+        generation, if they are still assigned. Also if the seek failed or timed out (Faust's recovery then goes on
+        without it, as it did before), but not into a later generation: a rebalance that cancels the seek (Faust's
+        recovery starts again) pauses them for its own recovery, which resumes and seeks them again."""
+        generation = self.app.consumer_generation_id
+        held = {tp for tp, held_in in self._unsought.items() if held_in == generation}
+        self._unsought.clear()  # of an earlier generation: its assignment's recovery holds them again
         try:
             await super().perform_seek()
         finally:
-            if held:
+            if held and self.app.consumer_generation_id == generation:
                 super().resume_partitions(held & self.assignment())
 
     def forget(self, message: Message) -> None:

@@ -8,6 +8,7 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
@@ -58,26 +59,56 @@ def test_a_partition_without_a_commit_goes_back_to_its_beginning(broker: BrokerI
     assert after_ours == dict.fromkeys(read_to, 0)  # every record is read again
 
 
+EVENT_TP, REVOKED_TP, CHANGELOG_TP = TP("stripe.charge", 0), TP("stripe.charge", 1), TP("app-objects-changelog", 0)
+
+
+def _resumed(monkeypatch: Any, seek: Any) -> BatchingConsumer:
+    """A consumer after a rebalance: Faust resumed an event partition, one revoked since, and a changelog partition;
+    its own seek is ``seek``."""
+    monkeypatch.setattr(BatchingConsumer.__mro__[1], "perform_seek", seek)
+    consumer = BatchingConsumer.__new__(BatchingConsumer)
+    consumer.batch_topics = frozenset({"stripe.charge"})
+    consumer.app = SimpleNamespace(consumer_generation_id=5)  # type: ignore[assignment]
+    consumer._active_partitions, consumer._paused_partitions = set(), {EVENT_TP, REVOKED_TP, CHANGELOG_TP}
+    consumer._unsought = {}
+    consumer.assignment = lambda: {EVENT_TP, CHANGELOG_TP}  # type: ignore[method-assign]
+    consumer.resume_partitions({EVENT_TP, REVOKED_TP, CHANGELOG_TP})
+    return consumer
+
+
 def test_event_partitions_resumed_after_a_rebalance_wait_for_their_seek(monkeypatch: Any) -> None:
     """Faust resumes the stream partitions, then seeks them to their committed offsets: a fetch in between read from
     where the consumer stood. Event-topic partitions are fetched only once the seek is done; others (a changelog in
     recovery) at once. One revoked meanwhile is not resumed."""
-    event_tp, other_tp, changelog_tp = TP("stripe.charge", 0), TP("stripe.charge", 1), TP("app-objects-changelog", 0)
     active_at_seek: list[set[TP]] = []
 
     async def faust_seek(self: Any) -> None:  # Faust's own seeks to the committed offsets through the consumer thread
         active_at_seek.append(set(self._get_active_partitions()))
 
-    monkeypatch.setattr(BatchingConsumer.__mro__[1], "perform_seek", faust_seek)
-    consumer = BatchingConsumer.__new__(BatchingConsumer)
-    consumer.batch_topics = frozenset({"stripe.charge"})
-    consumer._active_partitions, consumer._paused_partitions = set(), {event_tp, other_tp, changelog_tp}
-    consumer._unsought = set()
-    consumer.assignment = lambda: {event_tp, changelog_tp}  # type: ignore[method-assign]  # other_tp revoked by then
-    consumer.resume_partitions({event_tp, other_tp, changelog_tp})
-    assert consumer._get_active_partitions() == {changelog_tp}
+    consumer = _resumed(monkeypatch, faust_seek)
+    assert consumer._get_active_partitions() == {CHANGELOG_TP}
     asyncio.run(consumer.perform_seek())
-    assert active_at_seek == [{changelog_tp}]
-    assert consumer._get_active_partitions() == {event_tp, changelog_tp} and not consumer._paused_partitions & {
-        event_tp
-    }
+    assert active_at_seek == [{CHANGELOG_TP}]
+    assert consumer._get_active_partitions() == {EVENT_TP, CHANGELOG_TP} and EVENT_TP not in consumer._paused_partitions
+
+
+def test_a_seek_that_fails_resumes_them_but_not_into_the_next_rebalance(monkeypatch: Any) -> None:
+    """A failed or timed-out seek resumes them as Faust did (its recovery goes on without it). A rebalance that
+    cancels the seek has paused them for its own recovery, which seeks them: they stay held until then."""
+
+    async def failing_seek(self: Any) -> None:
+        raise TimeoutError("no answer to OffsetFetch")
+
+    consumer = _resumed(monkeypatch, failing_seek)
+    with pytest.raises(TimeoutError):
+        asyncio.run(consumer.perform_seek())
+    assert consumer._get_active_partitions() == {EVENT_TP, CHANGELOG_TP}
+
+    async def seek_overtaken(self: Any) -> None:  # the next assignment came in, and its recovery cancels this one
+        self.app.consumer_generation_id += 1
+        raise asyncio.CancelledError
+
+    consumer = _resumed(monkeypatch, seek_overtaken)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(consumer.perform_seek())
+    assert consumer._get_active_partitions() == {CHANGELOG_TP} and not consumer._unsought
