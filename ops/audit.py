@@ -2,7 +2,8 @@
 
 A 200 from the gateway means the event is in an event topic, so the topics are the record of what was
 acknowledged. The workers' record of what they did is the changelog of the ``objects`` table (one record per
-applied event, whose ``last_event_id`` names it and whose ``events_applied`` numbers it) and the dead-letter
+applied event, whose ``last_event_id`` names it and whose ``events_applied`` numbers it, and one per stale run of an
+``include_stale`` handler, naming the last applied event again) and the dead-letter
 topic. The audit reads all three from the broker, as a plain consumer outside any group, and classifies every
 acknowledged event id:
 
@@ -16,9 +17,9 @@ acknowledged event id:
   partition, or before the window): Stripe's out-of-order delivery;
 - missing: none of these. Something acknowledged was lost.
 
-Two changelog records naming one event with the same count are one application sent twice (a producer retry),
-not a double application; a worker applying an event after losing its partition, from the same state as the
-new owner, would look the same.
+Two changelog records naming one event with the same count are one application sent twice (a producer retry), or
+an application and a later stale run of an ``include_stale`` handler, not a double application; a worker applying
+an event after losing its partition, from the same state as the new owner, would look the same.
 
 The changelog is a compacted topic: where the broker has compacted old records away, only the 32 recent event
 ids each object remembers still show an application. Audit windows longer than the changelog's

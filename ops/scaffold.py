@@ -198,10 +198,11 @@ what).
 
 The handler runs for each event, in order per object; if it raises, nothing it did to the state is kept and the
 event is retried, then dead-lettered. It may run more than once for one event (a retry, a worker stopped before
-the state was stored, a replay): make calls to other systems idempotent (keyed by ``event.id``). Other event
-types of the same object can share it: list them in ``@on(...)``. An event older than its object's state (Stripe
-does not promise order) is counted stale and does not reach it, unless it is registered with ``include_stale=True``:
-it then runs with ``ctx.stale`` True, and should keep the newer state and record only what this event alone tells.
+the state was stored, a replay; with ``include_stale=True``, each redelivery of a stale event): make calls to
+other systems idempotent (keyed by ``event.id``). Other event types of the same object can share it: list them
+in ``@on(...)``. An event older than its object's state (Stripe does not promise order) is counted stale and does
+not reach it, unless it is registered with ``include_stale=True``: it then runs with ``ctx.stale`` True, and
+should keep the newer state and record only what this event alone tells.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ from streams.registry import Context, on
 {decorator}
 async def {function}(event: StripeEvent, ctx: Context) -> None:
     obj = event.object  # the {object_type} as it was when the event happened
-    # ctx.state.status is already obj["status"] (when the object has one); assign it to say something else.
+    # ctx.state.status is already obj["status"] (when the object has one; in a stale run, the newer event's);
+    # assign it to say something else.
     # TODO: keep what a person looking at GET /objects/<id> needs. Use obj.get() (older API versions lack newer
     # fields), assign whole values (don't change nested dicts or lists in place) and keep only JSON values.
 {keep_lines}    # when it happened, which the snapshot does not say

@@ -89,7 +89,8 @@ class HookstreamApp(faust.App):
                 cancelled,
             )
         cast(BatchingConsumer, consumer).forget_unfinished()
-        # commits what finished; at a rebalance nothing of the revoked partitions (BatchingConsumer: no commit base)
+        # commits what finished; at a rebalance nothing of the revoked partitions (BatchingConsumer: no commit base),
+        # which BatchingConsumer.on_partitions_revoked commits after this
         await super()._consumer_wait_empty(consumer, logger)
 
 

@@ -1,5 +1,6 @@
-"""What happens to one event: decode, filter duplicates and stale deliveries, run its handler with retries,
-store the new state, dead-letter what cannot be applied. Every failure of the event's own ends here as a dead
+"""What happens to one event: decode, filter duplicates and stale deliveries (a stale one still runs a handler
+registered with ``include_stale=True``), run its handler with retries, store the new state, dead-letter what
+cannot be applied. Every failure of the event's own ends here as a dead
 letter (an exception that reached Faust would ack and drop the event); only a failing store raises
 (StateNotStored), and the caller leaves that record unacknowledged."""
 

@@ -90,11 +90,13 @@ class HandlerRegistry:
         """Register the decorated coroutine function for ``event_types``.
 
         The object type (and so the topic) is read from Stripe's example object for each event type; pass
-        ``object_type`` for event types without one. ``model``: a msgspec Struct to decode ``data.object`` into
-        (only its fields are built), instead of a dict. ``include_stale``: run it also for an event older than its
-        object's state (Stripe does not promise order), with ``ctx.stale`` True, for what must happen for every
-        event of a type (a receipt on ``invoice.paid``, a time stamp); the state keeps its newer status and last
-        event, and only what the handler sets in ``ctx.fields`` (and emits) is kept.
+        ``object_type`` for event types without one, newer than hookstream's list, or whose events carry several
+        kinds of object (``customer.source.*``: a card, a bank account or a source). ``model``: a msgspec Struct to
+        decode ``data.object`` into (only its fields are built), instead of a dict. ``include_stale``: run it also
+        for an event older than its object's state (Stripe does not promise order), with ``ctx.stale`` True, for
+        what must happen for every event of a type (a receipt on ``invoice.paid``, a time stamp); the state keeps
+        its newer status and last event, and only what the handler sets in ``ctx.fields`` (and emits) is kept. The
+        event is not remembered as applied: each redelivery runs it again. A run that succeeds counts ``stale``.
         """
         if not event_types:
             raise TypeError("@on() needs at least one event type")

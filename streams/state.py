@@ -14,7 +14,8 @@ import msgspec
 from streams.events import StripeEvent, object_field
 
 #: How many applied event ids an object remembers for duplicate detection. Stripe redelivers the same event
-#: (same id) on retries; a redelivery that comes after this many newer events is caught by the stale rule.
+#: (same id) on retries; a redelivery that comes after this many newer events is caught by the stale rule (and runs
+#: again a handler registered with ``include_stale=True``).
 RECENT_EVENT_IDS = 32
 
 
@@ -77,7 +78,8 @@ def new_state(object_id: str, event: StripeEvent, object_type: str = "") -> Obje
     return ObjectState(object_id=object_id, object_type=str(object_field(event.object, "object") or object_type))
 
 
-#: Statuses an object of these types never leaves (Stripe's API reference). A payout or a refund can still fail
+#: Statuses an object of these types never leaves (Stripe's API reference; an invoice's ``deleted`` is hookstream's,
+#: handlers/invoices.py). A payout or a refund can still fail
 #: after ``paid`` or ``succeeded``, an uncollectible invoice be paid: those are left out.
 FINAL_STATUSES: dict[str, frozenset[str]] = {
     "payment_intent": frozenset({"succeeded", "canceled"}),
