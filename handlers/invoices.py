@@ -7,6 +7,10 @@ collection method, due date, the billing period, the payment attempts (``attempt
 is stamped with the event's time (``paid_at`` on ``invoice.paid``, ``payment_failed_at``, ``voided_at``, ...),
 which says when it happened even for API versions whose snapshot lacks ``status_transitions``.
 ``invoice.deleted`` (only drafts can be deleted) sets the status to ``deleted``.
+
+Not ``invoice.upcoming``: it carries an invoice that does not exist yet (no id), so its record is keyed by the
+event's id and each one would be a state of its own, kept for ever (one per subscription and billing period). A
+handler of your own can take it (to notify a customer, say): each of its events then leaves a small state.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ INVOICE_EVENTS = (
     "invoice.payment_failed",
     "invoice.payment_succeeded",
     "invoice.sent",
-    "invoice.upcoming",
     "invoice.updated",
     "invoice.voided",
     "invoice.will_be_due",
