@@ -15,6 +15,10 @@ import time
 from importlib import resources
 from typing import Any
 
+#: The API version built events say they have: that of the ``stripe`` package the event types were listed from
+#: (16.1.0, ``ops/stripe/README.md``). Stripe's example event has none, and Stripe always sends one.
+API_VERSION = "2026-10-28.endive"
+
 #: Event types whose object's fixture cannot be found from the type's name.
 _ALIASES = {"application_fee.refund": "fee_refund", "source.transaction": "source_transaction"}
 
@@ -146,6 +150,7 @@ def build_event(
         type=event_type,
         created=int(time.time()) if created is None else created,
         data={"object": obj},
+        api_version=event.get("api_version") or API_VERSION,
     )
     if account is not None:
         event["account"] = account
