@@ -138,7 +138,7 @@ def build_event(
     obj = fixture_for(event_type) if object_type is None else example_object(object_type)
     if obj is None:
         raise UnknownEventType(f"no Stripe example object {object_type!r}")
-    if event_type in _STATUS_AFTER and "status" in obj:
+    if event_type in _STATUS_AFTER and "status" in obj and object_type is None:
         obj["status"] = _STATUS_AFTER[event_type]
     if object_id is not None:
         obj["id"] = object_id

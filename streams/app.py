@@ -88,10 +88,17 @@ class HookstreamApp(faust.App):
                 grace,
                 cancelled,
             )
-        cast(BatchingConsumer, consumer).forget_unfinished()
+        batching = cast(BatchingConsumer, consumer)
+        batching.forget_unfinished()
         # commits what finished; at a rebalance nothing of the revoked partitions (BatchingConsumer: no commit base),
         # which BatchingConsumer.on_partitions_revoked commits after this
         await super()._consumer_wait_empty(consumer, logger)
+        if self.should_stop:
+            # Faust's last commit is skipped when a periodic one is in flight (it waits for that one, and returns):
+            # what finished after that one's snapshot stayed uncommitted, and the partition's next owner processed
+            # it again (seen as duplicates after a worker left the group)
+            await batching.maybe_wait_for_commit_to_finish()
+            await batching.force_commit()
 
 
 app = HookstreamApp(

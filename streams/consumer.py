@@ -67,7 +67,7 @@ class BatchingConsumer(AIOKafkaConsumer):
         self._commit_bases: dict[TP, int] = {}
         #: event-topic partitions resumed and waiting for their seek (``resume_partitions``), with the consumer
         #: generation they were resumed in
-        self._unsought: dict[TP, int | None] = {}
+        self._unsought: dict[TP, int] = {}
 
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit: the end of the run of finished records that starts at the partition's base.
@@ -175,6 +175,11 @@ class BatchingConsumer(AIOKafkaConsumer):
             if held and self.app.consumer_generation_id == generation:
                 super().resume_partitions(held & self.assignment())
 
+    async def _seek_back(self) -> None:
+        """Seek to the committed offsets after dropping a fetch. Faust's own seek: partitions held for the seek of
+        a recovery (``resume_partitions``) stay held until that one."""
+        await super().perform_seek()
+
     def forget(self, message: Message) -> None:
         """Stop waiting for ``message``'s ack: it will not be processed (its partition is being rebalanced).
 
@@ -235,7 +240,7 @@ class BatchingConsumer(AIOKafkaConsumer):
                     # again (unless nothing came: an empty fetch moved no position)
                     if any(records.values()):
                         try:
-                            await self.perform_seek()
+                            await self._seek_back()
                         except Exception as exc:
                             log.warning("cannot seek back to the committed offsets: %r", exc)
                     continue

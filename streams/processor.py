@@ -1,6 +1,6 @@
 """What happens to one event: decode, filter duplicates and stale deliveries (a stale one still runs a handler
-registered with ``include_stale=True``), run its handler with retries, store the new state, dead-letter what
-cannot be applied. Every failure of the event's own ends here as a dead
+registered with ``include_stale=True``), run its handler with retries, store the new state, dead-letter what cannot
+be applied. Every failure of the event's own ends here as a dead
 letter (an exception that reached Faust would ack and drop the event); only a failing store raises
 (StateNotStored), and the caller leaves that record unacknowledged."""
 
@@ -287,6 +287,8 @@ class EventProcessor:
                     log.error("event %s (%s) dead-lettered: %s", event.id, event.type, exc)
                     await self._dead_letter(record, headers, exc, attempt)
                     return Outcome.DEAD_LETTERED
+            if stale and encoded == stored:  # a stale run that changed nothing (most do): no changelog record
+                return Outcome.OK
             try:
                 await self._store.put(object_id, encoded, record.partition)
             except Exception as exc:

@@ -95,7 +95,7 @@ class _ScriptedConsumer(BatchingConsumer):
             self.app.consumer_generation_id += 1
         return 100
 
-    async def perform_seek(self) -> None:
+    async def _seek_back(self) -> None:
         self.seeks += 1
         self._read_offset.clear()  # as Faust's seek: reading starts again from the committed offsets
         if not self.script:

@@ -143,6 +143,36 @@ def test_a_stale_event_runs_the_handlers_that_include_stale_ones_and_the_newer_s
     assert [topic for topic, _ in sent] == ["receipts", "receipts"]
 
 
+def test_a_stale_run_that_changes_nothing_stores_nothing() -> None:
+    """Most stale runs of the shipped handlers stamp nothing (their type has no stamp): no changelog record."""
+    handlers, runs = _stamping(include_stale=True)
+    sent: list[tuple[str, dict[str, bytes]]] = []
+    store = DictStore()
+    processing = processor(handlers, store, _recording_send(sent))
+    fields = {"amount_paid": 500, "status": "void"}
+    assert (
+        str(
+            asyncio.run(
+                processing.process(
+                    ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
+                )
+            )
+        )
+        == "ok"
+    )
+    puts = []
+
+    async def put(key: bytes, value: bytes, partition: int) -> None:
+        puts.append(key)
+
+    store.put = put  # type: ignore[method-assign]
+    older = ConsumedRecord.of_event(
+        "invoice.updated", "in_9", 1, created=1_800_000_000, object_fields={"status": "void"}
+    )
+    assert str(asyncio.run(processing.process(older))) == "stale"
+    assert runs == [False, True] and puts == [] and sent == []
+
+
 def test_a_stale_event_never_reaches_a_handler_that_does_not_include_stale_ones() -> None:
     handlers, runs = _stamping(include_stale=False)
     sent: list[tuple[str, dict[str, bytes]]] = []

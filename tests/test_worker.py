@@ -394,17 +394,23 @@ def test_a_rebalance_hands_over_partitions_without_processing_anything_again(bro
             fed[0] += 1
             time.sleep(0.1)
 
+    def owned(worker: WorkerProcess) -> int:  # the event partitions it reports lag for: those it is assigned
+        return len(worker.metric_samples(LAG))
+
     duplicates = []
     with start_worker(broker, app_id, prefix) as first:
+        wait_for(lambda: owned(first) > 0, 60, "the first worker's partitions")
+        every = owned(first)
         feeder = threading.Thread(target=feed)
         feeder.start()
         try:
             with start_worker(broker, app_id, prefix) as second:
-                wait_for(lambda: _assigned(first) and _assigned(second), 60, "both workers assigned")
+                wait_for(lambda: 0 < owned(first) < every and owned(second) > 0, 60, "the partitions shared")
                 wait_for(lambda: second.metric_sum(EVENTS, outcome="ok") > 0, 60, "the second worker busy")
                 time.sleep(1)
                 duplicates.append(second.metric_sum(EVENTS, outcome="duplicate"))  # as it stops
-            wait_for(lambda: _assigned(first), 60, "the first worker assigned again")
+            wait_for(lambda: owned(first) == every, 60, "the first worker's partitions back")
+            wait_for(lambda: first.metric_sum(EVENTS, outcome="ok") > 0, 60, "the first worker busy")
             time.sleep(1)
         finally:
             handed_back.set()
