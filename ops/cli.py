@@ -165,6 +165,14 @@ def _parser() -> argparse.ArgumentParser:
     trigger.add_argument("--object-id", help="id of the object the event is about (default: the fixture's)")
     trigger.add_argument("--url", help="webhook URL (default: http://127.0.0.1:$GATEWAY_PORT/webhooks/stripe)")
     trigger.add_argument(
+        "--age",
+        type=_seconds_ago,
+        default=0,
+        metavar="SECONDS",
+        help="the event happened this many seconds ago (default: now); one older than its object's last applied "
+        "event is stale, as Stripe's late retries are",
+    )
+    trigger.add_argument(
         "--secret-file",
         help="file holding the signing secret, or several like STRIPE_WEBHOOK_SECRETS (the first "
         "signs); default: the first of STRIPE_WEBHOOK_SECRETS (or of STRIPE_WEBHOOK_SECRETS_FILE). There is no "
@@ -265,6 +273,13 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _seconds_ago(text: str) -> int:
+    """``--age``: a whole number of seconds, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return int(text)
+
+
 def _trigger(args: argparse.Namespace, settings: Settings) -> int:
     from ops.fixtures import UnknownEventType
     from ops.trigger import trigger
@@ -284,7 +299,7 @@ def _trigger(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         secret = secrets[0]
     try:
-        result = trigger(url, secret, args.event_type, args.object_id)
+        result = trigger(url, secret, args.event_type, args.object_id, args.age)
     except UnknownEventType as exc:
         print(f"hookstream: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 
@@ -15,10 +16,11 @@ class TriggerResult:
 
 
 def trigger(
-    url: str, secret: str, event_type: str, object_id: str | None = None, timeout: float = 30.0
+    url: str, secret: str, event_type: str, object_id: str | None = None, age: int = 0, timeout: float = 30.0
 ) -> TriggerResult:
-    """Build, sign and POST an event; return the gateway's answer (any status, never raises on HTTP errors)."""
-    event = build_event(event_type, object_id=object_id)
+    """Build, sign and POST an event that happened ``age`` seconds ago (older than its object's state, it is
+    stale); return the gateway's answer (any status, never raises on HTTP errors)."""
+    event = build_event(event_type, object_id=object_id, created=int(time.time()) - age)
     body = encode(event)
     object_id = str(event["data"]["object"].get("id"))
     request = urllib.request.Request(

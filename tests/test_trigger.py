@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_trigger_posts_every_event_type_with_a_fixture(gateway: GatewayProcess) 
 
 
 def test_trigger_command_sets_the_object_id(gateway: GatewayProcess, broker: BrokerInfo) -> None:
-    done = _trigger(gateway, "customer.subscription.created", "--object-id", "sub_trigger_cli")
+    done = _trigger(gateway, "customer.subscription.created", "--object-id", "sub_trigger_cli", "--age", "3600")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("200 ")
     event_id = json.loads(done.stdout[4:])["id"]
@@ -72,6 +73,7 @@ def test_trigger_command_sets_the_object_id(gateway: GatewayProcess, broker: Bro
     assert len(records) == 1
     event = json.loads(records[0].value)
     assert event["id"] == event_id and event["type"] == "customer.subscription.created"
+    assert abs(event["created"] - (time.time() - 3600)) < 120  # --age: an hour ago
     assert f"event {event_id} (customer.subscription.created) about object sub_trigger_cli" in done.stderr
 
 
@@ -85,6 +87,8 @@ def test_trigger_command_explains_unknown_types_and_refusals(gateway: GatewayPro
     assert refused.stdout.startswith("400 ")
     missing = _trigger(gateway, "invoice.paid", "--secret-file", str(tmp_path / "missing"))
     assert missing.returncode == 2 and "cannot read the --secret-file" in missing.stderr
+    negative = _trigger(gateway, "invoice.paid", "--age", "-5")
+    assert negative.returncode == 2 and "not a number of seconds" in negative.stderr
 
 
 def test_trigger_signs_with_the_secret_file_the_gateway_reads(broker: BrokerInfo, tmp_path: Path) -> None:
