@@ -425,6 +425,15 @@ class ConsumedRecord:
         return cls(record.topic, 0, offset, record.key, record.value, record.headers)
 
 
+def recording_send(sent: list[tuple[str, dict[str, bytes]]]) -> Send:
+    """The processor's ``send``, noting each record's topic and headers in ``sent`` (dead letters, emits)."""
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent.append((topic, dict(headers)))
+
+    return send
+
+
 def processor(
     handlers: HandlerRegistry,
     store: StateStore,

@@ -17,7 +17,7 @@ from ops.fixtures import build_event, encode, event_types, fixture_for
 from streams.events import StripeEvent, decode_event
 from streams.registry import Context, registry
 from streams.state import ObjectState, decode_state, new_state, record_applied, start_applying
-from tests.support import ConsumedRecord, DictStore, processor
+from tests.support import ConsumedRecord, DictStore, processor, recording_send
 
 registry.discover()  # the shipped handlers (the default)
 
@@ -326,14 +326,11 @@ def test_an_event_delivered_after_a_newer_one_still_stamps_when_it_happened(
     stamps = importlib.import_module(f"handlers.{module}")._STAMPS
     same_handler = [t for t in FAMILY_TYPES if getattr(registry.get(t), "handler", None) is registration.handler]
     newer_type = next(t for t in same_handler if stamps.get(t) != name)
-    store, sent = DictStore(), []
-
-    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        sent.append(topic)
+    store, sent = DictStore(), []  # what was sent: nothing (no emits, no dead letters)
 
     def deliver(event_type: str, created: int, **fields: Any) -> str:
         record = ConsumedRecord.of_event(event_type, "obj_late", created=created, object_fields=fields)
-        return str(asyncio.run(processor(registry, store, send).process(record)))
+        return str(asyncio.run(processor(registry, store, recording_send(sent)).process(record)))
 
     assert deliver(newer_type, T0 + 100) == "ok"
     before = decode_state(store[b"obj_late"])
@@ -345,16 +342,13 @@ def test_an_event_delivered_after_a_newer_one_still_stamps_when_it_happened(
 
 def test_a_stamp_keeps_the_later_of_two_times() -> None:
     """Two payment failures delivered in reverse (the second stale) keep the later one's time."""
-    store, sent = DictStore(), []
-
-    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        sent.append(topic)
+    store, sent = DictStore(), []  # what was sent: nothing (no emits, no dead letters)
 
     def deliver(created: int, attempt_count: int) -> str:
         record = ConsumedRecord.of_event(
             "invoice.payment_failed", "in_late", created=created, object_fields={"attempt_count": attempt_count}
         )
-        return str(asyncio.run(processor(registry, store, send).process(record)))
+        return str(asyncio.run(processor(registry, store, recording_send(sent)).process(record)))
 
     assert (deliver(T0 + 5, 2), deliver(T0, 1)) == ("ok", "stale")
     state = decode_state(store[b"in_late"])

@@ -10,17 +10,9 @@ import asyncio
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from streams.events import StripeEvent
-from streams.processor import Send
 from streams.registry import Context, HandlerRegistry
 from streams.state import ObjectState, decode_state
-from tests.support import ConsumedRecord, DictStore, processor
-
-
-def _recording_send(sent: list[tuple[str, dict[str, bytes]]]) -> Send:
-    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        sent.append((topic, dict(headers)))
-
-    return send
+from tests.support import ConsumedRecord, DictStore, processor, recording_send
 
 
 def _noting_attempts(fail_first: bool) -> HandlerRegistry:
@@ -41,7 +33,7 @@ def test_a_retry_starts_from_the_stored_state_not_from_what_the_failed_attempt_c
     would keep the failed attempt's changes (the recording test handlers fail before they change anything)."""
     store = DictStore()
     sent: list[tuple[str, dict[str, bytes]]] = []
-    send = _recording_send(sent)
+    send = recording_send(sent)
     first = processor(_noting_attempts(fail_first=False), store, send, attempts=2)
     assert str(asyncio.run(first.process(ConsumedRecord.of_event("invoice.paid", "in_1", offset=0)))) == "ok"
     retrying = processor(_noting_attempts(fail_first=True), store, send, attempts=2)
@@ -55,7 +47,7 @@ def test_a_stored_state_that_does_not_decode_is_dead_lettered_not_raised() -> No
     nor dead-lettered. The net dead-letters it (no attempt was made)."""
     store = DictStore({b"in_2": b"{not a state"})
     sent: list[tuple[str, dict[str, bytes]]] = []
-    processing = processor(_noting_attempts(fail_first=False), store, _recording_send(sent))
+    processing = processor(_noting_attempts(fail_first=False), store, recording_send(sent))
     outcome = asyncio.run(processing.process(ConsumedRecord.of_event("invoice.paid", "in_2")))
     assert str(outcome) == "dead_lettered"
     ((topic, headers),) = sent
@@ -113,7 +105,7 @@ def _paid_after_a_newer_void(
     """``invoice.updated`` (amount 500, status void) applied, then the older ``invoice.paid`` (status paid) twice:
     the store, and the outcomes of the paid event and of its redelivery."""
     store = DictStore()
-    processing = processor(handlers, store, _recording_send(sent), attempts=2)
+    processing = processor(handlers, store, recording_send(sent), attempts=2)
     fields = {"amount_paid": 500, "status": "void"}
     updated = ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
     paid = ConsumedRecord.of_event(
@@ -148,7 +140,7 @@ def test_a_stale_run_that_changes_nothing_stores_nothing() -> None:
     handlers, runs = _stamping(include_stale=True)
     sent: list[tuple[str, dict[str, bytes]]] = []
     store = DictStore()
-    processing = processor(handlers, store, _recording_send(sent))
+    processing = processor(handlers, store, recording_send(sent))
     fields = {"amount_paid": 500, "status": "void"}
     assert (
         str(
@@ -189,16 +181,16 @@ def test_a_stale_event_whose_handler_fails_is_retried_from_the_stored_state_then
     newer, _ = _stamping(include_stale=True)
     fields = {"amount_paid": 500, "status": "void"}
     updated = ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
-    assert str(asyncio.run(processor(newer, store, _recording_send(sent)).process(updated))) == "ok"
+    assert str(asyncio.run(processor(newer, store, recording_send(sent)).process(updated))) == "ok"
     before = store[b"in_9"]
     paid = ConsumedRecord.of_event("invoice.paid", "in_9", 1, created=1_800_000_000, object_fields={"status": "paid"})
     failing, runs = _stamping(include_stale=True, failing_attempts=2)
     assert (
-        str(asyncio.run(processor(failing, store, _recording_send(sent), attempts=2).process(paid))) == "dead_lettered"
+        str(asyncio.run(processor(failing, store, recording_send(sent), attempts=2).process(paid))) == "dead_lettered"
     )
     assert runs == [True, True] and [topic for topic, _ in sent] == ["stripe.dlq"] and store[b"in_9"] == before
     recovering, runs = _stamping(include_stale=True, failing_attempts=1)
-    assert str(asyncio.run(processor(recovering, store, _recording_send(sent), attempts=2).process(paid))) == "stale"
+    assert str(asyncio.run(processor(recovering, store, recording_send(sent), attempts=2).process(paid))) == "stale"
     state = decode_state(store[b"in_9"])
     assert runs == [True, True] and state.fields == {"amount_paid": 500, "paid_at": 1_800_000_000}  # not dirty
     _still_the_newer_update(state)
