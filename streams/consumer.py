@@ -312,7 +312,7 @@ class BatchingConsumer(AIOKafkaConsumer):
                 self._log_behind_commit(tp, offset, read_offset)
                 read_offset = None
             message = to_message(tp, record)
-            gap = self._follow(tp, offset, read_offset, record.timestamp)
+            gap = self._follow(tp, offset, read_offset, record)
             if gap is not None:
                 await self._add_gap(tp, gap, offset - 1)  # may yield: the only point a rebalance can begin
                 if self._outdated(message.generation_id):
@@ -332,14 +332,14 @@ class BatchingConsumer(AIOKafkaConsumer):
             if read_offset is not None and record.offset < read_offset:
                 continue
             message = self._to_message(tp, record)
-            gap = self._follow(tp, message.offset, read_offset, record.timestamp)
+            gap = self._follow(tp, message.offset, read_offset, record)
             if gap is not None:
                 await self._add_gap(tp, gap, message.offset - 1)
             await self.wait_first(self.callback(message), self.suspend_flow.wait())
             self._read_offset[tp] = message.offset
 
-    def _follow(self, tp: TP, offset: int, read_offset: int | None, timestamp: int) -> int | None:
-        """Keep the commit rule's bookkeeping for a record at ``offset`` read after ``read_offset``: the first record
+    def _follow(self, tp: TP, offset: int, read_offset: int | None, record: Any) -> int | None:
+        """Keep the commit rule's bookkeeping for ``record`` at ``offset`` read after ``read_offset``: the first record
         of the current assignment is the partition's commit base. Returns the first offset the broker skipped
         before this one, if any (Faust's gap, for the caller to add), else None.
 
@@ -350,9 +350,9 @@ class BatchingConsumer(AIOKafkaConsumer):
         if tp not in self._commit_bases:
             self._commit_bases[tp] = offset
             if read_offset and offset > read_offset:  # read_offset is the committed offset here (perform_seek)
-                self._skipped(tp, read_offset, offset, timestamp)
+                self._skipped(tp, read_offset, offset, record.timestamp)
         elif read_offset is not None and offset - read_offset > 1 and self.app.topics.acks_enabled_for(tp.topic):
-            self._skipped(tp, read_offset + 1, offset, timestamp)
+            self._skipped(tp, read_offset + 1, offset, record.timestamp)
             return read_offset + 1
         return None
 

@@ -1,8 +1,8 @@
 """What happens to one event: decode, filter duplicates and stale deliveries (a stale one still runs a handler
 registered with ``include_stale=True``), run its handler with retries, store the new state, dead-letter what cannot
-be applied. Every failure of the event's own ends here as a dead
-letter (an exception that reached Faust would ack and drop the event); only a failing store raises
-(StateNotStored), and the caller leaves that record unacknowledged."""
+be applied. Every failure of the event's own ends here as a dead letter (an exception that reached Faust would ack
+and drop the event); only a failing store raises (StateNotStored), and the caller leaves that record
+unacknowledged."""
 
 from __future__ import annotations
 
@@ -221,8 +221,9 @@ class EventProcessor:
             else:
                 state = new_state(object_id.decode(errors="replace"), event, registration.object_type)
             context = Context(state, attempt, stale=stale)
-            newer_status = state.status
-            if not stale:
+            if stale:
+                newer_status = state.status  # put back after the handler: a stale event never sets it
+            else:
                 start_applying(state, event)
             started = time.perf_counter()
             failure: Exception | None = None

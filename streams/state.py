@@ -79,12 +79,12 @@ def new_state(object_id: str, event: StripeEvent, object_type: str = "") -> Obje
 
 
 #: Statuses an object of these types never leaves (Stripe's API reference; an invoice's ``deleted`` is hookstream's,
-#: handlers/invoices.py). A payout or a refund can still fail
-#: after ``paid`` or ``succeeded``, an uncollectible invoice be paid: those are left out.
+#: set by handlers/invoices.py). A payout or a refund can still fail after ``paid`` or ``succeeded``, an
+#: uncollectible invoice be paid: those are left out.
 FINAL_STATUSES: dict[str, frozenset[str]] = {
     "payment_intent": frozenset({"succeeded", "canceled"}),
     "setup_intent": frozenset({"succeeded", "canceled"}),
-    "invoice": frozenset({"paid", "void", "deleted"}),  # deleted: hookstream's, for invoice.deleted
+    "invoice": frozenset({"paid", "void", "deleted"}),
     "subscription": frozenset({"canceled", "incomplete_expired"}),
     "subscription_schedule": frozenset({"completed", "released", "canceled"}),
     "checkout.session": frozenset({"complete", "expired"}),
