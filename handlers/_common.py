@@ -1,16 +1,17 @@
 """Helpers the shipped handlers share: copy fields from the object snapshot, and stamp when things happened
-(for stale events too: the shipped handlers register with ``include_stale=True`` and only stamp those).
+(for stale events too: ``on_stamped`` registers a handler with ``include_stale=True``, and only stamps those).
 
 Not a handler module (the leading underscore keeps ``registry.discover`` from importing it as one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from streams.events import StripeEvent
-from streams.registry import Context
+from streams.registry import Context, Handler, on
 
 
 def ref(value: Any) -> Any:
@@ -39,3 +40,20 @@ def stamp(ctx: Context, event: StripeEvent, names: Mapping[str, str]) -> None:
     kept = ctx.fields.get(name)
     if not (isinstance(kept, int) and kept > event.created):
         ctx.fields[name] = event.created
+
+
+def on_stamped(*event_types: str, stamps: Mapping[str, str]) -> Callable[[Handler], Handler]:
+    """``@on(*event_types)`` for a handler that keeps what the snapshot says, after which the event's time is
+    stamped (``stamps``). For a stale event only the stamp: the object's newer snapshot is kept
+    (``include_stale=True``)."""
+
+    def register(keep_snapshot: Handler) -> Handler:
+        @functools.wraps(keep_snapshot)
+        async def handler(event: StripeEvent, ctx: Context) -> None:
+            if not ctx.stale:
+                await keep_snapshot(event, ctx)
+            stamp(ctx, event, stamps)
+
+        return on(*event_types, include_stale=True)(handler)
+
+    return register

@@ -9,9 +9,9 @@ with the event's time.
 
 from __future__ import annotations
 
-from handlers._common import keep, stamp
+from handlers._common import keep, on_stamped
 from streams.events import StripeEvent
-from streams.registry import Context, on
+from streams.registry import Context
 
 CHECKOUT_EVENTS = (
     "checkout.session.async_payment_failed",
@@ -28,12 +28,9 @@ _STAMPS = {
 }
 
 
-@on(*CHECKOUT_EVENTS, include_stale=True)
+@on_stamped(*CHECKOUT_EVENTS, stamps=_STAMPS)
 async def checkout_session_changed(event: StripeEvent, ctx: Context) -> None:
-    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
-        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "payment_status", "mode", "amount_subtotal", "amount_total", "currency", "customer")
     keep(ctx, obj, "client_reference_id", "payment_intent", "subscription", "invoice", "expires_at")
     ctx.fields["customer_email"] = (obj.get("customer_details") or {}).get("email") or obj.get("customer_email")
-    stamp(ctx, event, _STAMPS)

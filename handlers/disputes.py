@@ -8,9 +8,9 @@ are stamped with the event's time.
 
 from __future__ import annotations
 
-from handlers._common import keep, stamp
+from handlers._common import keep, on_stamped
 from streams.events import StripeEvent
-from streams.registry import Context, on
+from streams.registry import Context
 
 DISPUTE_EVENTS = (
     "charge.dispute.closed",
@@ -28,10 +28,8 @@ _STAMPS = {
 }
 
 
-@on(*DISPUTE_EVENTS, include_stale=True)
+@on_stamped(*DISPUTE_EVENTS, stamps=_STAMPS)
 async def dispute_changed(event: StripeEvent, ctx: Context) -> None:
-    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
-        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "amount", "currency", "reason", "charge", "payment_intent", "is_charge_refundable")
     evidence = obj.get("evidence_details") or {}
@@ -39,4 +37,3 @@ async def dispute_changed(event: StripeEvent, ctx: Context) -> None:
     ctx.fields["has_evidence"] = evidence.get("has_evidence")
     ctx.fields["evidence_past_due"] = evidence.get("past_due")
     ctx.fields["evidence_submission_count"] = evidence.get("submission_count")
-    stamp(ctx, event, _STAMPS)

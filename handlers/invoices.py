@@ -15,9 +15,9 @@ handler of your own can take it (to notify a customer, say): each of its events 
 
 from __future__ import annotations
 
-from handlers._common import keep, ref, stamp
+from handlers._common import keep, on_stamped, ref
 from streams.events import StripeEvent
-from streams.registry import Context, on
+from streams.registry import Context
 
 INVOICE_EVENTS = (
     "invoice.created",
@@ -56,10 +56,8 @@ _STAMPS = {
 }
 
 
-@on(*INVOICE_EVENTS, include_stale=True)
+@on_stamped(*INVOICE_EVENTS, stamps=_STAMPS)
 async def invoice_changed(event: StripeEvent, ctx: Context) -> None:
-    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
-        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "amount_due", "amount_paid", "amount_remaining", "amount_overpaid", "total", "currency")
     keep(ctx, obj, "customer", "number", "billing_reason", "collection_method", "due_date")
@@ -73,4 +71,3 @@ async def invoice_changed(event: StripeEvent, ctx: Context) -> None:
     ctx.fields["last_finalization_error_message"] = error.get("message")
     if event.type == "invoice.deleted":
         ctx.state.status = "deleted"
-    stamp(ctx, event, _STAMPS)

@@ -10,9 +10,9 @@ say. Refunds (``charge.refund.updated``) and disputes (``charge.dispute.*``) car
 
 from __future__ import annotations
 
-from handlers._common import keep, stamp
+from handlers._common import keep, on_stamped
 from streams.events import StripeEvent
-from streams.registry import Context, on
+from streams.registry import Context
 
 PAYMENT_INTENT_EVENTS = (
     "payment_intent.amount_capturable_updated",
@@ -46,10 +46,8 @@ _STAMPS = {
 }
 
 
-@on(*PAYMENT_INTENT_EVENTS, include_stale=True)
+@on_stamped(*PAYMENT_INTENT_EVENTS, stamps=_STAMPS)
 async def payment_intent_changed(event: StripeEvent, ctx: Context) -> None:
-    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
-        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "amount", "amount_capturable", "amount_received", "currency", "customer", "latest_charge")
     keep(ctx, obj, "capture_method", "canceled_at", "cancellation_reason")
@@ -57,17 +55,13 @@ async def payment_intent_changed(event: StripeEvent, ctx: Context) -> None:
     ctx.fields["last_payment_error_code"] = error.get("code")
     ctx.fields["last_payment_error_decline_code"] = error.get("decline_code")
     ctx.fields["last_payment_error_message"] = error.get("message")
-    stamp(ctx, event, _STAMPS)
 
 
-@on(*CHARGE_EVENTS, include_stale=True)
+@on_stamped(*CHARGE_EVENTS, stamps=_STAMPS)
 async def charge_changed(event: StripeEvent, ctx: Context) -> None:
-    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
-        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "amount", "amount_captured", "amount_refunded", "currency", "customer", "payment_intent")
     keep(ctx, obj, "paid", "captured", "refunded", "disputed", "failure_code", "failure_message")
     outcome = obj.get("outcome") or {}
     ctx.fields["outcome_type"] = outcome.get("type")
     ctx.fields["outcome_reason"] = outcome.get("reason")
-    stamp(ctx, event, _STAMPS)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers._common import keep, ref, stamp
+from handlers._common import keep, on_stamped, ref
 from streams.events import StripeEvent
-from streams.registry import Context, on
+from streams.registry import Context
 
 SUBSCRIPTION_EVENTS = (
     "customer.subscription.created",
@@ -38,10 +38,8 @@ _STAMPS = {
 }
 
 
-@on(*SUBSCRIPTION_EVENTS, include_stale=True)
+@on_stamped(*SUBSCRIPTION_EVENTS, stamps=_STAMPS)
 async def subscription_changed(event: StripeEvent, ctx: Context) -> None:
-    if ctx.stale:  # its newer snapshot is kept: only when this happened is news
-        return stamp(ctx, event, _STAMPS)
     obj = event.object
     keep(ctx, obj, "customer", "currency", "collection_method", "latest_invoice", "trial_start", "trial_end")
     keep(ctx, obj, "cancel_at", "canceled_at", "cancel_at_period_end", "ended_at")
@@ -56,4 +54,3 @@ async def subscription_changed(event: StripeEvent, ctx: Context) -> None:
         ctx.state.status = "canceled"
         if ctx.fields["ended_at"] is None:
             ctx.fields["ended_at"] = event.created
-    stamp(ctx, event, _STAMPS)

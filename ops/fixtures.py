@@ -107,15 +107,15 @@ def checked_object_type(name: str) -> str:
 
 def fixture_for(event_type: str) -> dict[str, Any]:
     """A fresh copy of the example object that events of ``event_type`` carry."""
-    fixtures = _resources()
     parts = event_type.split(".")
     prefix = ".".join(parts[:-1])
     candidates = [_ALIASES.get(prefix), prefix, prefix.replace("_", ".", 1)]
     if len(parts) > 2:  # customer.subscription.updated -> subscription, charge.dispute.created -> dispute
         candidates += [parts[-2], ".".join(parts[-3:-1])]
     for name in candidates:
-        if name and name in fixtures:
-            return copy.deepcopy(fixtures[name])
+        found = example_object(name) if name else None
+        if found is not None:
+            return found
     raise UnknownEventType(f"no Stripe example object for event type {event_type!r}")
 
 
@@ -150,7 +150,7 @@ def build_event(
         type=event_type,
         created=int(time.time()) if created is None else created,
         data={"object": obj},
-        api_version=event.get("api_version") or API_VERSION,
+        api_version=API_VERSION,
     )
     if account is not None:
         event["account"] = account

@@ -49,7 +49,7 @@ async def replay(
         **client_options(settings),
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
-        # a dead letter as large as the brokers take (aiokafka's default request limit is 1 MiB)
+        # a dead letter as large as the brokers take
         max_request_size=settings.kafka_max_message_bytes,
     )
     replayed = skipped = 0

@@ -335,7 +335,7 @@ def test_an_assignment_that_reads_on_from_its_committed_offset_reports_nothing(c
     fresh = _assigned(None)  # a new group: the log's start, whatever it is, is where it begins
     assert _collected(fresh, 800, 801) == [800, 801]
     assert consumer.skipped == fresh.skipped == [] and consumer.gaps == fresh.gaps == []
-    assert "were gone" not in caplog.text
+    assert RECORDS_GONE not in caplog.text
 
 
 def test_a_log_that_starts_again_below_the_committed_offset_is_read_not_dropped(caplog: Any) -> None:
