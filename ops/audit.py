@@ -10,8 +10,9 @@ acknowledged event id:
 - applied: some changelog record names it (or an object still remembers it among its recent event ids);
   *duplicated* when two changelog records of one object name it with different counts (applied twice);
 - dead-lettered: a dead letter points at its last record (a replayed dead letter is judged by the replay);
-- unhandled: no handler takes its type (nothing to apply), as the audit's ``HOOKSTREAM_HANDLERS`` says: events
-  skipped before a handler for their type was added count as missing, so audit such windows with ``--since``;
+- unhandled: no handler takes its type and kind of object (nothing to apply), as the audit's
+  ``HOOKSTREAM_HANDLERS`` says: events skipped before a handler for their type was added count as missing, so
+  audit such windows with ``--since``;
 - pending: its last record lies beyond the workers' committed offset (not processed yet);
 - stale: processed, not applied, and a newer event of its object was applied before it (earlier in the
   partition, or before the window): Stripe's out-of-order delivery;
@@ -154,7 +155,9 @@ async def audit(
                 verdicts["duplicated"].append(event_id)
         elif (last.topic, last.partition, last.offset) in evidence.dead_records:
             verdicts["dead_lettered"].append(event_id)
-        elif last.topic not in subscribed or (last.event_type and handlers.get(last.event_type) is None):
+        elif last.topic not in subscribed or (
+            last.event_type and handlers.lookup(last.event_type, last.topic.removeprefix(settings.topic_prefix)) is None
+        ):
             verdicts["unhandled"].append(event_id)
         elif last.offset >= committed.get((last.topic, last.partition), 0):
             verdicts["pending"].append(event_id)

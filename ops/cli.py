@@ -147,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OBJECT",
         help="the object its events carry (data.object.object, which names the topic), for a type newer than "
         "hookstream's list of Stripe's event types (ops/stripe/event-types.txt), one without an example object, or "
-        "one whose events carry several kinds (customer.source.*: card, bank_account or source)",
+        "one whose events carry several kinds (customer.source.*: card, bank_account or source; a kind other than "
+        "the example object's gets its own module, handlers/<module>_<kind>.py)",
     )
     scaffold.set_defaults(run=_new_handler)
 

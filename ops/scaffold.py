@@ -56,9 +56,10 @@ def new_handler(
     ``object_type`` (what ``data.object.object`` is, so the topic) is for a type newer than hookstream's list of
     the types Stripe sends (without it such a type is refused as a typo would be), a listed one without an
     example object (instead of a guess), or one whose events carry several kinds of object (``customer.source.*``:
-    a card, a bank account or a source); one that contradicts the example object is refused. Refuses
-    (``ScaffoldError``) also a type a handler already takes (a handler module under ``root``, or one of
-    ``modules``: HOOKSTREAM_HANDLERS), and existing files. Writes nothing when it refuses.
+    a card, a bank account or a source: a kind other than the example object's gets ``<module>_<kind>.py``, beside
+    the example's kind's handler); one that contradicts the example object is refused. Refuses (``ScaffoldError``)
+    also a type (and kind) a handler already takes (a handler module under ``root``, or one of ``modules``:
+    HOOKSTREAM_HANDLERS), and existing files. Writes nothing when it refuses.
     """
     module = module_name(event_type)
     if object_type is not None:
@@ -72,17 +73,6 @@ def new_handler(
             f"{not_an_event_type(event_type)}; for a type newer than hookstream's list (ops/stripe/event-types.txt), "
             "say which object its events carry: --object-type OBJECT (e.g. payout)"
         )
-    handled_by = _handled_by(event_type, root / "handlers", modules)
-    if handled_by is not None:
-        raise ScaffoldError(f"{event_type} already has a handler: {handled_by}")
-    handler_path = root / "handlers" / f"{module}.py"
-    test_path = root / "tests" / f"test_handler_{module}.py"
-    if not handler_path.parent.is_dir():
-        raise ScaffoldError(f"{handler_path.parent} is not a directory: is {root} the project's root?")
-    for path in (handler_path, test_path):
-        if path.exists():
-            raise ScaffoldError(f"{path} exists already")
-
     try:
         fixture: dict[str, Any] | None = fixture_for(event_type)
     except UnknownEventType:
@@ -91,6 +81,7 @@ def new_handler(
         carried = carried_object_types(event_type)
         if listed and object_type in carried - {fixture["object"]}:  # another of the objects its events carry
             fixture = example_object(object_type)
+            module = f"{module}_{object_type}"  # beside the example object's kind's handler, if there is one
         elif listed and object_type != fixture["object"]:  # its example object says what it carries
             kinds = " or a ".join(sorted(carried)) if carried else fixture["object"]
             raise ScaffoldError(
@@ -102,6 +93,19 @@ def new_handler(
             object_type = None  # the example object's type: the handler needs no object_type=
         else:
             fixture = None  # a type newer than the list: its object is the user's, not a look-alike's example
+    kind = object_type or (str(fixture["object"]) if fixture is not None else None)
+    handled_by = _handled_by(event_type, kind, root / "handlers", modules)
+    if handled_by is not None:
+        what = f"{event_type} ({kind})" if kind is not None and carried_object_types(event_type) else event_type
+        raise ScaffoldError(f"{what} already has a handler: {handled_by}")
+    handler_path = root / "handlers" / f"{module}.py"
+    test_path = root / "tests" / f"test_handler_{module}.py"
+    if not handler_path.parent.is_dir():
+        raise ScaffoldError(f"{handler_path.parent} is not a directory: is {root} the project's root?")
+    for path in (handler_path, test_path):
+        if path.exists():
+            raise ScaffoldError(f"{path} exists already")
+
     handler_source, test_source = _render(event_type, module, fixture, object_type)
 
     test_path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,11 +121,13 @@ def new_handler(
     return handler_path, test_path
 
 
-def _handled_by(event_type: str, handlers_dir: Path, modules: Iterable[str]) -> str | None:
-    """The handler module that takes ``event_type``: one under ``handlers_dir``, or one the registry discovers in
-    ``modules``."""
+def _handled_by(event_type: str, kind: str | None, handlers_dir: Path, modules: Iterable[str]) -> str | None:
+    """The handler module that takes ``event_type``'s events carrying a ``kind`` of object (any kind when None): one
+    under ``handlers_dir``, or one the registry discovers in ``modules``."""
     for path in sorted(handlers_dir.glob("*.py")):
-        if not path.name.startswith("_") and event_type in _registered_types(path):
+        if not path.name.startswith("_") and any(
+            t == event_type and kind in (None, declared or _example_kind(t)) for t, declared in _registered(path)
+        ):
             return str(path)
     from streams.registry import HandlerModuleError, handler_name, registry
 
@@ -129,19 +135,26 @@ def _handled_by(event_type: str, handlers_dir: Path, modules: Iterable[str]) -> 
         registry.discover(modules)
     except HandlerModuleError as exc:
         raise ScaffoldError(f"{exc}: fix it first (it would stop the worker too)") from None
-    registration = registry.get(event_type)
-    if registration is not None:
-        return handler_name(registration.handler)
-    return None
+    kinds = [kind] if kind is not None else sorted(registry.object_types)
+    found = (registry.lookup(event_type, k) for k in kinds)
+    return next((handler_name(r.handler) for r in found if r is not None), None)
 
 
-def _registered_types(path: Path) -> set[str]:
-    """The string arguments of every ``@on(...)`` / ``@registry.on(...)`` decorator in a module (not imported)."""
+def _example_kind(event_type: str) -> str | None:
+    try:
+        return str(fixture_for(event_type)["object"])
+    except UnknownEventType:
+        return None
+
+
+def _registered(path: Path) -> set[tuple[str, str | None]]:
+    """What every ``@on(...)`` / ``@registry.on(...)`` decorator in a module (not imported) registers: each string
+    argument (an event type) with the ``object_type=`` string, if it has one."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except SyntaxError:
         return set()
-    found: set[str] = set()
+    found: set[tuple[str, str | None]] = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
@@ -151,10 +164,13 @@ def _registered_types(path: Path) -> set[str]:
             func = decorator.func
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
             if name == "on":
-                found.update(
-                    a.value for a in decorator.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
-                )
+                declared = next((_str(k.value) for k in decorator.keywords if k.arg == "object_type"), None)
+                found.update((t, declared) for t in map(_str, decorator.args) if t is not None)
     return found
+
+
+def _str(node: ast.expr) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
 def _literal(value: Any) -> str:
@@ -276,10 +292,9 @@ CREATED = {_CREATED:_}
 
 def test_handler_keeps_the_fields_and_the_time() -> None:
     registry.discover()  # imports handlers/*.py, which registers the handler
-    registration = registry.get(EVENT_TYPE)
-    assert registration is not None, f"no @on({{EVENT_TYPE!r}}) found in the handler modules"
+    registration = registry.lookup(EVENT_TYPE, OBJECT_TYPE)
+    assert registration is not None, f"no @on({{EVENT_TYPE!r}}) for a {{OBJECT_TYPE}} found in the handler modules"
     assert registration.handler.__module__ == HANDLER_MODULE
-    assert registration.object_type == OBJECT_TYPE
 {build}    # as a worker decodes it: into the handler's model= when it declares one, else a dict
     event = decode_event(encode(raw), model=registration.model)
     state = new_state(OBJECT_ID, event, registration.object_type)

@@ -175,6 +175,7 @@ processor = EventProcessor(
     metrics,
     settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
     _MAX_RECORD_BYTES,  # for a dead letter or a record a handler emits
+    settings.topic_prefix,
 )
 
 

@@ -111,8 +111,10 @@ class EventProcessor:
         metrics: WorkerMetrics,
         max_value_bytes: int,
         max_record_bytes: int | None = None,
+        topic_prefix: str = "stripe.",
     ) -> None:
         self._registry = registry
+        self._topic_prefix = topic_prefix  # a record's topic is the prefix and the kind of object it carries
         self._store = store
         self._send = send
         self._dlq_topic = dlq_topic
@@ -152,7 +154,7 @@ class EventProcessor:
 
     async def _process(self, record: Record, headers: list[tuple[str, bytes]], event_type: str) -> tuple[Outcome, str]:
         try:
-            event, registration = self._decode(record.value, event_type)
+            event, registration = self._decode(record.value, event_type, record.topic.removeprefix(self._topic_prefix))
         except BadRecord as exc:
             log.warning(
                 "record %s[%d]@%d (%s) dead-lettered: %s",
@@ -177,12 +179,14 @@ class EventProcessor:
             return verdict, event.type
         return await self._apply(record, headers, event, registration, object_id, stored, state), event.type
 
-    def _decode(self, value: bytes | None, header_type: str) -> tuple[StripeEvent[Any], Registration | None]:
-        """The event and its handler. The record's event-type header (the gateway's) picks the handler, and so
-        what the object is decoded into, before decoding; the event's own type decides if the two differ (a
-        record that did not come through the gateway). BadRecord if it is not an event, or its object does not
-        fit its own handler's model."""
-        registration = self._registry.get(header_type)
+    def _decode(
+        self, value: bytes | None, header_type: str, object_type: str
+    ) -> tuple[StripeEvent[Any], Registration | None]:
+        """The event and its handler, the one for its type and for the ``object_type`` its topic carries. The
+        record's event-type header (the gateway's) picks the handler, and so what the object is decoded into, before
+        decoding; the event's own type decides if the two differ (a record that did not come through the gateway).
+        BadRecord if it is not an event, or its object does not fit its own handler's model."""
+        registration = self._registry.lookup(header_type, object_type)
         model = decoded_as = registration.model if registration is not None else None
         try:
             event = decode_event(value, self._max_value_bytes, model)
@@ -193,7 +197,7 @@ class EventProcessor:
             if event.type == header_type:
                 raise  # its own handler's model does not fit it
         if event.type != header_type:
-            registration = self._registry.get(event.type)
+            registration = self._registry.lookup(event.type, object_type)
             wanted = registration.model if registration is not None else None
             if wanted is not decoded_as:  # decoded into something else than its own handler reads
                 event = decode_event(value, self._max_value_bytes, wanted)

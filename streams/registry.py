@@ -75,10 +75,15 @@ class Registration:
 
 
 class HandlerRegistry:
-    """Event type -> handler, and the object types (hence topics) that have handlers."""
+    """(event type, object type) -> handler, and the object types (hence topics) that have handlers.
+
+    Keyed by both because some event types carry several kinds of object (``customer.source.created``: a card, a
+    bank account or a source), each on its own topic: one handler per kind, and a handler never gets another kind's
+    events (a worker looks a record's handler up by the object type its topic names).
+    """
 
     def __init__(self) -> None:
-        self._by_type: dict[str, Registration] = {}
+        self._by_key: dict[tuple[str, str], Registration] = {}
 
     def on(
         self,
@@ -91,7 +96,8 @@ class HandlerRegistry:
 
         The object type (and so the topic) is read from Stripe's example object for each event type; pass
         ``object_type`` for event types without one, newer than hookstream's list, or whose events carry several
-        kinds of object (``customer.source.*``: a card, a bank account or a source). ``model``: a msgspec Struct to
+        kinds of object (``customer.source.*``: a card, a bank account or a source; each kind may have a handler of
+        its own, and a handler gets only its kind's events). ``model``: a msgspec Struct to
         decode ``data.object`` into (only its fields are built), instead of a dict. ``include_stale``: run it also
         for an event older than its object's state (Stripe does not promise order), with ``ctx.stale`` True, for
         what must happen for every event of a type (a receipt on ``invoice.paid``, a time stamp); the state keeps
@@ -108,27 +114,38 @@ class HandlerRegistry:
         def register(handler: Handler) -> Handler:
             _check_handler(handler)
             for event_type in event_types:
-                existing = self._by_type.get(event_type)
+                key = (event_type, objects[event_type])
+                existing = self._by_key.get(key)
                 if existing is not None and existing.handler is not handler:
                     raise ValueError(
-                        f"{event_type} already has a handler: {handler_name(existing.handler)}; "
+                        f"{_described(*key)} already has a handler: {handler_name(existing.handler)}; "
                         f"{handler_name(handler)} cannot take it too"
                     )
-                self._by_type[event_type] = Registration(event_type, objects[event_type], handler, model, include_stale)
+                self._by_key[key] = Registration(event_type, objects[event_type], handler, model, include_stale)
             return handler
 
         return register
 
+    def lookup(self, event_type: str, object_type: str) -> Registration | None:
+        """The handler of ``event_type``'s events that carry an ``object_type`` (the worker's lookup, per record)."""
+        return self._by_key.get((event_type, object_type))
+
     def get(self, event_type: str) -> Registration | None:
-        return self._by_type.get(event_type)
+        """The handler of ``event_type``, whatever object its events carry; LookupError if several kinds of object
+        have one each (use ``lookup``)."""
+        found = [r for (t, _), r in self._by_key.items() if t == event_type]
+        if len(found) > 1:
+            kinds = ", ".join(sorted(r.object_type for r in found))
+            raise LookupError(f"{event_type} has a handler per kind of object ({kinds}): look one up by its kind")
+        return found[0] if found else None
 
     @property
     def object_types(self) -> set[str]:
-        return {r.object_type for r in self._by_type.values()}
+        return {object_type for _, object_type in self._by_key}
 
     @property
     def event_types(self) -> list[str]:
-        return sorted(self._by_type)
+        return sorted({event_type for event_type, _ in self._by_key})
 
     def discover(self, modules: Iterable[str] = ("handlers",)) -> None:
         """Import each named module, and every module of a named package and of its sub-packages, so that their
@@ -190,6 +207,13 @@ def _object_type_of(event_type: str, declared: str | None) -> str:
         return str(fixture_for(event_type)["object"])
     except UnknownEventType:
         raise ValueError(f"cannot tell which object {event_type!r} carries: pass object_type=... to @on()") from None
+
+
+def _described(event_type: str, object_type: str) -> str:
+    """How a message names a registration: the object type only for an event type that carries several."""
+    from ops.fixtures import carried_object_types
+
+    return f"{event_type} ({object_type})" if carried_object_types(event_type) else event_type
 
 
 def handler_name(handler: Any) -> str:

@@ -39,6 +39,32 @@ def test_an_event_type_newer_than_the_list_needs_its_object_type() -> None:
     assert registration is not None and registration.object_type == "refund"
 
 
+def test_each_kind_of_object_of_an_event_type_takes_one_handler() -> None:
+    """``customer.source.*`` carries a card, a bank account or a source, each on its topic: a handler per kind, but
+    not two for one kind (the second would silently replace the first)."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("customer.source.created", object_type="card")
+    async def card(event: StripeEvent, ctx: Context) -> None:
+        pass
+
+    @handlers.on("customer.source.created", object_type="bank_account")
+    async def bank_account(event: StripeEvent, ctx: Context) -> None:
+        pass
+
+    assert getattr(handlers.lookup("customer.source.created", "card"), "handler", None) is card
+    assert getattr(handlers.lookup("customer.source.created", "bank_account"), "handler", None) is bank_account
+    assert handlers.lookup("customer.source.created", "source") is None
+    assert handlers.object_types == {"card", "bank_account"} and handlers.event_types == ["customer.source.created"]
+    with pytest.raises(LookupError, match=r"a handler per kind of object \(bank_account, card\)"):
+        handlers.get("customer.source.created")
+    with pytest.raises(ValueError, match=r"customer\.source\.created \(card\) already has a handler: .*\.card;"):
+
+        @handlers.on("customer.source.created", object_type="card")
+        async def another_card(event: StripeEvent, ctx: Context) -> None:
+            pass
+
+
 def test_a_declared_object_type_that_cannot_name_a_topic_is_refused() -> None:
     """It names the handler's topic: the worker would otherwise fail only when it asks Kafka to create it."""
     with pytest.raises(ValueError, match=r"'Payout!' is not an object type"):

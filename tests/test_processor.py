@@ -77,6 +77,30 @@ def test_a_dead_letter_the_brokers_refuse_is_retried_not_given_up() -> None:
     assert sent == [("stripe.dlq", b"1")] and refusals == []
 
 
+def test_a_handler_gets_only_the_kind_of_object_it_registered_for() -> None:
+    """An event type that carries several kinds of object (``customer.source.created``: a card or a bank account,
+    each on its topic) runs each kind's own handler; a kind without one is unhandled, though its topic is subscribed
+    for another event type, instead of reaching the other kind's handler (and its model)."""
+    handlers, seen = HandlerRegistry(), []
+
+    @handlers.on("customer.source.created", object_type="card")
+    async def card(event: StripeEvent, ctx: Context) -> None:
+        seen.append(("card", event.object["object"]))
+
+    @handlers.on("account.external_account.created", object_type="bank_account")  # subscribes stripe.bank_account
+    async def external(event: StripeEvent, ctx: Context) -> None:
+        seen.append(("external", event.object["object"]))
+
+    processing = processor(handlers, DictStore(), recording_send([]))
+    card_event = ConsumedRecord.of_event("customer.source.created", "card_1", object_type="card")
+    bank_event = ConsumedRecord.of_event("customer.source.created", "ba_1", object_type="bank_account")
+    external_event = ConsumedRecord.of_event("account.external_account.created", "ba_2", object_type="bank_account")
+    assert (card_event.topic, bank_event.topic) == ("stripe.card", "stripe.bank_account")
+    outcomes = [str(asyncio.run(processing.process(r))) for r in (card_event, bank_event, external_event)]
+    assert outcomes == ["ok", "unhandled", "ok"]
+    assert seen == [("card", "card"), ("external", "bank_account")]
+
+
 def _stamping(include_stale: bool, failing_attempts: int = 0) -> tuple[HandlerRegistry, list[bool]]:
     """A handler that takes the snapshot's status and amount, and on ``invoice.paid`` stamps ``paid_at`` and emits;
     for a stale event only the stamp and the emit. Its first ``failing_attempts`` attempts dirty the state, then

@@ -52,6 +52,12 @@ def _listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+def _pytest(project: Path, *tests: str) -> subprocess.CompletedProcess[str]:
+    """The generated ``tests`` run by pytest in the skeleton, as its owner would run them."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120)
+
+
 def test_module_names() -> None:
     assert module_name("customer.subscription.trial_will_end") == "customer_subscription_trial_will_end"
     assert module_name("payout.paid") == "payout_paid"
@@ -89,13 +95,7 @@ def test_generated_handlers_and_tests_pass_ruff_and_pytest(project: Path) -> Non
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files[1::2]],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = _pytest(project, *files[1::2])
     assert run.returncode == 0, run.stdout + run.stderr
     assert "4 passed" in run.stdout
 
@@ -114,13 +114,7 @@ def test_the_generated_test_still_passes_once_the_handler_declares_a_model(proje
     source = source.replace("from streams.events", "from typing import Any\n\nimport msgspec\n\nfrom streams.events")
     handler.write_text(source)
 
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = _pytest(project, str(test))
     assert run.returncode == 0, source + run.stdout + run.stderr
 
 
@@ -162,6 +156,24 @@ def test_refuses_a_type_a_handler_module_of_the_project_takes(project: Path) -> 
         new_handler("payout.canceled", project)
     assert not (project / "handlers" / "payout_canceled.py").exists()
     assert registry.get("payout.canceled") is None
+
+
+def test_each_kind_of_object_of_an_event_type_gets_its_own_handler_module(project: Path) -> None:
+    """``customer.source.created`` carries a card, a bank account or a source: a handler per kind, side by side, each
+    with its test; a kind that has one is refused."""
+    source_handler, source_test = new_handler("customer.source.created", project)  # the example's kind: a source
+    card_handler, card_test = new_handler("customer.source.created", project, object_type="card")
+    assert (source_handler.name, card_handler.name) == ("customer_source_created.py", "customer_source_created_card.py")
+    with pytest.raises(ScaffoldError, match=r"customer\.source\.created \(card\) already has a handler: .*_card\.py"):
+        new_handler("customer.source.created", project, object_type="card")
+    with pytest.raises(ScaffoldError, match=r"customer\.source\.created \(source\) already has a handler"):
+        new_handler("customer.source.created", project, object_type="source")
+    bank_handler, bank_test = new_handler("customer.source.created", project, object_type="bank_account")
+    assert bank_handler.name == "customer_source_created_bank_account.py"
+    tests = [str(source_test), str(card_test), str(bank_test)]
+    run = _pytest(project, *tests)  # one process imports all three: a worker would too
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 passed" in run.stdout
 
 
 def test_refuses_existing_files_and_writes_nothing(project: Path) -> None:
