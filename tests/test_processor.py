@@ -10,9 +10,15 @@ import asyncio
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from streams.events import StripeEvent
+from streams.processor import EventProcessor
 from streams.registry import Context, HandlerRegistry
 from streams.state import ObjectState, decode_state
 from tests.support import ConsumedRecord, DictStore, processor, recording_send
+
+
+def _outcome(processing: EventProcessor, record: ConsumedRecord) -> str:
+    """How ``processing`` finished ``record`` (``ok``, ``stale``, ``dead_lettered``, ...)."""
+    return str(asyncio.run(processing.process(record)))
 
 
 def _noting_attempts(fail_first: bool) -> HandlerRegistry:
@@ -35,9 +41,9 @@ def test_a_retry_starts_from_the_stored_state_not_from_what_the_failed_attempt_c
     sent: list[tuple[str, dict[str, bytes]]] = []
     send = recording_send(sent)
     first = processor(_noting_attempts(fail_first=False), store, send, attempts=2)
-    assert str(asyncio.run(first.process(ConsumedRecord.of_event("invoice.paid", "in_1", offset=0)))) == "ok"
+    assert _outcome(first, ConsumedRecord.of_event("invoice.paid", "in_1", offset=0)) == "ok"
     retrying = processor(_noting_attempts(fail_first=True), store, send, attempts=2)
-    assert str(asyncio.run(retrying.process(ConsumedRecord.of_event("invoice.paid", "in_1", offset=1)))) == "ok"
+    assert _outcome(retrying, ConsumedRecord.of_event("invoice.paid", "in_1", offset=1)) == "ok"
     assert decode_state(store[b"in_1"]).fields["attempts_seen"] == [1, 2]  # not [1, 1, 2]
     assert sent == []
 
@@ -48,8 +54,7 @@ def test_a_stored_state_that_does_not_decode_is_dead_lettered_not_raised() -> No
     store = DictStore({b"in_2": b"{not a state"})
     sent: list[tuple[str, dict[str, bytes]]] = []
     processing = processor(_noting_attempts(fail_first=False), store, recording_send(sent))
-    outcome = asyncio.run(processing.process(ConsumedRecord.of_event("invoice.paid", "in_2")))
-    assert str(outcome) == "dead_lettered"
+    assert _outcome(processing, ConsumedRecord.of_event("invoice.paid", "in_2")) == "dead_lettered"
     ((topic, headers),) = sent
     assert topic == "stripe.dlq" and headers["attempts"] == b"0" and headers["event-id"]
     assert store[b"in_2"] == b"{not a state"
@@ -73,7 +78,7 @@ def test_a_dead_letter_the_brokers_refuse_is_retried_not_given_up() -> None:
         sent.append((topic, dict(headers)["attempts"]))
 
     processing = processor(handlers, DictStore(), send)
-    assert str(asyncio.run(processing.process(ConsumedRecord.of_event("invoice.paid", "in_3")))) == "dead_lettered"
+    assert _outcome(processing, ConsumedRecord.of_event("invoice.paid", "in_3")) == "dead_lettered"
     assert sent == [("stripe.dlq", b"1")] and refusals == []
 
 
@@ -96,9 +101,15 @@ def test_a_handler_gets_only_the_kind_of_object_it_registered_for() -> None:
     bank_event = ConsumedRecord.of_event("customer.source.created", "ba_1", object_type="bank_account")
     external_event = ConsumedRecord.of_event("account.external_account.created", "ba_2", object_type="bank_account")
     assert (card_event.topic, bank_event.topic) == ("stripe.card", "stripe.bank_account")
-    outcomes = [str(asyncio.run(processing.process(r))) for r in (card_event, bank_event, external_event)]
+    outcomes = [_outcome(processing, r) for r in (card_event, bank_event, external_event)]
     assert outcomes == ["ok", "unhandled", "ok"]
     assert seen == [("card", "card"), ("external", "bank_account")]
+
+
+#: ``invoice.updated`` of ``in_9`` (amount 500, status void), newer than the other events of ``in_9`` below.
+_NEWER_VOID = ConsumedRecord.of_event(
+    "invoice.updated", "in_9", 0, created=1_800_000_010, object_fields={"amount_paid": 500, "status": "void"}
+)
 
 
 def _stamping(include_stale: bool, failing_attempts: int = 0) -> tuple[HandlerRegistry, list[bool]]:
@@ -130,15 +141,11 @@ def _paid_after_a_newer_void(
     the store, and the outcomes of the paid event and of its redelivery."""
     store = DictStore()
     processing = processor(handlers, store, recording_send(sent), attempts=2)
-    fields = {"amount_paid": 500, "status": "void"}
-    updated = ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
     paid = ConsumedRecord.of_event(
         "invoice.paid", "in_9", 1, created=1_800_000_000, object_fields={"amount_paid": 400, "status": "paid"}
     )
-    assert str(asyncio.run(processing.process(updated))) == "ok"
-    outcome = str(asyncio.run(processing.process(paid)))
-    again = str(asyncio.run(processing.process(paid)))
-    return store, outcome, again
+    assert _outcome(processing, _NEWER_VOID) == "ok"
+    return store, _outcome(processing, paid), _outcome(processing, paid)
 
 
 def _still_the_newer_update(state: ObjectState) -> None:
@@ -165,17 +172,7 @@ def test_a_stale_run_that_changes_nothing_stores_nothing() -> None:
     sent: list[tuple[str, dict[str, bytes]]] = []
     store = DictStore()
     processing = processor(handlers, store, recording_send(sent))
-    fields = {"amount_paid": 500, "status": "void"}
-    assert (
-        str(
-            asyncio.run(
-                processing.process(
-                    ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
-                )
-            )
-        )
-        == "ok"
-    )
+    assert _outcome(processing, _NEWER_VOID) == "ok"
     puts = []
 
     async def put(key: bytes, value: bytes, partition: int) -> None:
@@ -185,7 +182,7 @@ def test_a_stale_run_that_changes_nothing_stores_nothing() -> None:
     older = ConsumedRecord.of_event(
         "invoice.updated", "in_9", 1, created=1_800_000_000, object_fields={"status": "void"}
     )
-    assert str(asyncio.run(processing.process(older))) == "stale"
+    assert _outcome(processing, older) == "stale"
     assert runs == [False, True] and puts == [] and sent == []
 
 
@@ -203,18 +200,14 @@ def test_a_stale_event_whose_handler_fails_is_retried_from_the_stored_state_then
     sent: list[tuple[str, dict[str, bytes]]] = []
     store = DictStore()
     newer, _ = _stamping(include_stale=True)
-    fields = {"amount_paid": 500, "status": "void"}
-    updated = ConsumedRecord.of_event("invoice.updated", "in_9", 0, created=1_800_000_010, object_fields=fields)
-    assert str(asyncio.run(processor(newer, store, recording_send(sent)).process(updated))) == "ok"
+    assert _outcome(processor(newer, store, recording_send(sent)), _NEWER_VOID) == "ok"
     before = store[b"in_9"]
     paid = ConsumedRecord.of_event("invoice.paid", "in_9", 1, created=1_800_000_000, object_fields={"status": "paid"})
     failing, runs = _stamping(include_stale=True, failing_attempts=2)
-    assert (
-        str(asyncio.run(processor(failing, store, recording_send(sent), attempts=2).process(paid))) == "dead_lettered"
-    )
+    assert _outcome(processor(failing, store, recording_send(sent), attempts=2), paid) == "dead_lettered"
     assert runs == [True, True] and [topic for topic, _ in sent] == ["stripe.dlq"] and store[b"in_9"] == before
     recovering, runs = _stamping(include_stale=True, failing_attempts=1)
-    assert str(asyncio.run(processor(recovering, store, recording_send(sent), attempts=2).process(paid))) == "stale"
+    assert _outcome(processor(recovering, store, recording_send(sent), attempts=2), paid) == "stale"
     state = decode_state(store[b"in_9"])
     assert runs == [True, True] and state.fields == {"amount_paid": 500, "paid_at": 1_800_000_000}  # not dirty
     _still_the_newer_update(state)
