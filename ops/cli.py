@@ -141,14 +141,17 @@ def _parser() -> argparse.ArgumentParser:
     scaffold = commands.add_parser(
         "new-handler", help="write handlers/<module>.py and its test for a Stripe event type"
     )
-    scaffold.add_argument("event_type", help="a Stripe event type nobody handles yet, e.g. payout.paid")
+    scaffold.add_argument(
+        "event_type", help="a Stripe event type nobody handles yet (or not for --object-type), e.g. payout.paid"
+    )
     scaffold.add_argument(
         "--object-type",
         metavar="OBJECT",
         help="the object its events carry (data.object.object, which names the topic), for a type newer than "
         "hookstream's list of Stripe's event types (ops/stripe/event-types.txt), one without an example object, or "
-        "one whose events carry several kinds (customer.source.*: card, bank_account or source; a kind other than "
-        "the example object's gets its own module, handlers/<module>_<kind>.py)",
+        "one whose events carry several kinds (customer.source.*: card, bank_account or source; "
+        "account.external_account.*: card or bank_account); a kind other than the example object's, or another "
+        "kind of a type that has a module, gets its own: handlers/<module>_<kind>.py",
     )
     scaffold.set_defaults(run=_new_handler)
 

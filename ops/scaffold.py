@@ -81,7 +81,7 @@ def new_handler(
         carried = carried_object_types(event_type)
         if listed and object_type in carried - {fixture["object"]}:  # another of the objects its events carry
             fixture = example_object(object_type)
-            module = f"{module}_{object_type}"  # beside the example object's kind's handler, if there is one
+            module = f"{module}_{object_type}"  # beside the example object's kind's handler, now or later
         elif listed and object_type != fixture["object"]:  # its example object says what it carries
             kinds = " or a ".join(sorted(carried)) if carried else fixture["object"]
             raise ScaffoldError(
@@ -98,6 +98,8 @@ def new_handler(
     if handled_by is not None:
         what = f"{event_type} ({kind})" if kind is not None and carried_object_types(event_type) else event_type
         raise ScaffoldError(f"{what} already has a handler: {handled_by}")
+    if object_type is not None and (root / "handlers" / f"{module}.py").exists():
+        module = f"{module}_{object_type}"  # the type's module takes another kind (a type newer than the list)
     handler_path = root / "handlers" / f"{module}.py"
     test_path = root / "tests" / f"test_handler_{module}.py"
     if not handler_path.parent.is_dir():
@@ -126,7 +128,8 @@ def _handled_by(event_type: str, kind: str | None, handlers_dir: Path, modules: 
     under ``handlers_dir``, or one the registry discovers in ``modules``."""
     for path in sorted(handlers_dir.glob("*.py")):
         if not path.name.startswith("_") and any(
-            t == event_type and kind in (None, declared or _example_kind(t)) for t, declared in _registered(path)
+            t == event_type and (declared == _ANY_KIND or kind in (None, declared or _example_kind(t)))
+            for t, declared in _registered(path)
         ):
             return str(path)
     from streams.registry import HandlerModuleError, handler_name, registry
@@ -147,9 +150,14 @@ def _example_kind(event_type: str) -> str | None:
         return None
 
 
+#: An ``object_type=`` the scan cannot read (a name, an expression): taken for any kind, so that it refuses too much
+#: rather than let a second handler of one kind stop the worker.
+_ANY_KIND = "*"
+
+
 def _registered(path: Path) -> set[tuple[str, str | None]]:
     """What every ``@on(...)`` / ``@registry.on(...)`` decorator in a module (not imported) registers: each string
-    argument (an event type) with the ``object_type=`` string, if it has one."""
+    argument (an event type) with the ``object_type=`` string if it has one (``_ANY_KIND`` if not a literal)."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except SyntaxError:
@@ -164,7 +172,9 @@ def _registered(path: Path) -> set[tuple[str, str | None]]:
             func = decorator.func
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
             if name == "on":
-                declared = next((_str(k.value) for k in decorator.keywords if k.arg == "object_type"), None)
+                declared = next(
+                    (_str(k.value) or _ANY_KIND for k in decorator.keywords if k.arg == "object_type"), None
+                )
                 found.update((t, declared) for t in map(_str, decorator.args) if t is not None)
     return found
 

@@ -110,8 +110,8 @@ class EventProcessor:
         retry: RetryPolicy,
         metrics: WorkerMetrics,
         max_value_bytes: int,
-        max_record_bytes: int | None = None,
-        topic_prefix: str = "stripe.",
+        max_record_bytes: int,
+        topic_prefix: str,
     ) -> None:
         self._registry = registry
         self._topic_prefix = topic_prefix  # a record's topic is the prefix and the kind of object it carries
@@ -122,7 +122,7 @@ class EventProcessor:
         self._metrics = metrics
         self._max_value_bytes = max_value_bytes  # larger values are not events (the gateway publishes none)
         # what the brokers take: of a dead letter, or of a record a handler emits
-        self._max_record_bytes = max_record_bytes or max_value_bytes
+        self._max_record_bytes = max_record_bytes
         self._deadlines = Deadlines(retry.timeout)
 
     async def process(self, record: Record) -> Outcome:

@@ -443,11 +443,11 @@ def processor(
     timeout: float = 1.0,
     metrics: WorkerMetrics | None = None,
 ) -> EventProcessor:
-    """The worker's processor for tests without a broker: dead letters to ``stripe.dlq`` through ``send``, retries
-    ``backoff`` seconds apart, records of up to 1 MiB."""
+    """The worker's processor for tests without a broker: event topics ``stripe.<object type>``, dead letters to
+    ``stripe.dlq`` through ``send``, retries ``backoff`` seconds apart, records of up to 1 MiB."""
     retry = RetryPolicy(attempts, backoff, backoff, timeout)
     return EventProcessor(
-        handlers, store, send, "stripe.dlq", retry, metrics or WorkerMetrics(), max_value_bytes=1 << 20
+        handlers, store, send, "stripe.dlq", retry, metrics or WorkerMetrics(), 1 << 20, 1 << 20, "stripe."
     )
 
 

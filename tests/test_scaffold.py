@@ -176,6 +176,29 @@ def test_each_kind_of_object_of_an_event_type_gets_its_own_handler_module(projec
     assert "3 passed" in run.stdout
 
 
+def test_a_second_kind_of_a_type_newer_than_the_list_gets_its_own_module(project: Path) -> None:
+    first, _ = new_handler("widget.thing.created", project, object_type="widget")
+    second, second_test = new_handler("widget.thing.created", project, object_type="gadget")
+    assert (first.name, second.name) == ("widget_thing_created.py", "widget_thing_created_gadget.py")
+    assert 'OBJECT_TYPE = "gadget"' in second_test.read_text()
+    with pytest.raises(ScaffoldError, match=r"widget\.thing\.created already has a handler: .*_gadget\.py"):
+        new_handler("widget.thing.created", project, object_type="gadget")
+
+
+def test_an_object_type_the_scan_cannot_read_is_taken_for_any_kind(project: Path) -> None:
+    """``object_type=CARD`` (a name): the module may take any kind, so none is scaffolded beside it; a second
+    handler of its kind would stop the worker."""
+    (project / "handlers" / "sources.py").write_text(
+        'from streams.registry import on\n\nCARD = "card"\n\n\n'
+        '@on("customer.source.created", object_type=CARD)\n'
+        "async def card(event, ctx):\n"
+        "    pass\n"
+    )
+    for kind in ("card", "source"):
+        with pytest.raises(ScaffoldError, match=r"customer\.source\.created \(\w+\) already has a handler: .*sources"):
+            new_handler("customer.source.created", project, object_type=kind)
+
+
 def test_refuses_existing_files_and_writes_nothing(project: Path) -> None:
     event_type = _unhandled("payout.paid", with_fixture=True)
     module = module_name(event_type)
@@ -224,3 +247,29 @@ def test_refuses_a_type_a_module_of_hookstream_handlers_takes(
         for name in ("acme_handlers", "broken_handlers"):
             sys.modules.pop(name, None)
     assert not (project / "handlers" / "topup_reversed.py").exists()
+
+
+def test_a_module_of_hookstream_handlers_takes_only_the_kind_it_registered(
+    project: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read through the registry (imported): its card handler refuses a card one, not a bank account one."""
+    from streams.registry import HandlerRegistry
+
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "acme_sources.py").write_text(
+        "from streams.registry import on\n\n\n"
+        "@on('customer.source.created', object_type='card')\n"
+        "async def card(event, ctx):\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(elsewhere))
+    fresh = HandlerRegistry()
+    monkeypatch.setattr("streams.registry.registry", fresh)
+    monkeypatch.setattr("streams.registry.on", fresh.on)
+    try:
+        with pytest.raises(ScaffoldError, match=r"created \(card\) already has a handler: acme_sources\.card"):
+            new_handler("customer.source.created", project, ["acme_sources"], object_type="card")
+        handler, _ = new_handler("customer.source.created", project, ["acme_sources"], object_type="bank_account")
+    finally:
+        sys.modules.pop("acme_sources", None)
+    assert handler.name == "customer_source_created_bank_account.py"
