@@ -1,7 +1,9 @@
 """``hookstream replay``: send dead letters back to the topics they came from.
 
 Reads the dead-letter topic as consumer group ``<app id>-replay`` and commits after each re-publish is
-acknowledged, so every dead letter is replayed once however often the command runs. A replayed event keeps its
+acknowledged, so every dead letter is replayed once however often the command runs. A run takes the dead letters
+that were there when it began: one that a replayed event writes by failing again is left to the next run (a
+replay that took those, while the event kept failing, never ended). A replayed event keeps its
 key, value and original headers, plus ``replayed-at`` (its end-to-end time starts there). Workers judge it like
 any delivery: applied, or counted a duplicate (applied meanwhile) or stale (its object applied a newer event
 meanwhile, whose snapshot already holds what it would set; only a handler registered with ``include_stale=True``
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError, UnknownError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, UnknownError
 
 from ops.kafka import client_options
 from ops.settings import Settings
@@ -85,7 +87,17 @@ async def replay(
                     source.decode(), record.value, key=record.key, headers=replay_headers(headers)
                 )
                 replayed += 1
-            await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
+            try:
+                await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
+            except (CommitFailedError, IllegalStateError) as exc:  # another replay joined: it takes over
+                log.warning(
+                    "dead letter %s@%d not committed: its partition went to another replay (%r), which re-publishes "
+                    "it once more (workers drop the copy of an applied event); this one stops",
+                    tp,
+                    record.offset,
+                    exc,
+                )
+                break
     finally:
         await consumer.stop()
         await producer.stop()
@@ -140,6 +152,11 @@ async def _dead_letters(
 ) -> AsyncIterator[tuple[TopicPartition, ConsumerRecord[bytes, bytes], list[tuple[str, bytes]]]]:
     """Up to ``limit`` records with their headers, until nothing new came for ``idle_timeout`` (caught up).
 
+    Each partition is read up to its end as this run first fetched it (its high watermark: right even where the
+    embedded broker under-lists end offsets), then paused: what is dead-lettered later is left to the next run. A
+    replayed event that fails again while workers run comes back as a new dead letter within a second or so, and a
+    run that took those too re-published them for as long as they kept failing, never catching up.
+
     The idle time counts from the first poll with partitions assigned: joining the group takes seconds on Kafka
     (``group.initial.rebalance.delay.ms``, 3 s by default, for a group nobody is in), and a replay that counted them
     stopped before it had read anything, reporting 0. GroupJoinTimeout when no partition came in ``join_timeout``.
@@ -148,12 +165,17 @@ async def _dead_letters(
     idle_since: float | None = None
     joining_until: float | None = time.monotonic() + join_timeout  # None once a partition was assigned
     assigned: set[TopicPartition] = set()
+    ends: dict[TopicPartition, int] = {}  # kept through rebalances: a partition handed back keeps its end
     while limit is None or count < limit:
         batch = await consumer.getmany(timeout_ms=500, max_records=limit and limit - count)
         if consumer.assignment() != assigned:  # joined, or a rebalance: the idle time starts again
             assigned, idle_since = set(consumer.assignment()), None
             if assigned:
                 joining_until = None
+        for tp in assigned - ends.keys():  # a fetch sets the high watermark, with records or without
+            end = consumer.highwater(tp)
+            if end is not None:
+                ends[tp] = end
         if not batch:
             now = time.monotonic()
             if not assigned:
@@ -171,7 +193,11 @@ async def _dead_letters(
             continue
         idle_since = time.monotonic()
         for tp, records in batch.items():
+            end = ends.get(tp)
             for record in records:
+                if end is not None and record.offset >= end:  # dead-lettered since this run began
+                    consumer.pause(tp)  # not committed: the next run starts there
+                    break
                 count += 1
                 yield tp, record, header_pairs(record.headers)
 

@@ -200,6 +200,13 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
         pending = "hookstream_dead_letters_pending"  # counted beside the replay group, not from the worker's own
         wait_for(lambda: worker.metric(pending) == 5, 30, "5 dead letters counted as waiting")
 
+        # replayed before the handler is fixed, the worker running: each fails again within a second, and its new
+        # dead letter is left to the next replay (one that took those too never ended while they kept failing)
+        early = _replay(broker, app_id, prefix)
+        assert early.returncode == 0 and early.stdout.strip() == f"replayed 5 dead letter(s) from {prefix}dlq", early
+        wait_for(lambda: worker.metric_sum(EVENTS, outcome="dead_lettered") == 10, 60, "replayed, failed again")
+        wait_for(lambda: worker.metric(pending) == 5, 30, "the 5 new dead letters counted as waiting")
+
         fixed.touch()  # the handler is fixed: replay brings the dead letters back
 
         # what a replay would take, and why each failed: nothing sent or committed
@@ -227,10 +234,10 @@ def test_poison_events_are_retried_dead_lettered_and_replayed(broker: BrokerInfo
         assert worker.state("ch_single_0") is not None
         assert worker.state("ch_single_1") is None  # discarded: never sent back
         # sent back with their own headers, and when: their end-to-end time starts at the replay
-        republished = consume(broker.bootstrap_servers, [prefix + "charge"], len(records) + 4)
-        replays = {dict(r.headers)["event-id"]: r for r in republished if "replayed-at" in dict(r.headers)}
-        assert len(republished) == len(records) + 4
-        assert set(replays) == {dict(r.headers)["event-id"] for r in poison[:-1]}
+        republished = consume(broker.bootstrap_servers, [prefix + "charge"], len(records) + 5 + 4)
+        replays = {dict(r.headers)["event-id"]: r for r in republished if "replayed-at" in dict(r.headers)}  # the last
+        assert len(republished) == len(records) + 5 + 4
+        assert set(replays) == {dict(r.headers)["event-id"] for r in poison}
         for original in poison[:-1]:
             sent_back = list(replays[dict(original.headers)["event-id"]].headers)
             assert sent_back[:-1] == list(original.headers) and sent_back[-1][0] == "replayed-at"
