@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 from gateway.envelope import Record
 from gateway.metrics import GatewayMetrics
-from gateway.rdkafka import AsyncProducer, DeliveryFailed, librdkafka_config
+from gateway.rdkafka import AsyncProducer, DeliveryFailed, TopicRefused, librdkafka_config
 from ops.kafka import TopicCreationError, client_options, create_topics
 from ops.settings import Settings
 
@@ -91,6 +91,11 @@ class Publisher:
                 async with asyncio.timeout(self._settings.gateway_publish_timeout):
                     await self._ensure_topic(record.topic)
                     await producer.send(record.topic, record.value, record.key, record.headers)
+        except TopicRefused as exc:  # the broker works: readiness stays (one topic must not take every pod out)
+            self._known_topics.discard(record.topic)  # created again, or refused again, next time
+            raise BrokerUnavailable(
+                f"the broker refused topic {record.topic} ({exc}): does it exist, and may this user write to it?"
+            ) from exc
         except (TimeoutError, KafkaError, TopicCreationError, DeliveryFailed, BufferError) as exc:
             self._healthy = False
             self._known_topics.clear()  # a restarted (memory) broker may have lost them

@@ -29,6 +29,22 @@ class DeliveryFailed(Exception):
     """The broker did not store the record (librdkafka's error says why)."""
 
 
+class TopicRefused(DeliveryFailed):
+    """The broker refused the record's topic (unknown, not authorised for this user, invalid): a fault of that topic,
+    not of the broker, whose other topics take records."""
+
+
+#: librdkafka's errors that concern the record's topic alone.
+_TOPIC_ERRORS = frozenset(
+    {
+        confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+        confluent_kafka.KafkaError._UNKNOWN_TOPIC,
+        confluent_kafka.KafkaError.TOPIC_EXCEPTION,
+    }
+)
+
+
 class RecordTooLarge(Exception):
     """The record is over the size limit (``KAFKA_MAX_MESSAGE_BYTES``, or the broker's own): the record's fault,
     not the broker's, and sending it again cannot succeed."""
@@ -196,4 +212,6 @@ def _resolve(reports: list[tuple[asyncio.Future[None], Any]]) -> None:
 def _failure(error: confluent_kafka.KafkaError) -> DeliveryFailed | RecordTooLarge:
     if error.code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:  # refused by librdkafka or by the broker
         return RecordTooLarge(str(error))
+    if error.code() in _TOPIC_ERRORS:
+        return TopicRefused(str(error))
     return DeliveryFailed(str(error))

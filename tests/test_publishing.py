@@ -11,12 +11,13 @@ import time
 from typing import Any, NamedTuple
 
 import aiohttp
+import msgspec
 import pytest
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError
 
 from gateway.envelope import to_record
-from gateway.rdkafka import AsyncProducer, DeliveryFailed, RecordTooLarge, _failure, librdkafka_config
+from gateway.rdkafka import AsyncProducer, DeliveryFailed, RecordTooLarge, TopicRefused, _failure, librdkafka_config
 from gateway.signature import sign
 from ops.fixtures import build_event, encode
 from ops.settings import Settings
@@ -246,6 +247,40 @@ def test_a_record_the_broker_refuses_as_too_large_is_told_apart_from_a_failed_de
     for code in (KafkaError._MSG_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS, KafkaError._TRANSPORT):
         failure = _failure(KafkaError(code))
         assert type(failure) is DeliveryFailed, code
+    for code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+        assert type(_failure(KafkaError(code))) is TopicRefused, code
+
+
+def test_a_topic_the_broker_refuses_leaves_readiness_and_the_other_topics_alone(broker: BrokerInfo) -> None:
+    """A topic the broker refuses (deleted, or no longer writable by this user: its ACLs) is that topic's fault:
+    taken for the broker's, it made every pod unready at each event of that type, and sent every topic back
+    through creation. Here the broker refuses an invalid name, as the gateway's own checks never let one through."""
+    from gateway.metrics import GatewayMetrics
+    from gateway.publisher import BrokerUnavailable, Publisher
+
+    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "refused."})
+    good = to_record(encode(build_event("charge.succeeded", object_id="ch_refused")), "refused.", 0)
+    refused = msgspec.structs.replace(good, topic="refused." + "x" * 300)
+
+    async def run() -> tuple[bool, set[str], str]:
+        publisher = Publisher(settings, GatewayMetrics(), probe_interval=3600)  # no probe puts readiness back
+        await publisher.start()
+        try:
+            for _ in range(300):
+                if publisher.ready:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(publisher.publish(good), timeout=30)
+            publisher._known_topics.add(refused.topic)  # as if it had been created, then deleted
+            with pytest.raises(BrokerUnavailable) as refusal:
+                await asyncio.wait_for(publisher.publish(refused), timeout=30)
+            return publisher.ready, set(publisher._known_topics), str(refusal.value)
+        finally:
+            await publisher.stop()
+
+    ready, known, said = asyncio.run(run())
+    assert ready and known == {good.topic}
+    assert said.startswith(f"the broker refused topic {refused.topic} (") and "may this user write to it?" in said
 
 
 def _inject_fatal_error(producer: AsyncProducer) -> None:
