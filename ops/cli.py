@@ -117,9 +117,10 @@ def _parser() -> argparse.ArgumentParser:
         "--discard",
         action="append",
         default=[],
-        metavar="EVENT_ID",
-        help="do not re-publish the dead letters of this event (repeatable): passed over and committed, so that no "
-        "later replay takes them either; exit status 1 if none was found",
+        metavar="EVENT_ID|POSITION",
+        help="do not re-publish the dead letters of this event, or the one at this position as --list shows it, "
+        "topic[partition]@offset (for a record without an event id); repeatable: passed over and committed, so that "
+        "no later replay takes them either; exit status 1 if one was not found",
     )
     replay.set_defaults(run=_replay)
 

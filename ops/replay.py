@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Replayed(NamedTuple):
     replayed: int
     skipped: int  # no source-topic, or stored without its value
-    discarded: list[str]  # the event ids asked to be discarded, and found
+    discarded: list[str]  # what was asked to be discarded (event ids, positions), and found
 
     @property
     def read(self) -> int:
@@ -43,9 +43,10 @@ class Replayed(NamedTuple):
 async def replay(
     settings: Settings, limit: int | None = None, idle_timeout: float = 3.0, discard: Collection[str] = ()
 ) -> Replayed:
-    """Re-publish up to ``limit`` dead letters, except those of the events in ``discard``: those are passed over
-    and committed like the others, so that no later replay takes them (an event that can never apply, once the
-    team has decided so)."""
+    """Re-publish up to ``limit`` dead letters, except those of the events in ``discard`` (event ids, or dead
+    letters' positions ``topic[partition]@offset`` as ``--list`` shows them: a record that bypassed the gateway may
+    have no event id): those are passed over and committed like the others, so that no later replay takes them (an
+    event that can never apply, once the team has decided so)."""
     consumer = _consumer(settings)
     producer = AIOKafkaProducer(
         **client_options(settings),
@@ -66,9 +67,11 @@ async def replay(
             source = header(headers, "source-topic")
             omitted = header(headers, VALUE_OMITTED)
             event_id = (header(headers, "event-id") or b"").decode(errors="replace")
-            if event_id and event_id in discard:  # a dead letter without an event id is never one asked for
-                log.warning("dead letter %s@%d of event %s discarded, as asked", tp, record.offset, event_id)
-                discarded.append(event_id)
+            where = position(tp, record.offset)
+            asked = event_id if event_id and event_id in discard else where if where in discard else None
+            if asked is not None:
+                log.warning("dead letter %s of event %s discarded, as asked", where, event_id or "(no id)")
+                discarded.append(asked)
             elif not source:
                 log.warning("dead letter %s@%d has no source-topic header: skipped", tp, record.offset)
                 skipped += 1
@@ -118,7 +121,7 @@ async def pending(settings: Settings, show: Callable[[str], None], idle_timeout:
         # assigned, not subscribed: positions start at the group's committed offsets (else the beginning)
         consumer.assign([TopicPartition(settings.dlq_topic, partition) for partition in sorted(partitions)])
         async for tp, record, headers in _dead_letters(consumer, None, idle_timeout):
-            show(describe(f"{tp.topic}[{tp.partition}]@{record.offset}", headers))
+            show(describe(position(tp, record.offset), headers))
             count += 1
     finally:
         await consumer.stop()
@@ -210,6 +213,11 @@ def replay_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """The event's own headers, and when it was replayed (an earlier replay's time replaced)."""
     kept = [(k, v) for k, v in original_headers(headers) if k != REPLAYED_AT]
     return [*kept, (REPLAYED_AT, b"%d" % (time.time_ns() // 1_000_000))]
+
+
+def position(tp: TopicPartition, offset: int) -> str:
+    """Where a dead letter is, as ``--list`` shows it and ``--discard`` takes it: ``topic[partition]@offset``."""
+    return f"{tp.topic}[{tp.partition}]@{offset}"
 
 
 def _source(headers: list[tuple[str, bytes]]) -> str:

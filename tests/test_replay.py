@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 
 from ops.replay import GroupJoinTimeout, Replayed, _dead_letters, pending, replay, replay_headers
 from ops.settings import Settings
@@ -42,9 +43,10 @@ class _Joining:
         lost_after: int | None = None,
         end: int | None = None,
         later: list[Any] | None = None,
+        tp: Any = "tp",
     ) -> None:
         self.join_polls, self.records, self.lost_after = join_polls, records, lost_after
-        self.end, self.later, self.paused = end, later or [], False
+        self.end, self.later, self.paused, self.tp = end, later or [], False, tp
 
     def highwater(self, tp: str) -> int | None:
         return None if self.join_polls else self.end
@@ -65,10 +67,10 @@ class _Joining:
         if not records and self.later:  # dead-lettered after the run began: the end moves on
             records, self.later = self.later, []
             self.end = records[-1].offset + 1
-        return {"tp": records} if records else {}
+        return {self.tp: records} if records else {}
 
-    def assignment(self) -> set[str]:
-        return set() if self.join_polls or (self.lost_after is not None and self.lost_after < 0) else {"tp"}
+    def assignment(self) -> set[Any]:
+        return set() if self.join_polls or (self.lost_after is not None and self.lost_after < 0) else {self.tp}
 
 
 def _records(consumer: _Joining, idle: float, join: float = 5.0) -> list[Any]:
@@ -110,6 +112,53 @@ def test_a_replay_stops_at_the_end_each_partition_had_when_it_first_fetched_it()
     # in one fetch with the ones before it
     consumer = _Joining(join_polls=1, records=[*letters, *again], end=3)
     assert _records(consumer, idle=0.3) == letters
+
+
+def test_a_commit_refused_because_another_replay_joined_ends_this_one_with_what_it_did(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dead letter it had just re-published goes uncommitted, so the replay that took its partition sends it
+    again (workers drop the copy of an applied event); this one stops (it said Kafka failed it: exit 2)."""
+    from aiokafka.errors import CommitFailedError
+
+    letters = [
+        SimpleNamespace(offset=offset, key=b"ch_1", value=b"{}", headers=[("source-topic", b"stripe.charge")])
+        for offset in range(3)
+    ]
+    partition = TopicPartition("stripe.dlq", 0)
+    sent: list[int] = []
+
+    class Refusing(_Joining):
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def topics(self) -> set[str]:
+            return {"stripe.dlq"}
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0}
+
+        def subscribe(self, topics: list[str]) -> None: ...
+
+        async def commit(self, offsets: dict[Any, int]) -> None:
+            raise CommitFailedError("the group has already rebalanced")
+
+    class Producer:
+        def __init__(self, **options: Any) -> None: ...
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes, headers: Any) -> None:
+            sent.append(len(sent))
+
+    consumer = Refusing(join_polls=0, records=letters, end=3, tp=partition)
+    monkeypatch.setattr("ops.replay._consumer", lambda settings: consumer)
+    monkeypatch.setattr("ops.replay.AIOKafkaProducer", Producer)
+    done = asyncio.run(replay(Settings.from_env({}), idle_timeout=0.3))
+    assert done == Replayed(1, 0, []) and sent == [0]
 
 
 @pytest.mark.integration
