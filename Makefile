@@ -7,7 +7,7 @@ HELM := .tools/bin/helm
 
 LOCK := requirements.lock
 
-.PHONY: run test lint audit bench soak chart clean prometheus wrk lock
+.PHONY: run test lint audit bench soak chart clean prometheus wrk openssl lock
 
 # The runtime dependencies at the versions in $(LOCK), the image's; the tools of the dev extra as resolved
 $(STAMP): pyproject.toml $(LOCK)
@@ -39,7 +39,7 @@ prometheus:
 $(HELM): ops/setup/chart-tools.sh | $(STAMP)
 	@VENV=$(VENV) bash ops/setup/chart-tools.sh
 
-test: $(STAMP) prometheus $(HELM)
+test: $(STAMP) prometheus openssl $(HELM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -57,6 +57,10 @@ lint: $(STAMP)
 PIP_AUDIT_IGNORE :=
 audit: $(STAMP)
 	$(BIN)/python -m ops.depaudit $(if $(AUDIT_REQUIRE),--require) $(PIP_AUDIT_IGNORE)
+
+# openssl (Debian's package) makes the certificates of the mutual TLS tests (tests/test_kafka_tls.py)
+openssl:
+	@sh ops/setup/apt-install.sh openssl openssl
 
 # wrk (Debian's package) for the gateway benchmark
 wrk:

@@ -81,6 +81,11 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         config["sasl.password"] = settings.kafka_sasl_password or ""
     if settings.kafka_ssl_cafile:
         config["ssl.ca.location"] = settings.kafka_ssl_cafile
+    if settings.kafka_ssl_certfile and settings.kafka_ssl_keyfile:  # mutual TLS (both or neither: ops/settings.py)
+        config["ssl.certificate.location"] = settings.kafka_ssl_certfile
+        config["ssl.key.location"] = settings.kafka_ssl_keyfile
+        if settings.kafka_ssl_key_password:
+            config["ssl.key.password"] = settings.kafka_ssl_key_password
     return config
 
 

@@ -26,10 +26,13 @@ class BrokerNotInstalled(BrokerError):
 
 
 class EmbeddedBroker:
-    """One Tansu process listening on ``host:port``; stop() stops exactly the process start() started."""
+    """One Tansu process listening on ``host:port``; stop() stops exactly the process start() started.
+    ``advertised``: the ``host:port`` it names to clients in metadata, when they reach it through another address
+    (a TLS proxy in the tests); else its own."""
 
-    def __init__(self, port: int = 9092, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int = 9092, host: str = "127.0.0.1", advertised: str | None = None) -> None:
         self.host, self.port = host, port
+        self.advertised = advertised
         self.process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()
 
@@ -59,7 +62,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.advertised}" if self.advertised else url,
                 "--storage-engine",
                 "memory://tansu/",
             ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,13 +34,24 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
         "security_protocol": settings.kafka_security_protocol,
     }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.endswith("SSL"):
+        options["ssl_context"] = ssl_context(settings)
     if settings.kafka_security_protocol.startswith("SASL"):
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password
     return options
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to the brokers: their CA (KAFKA_SSL_CAFILE, else the system's), and this client's certificate when the
+    brokers authenticate clients by theirs (mutual TLS: KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE)."""
+    return create_ssl_context(
+        cafile=settings.kafka_ssl_cafile,
+        certfile=settings.kafka_ssl_certfile,
+        keyfile=settings.kafka_ssl_keyfile,
+        password=settings.kafka_ssl_key_password,
+    )
 
 
 def topic_configs(settings: Settings) -> dict[str, str]:
@@ -126,14 +138,14 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
         "broker": [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")]
     }
     protocol = settings.kafka_security_protocol
-    ssl_context = create_ssl_context(cafile=settings.kafka_ssl_cafile) if protocol.endswith("SSL") else None
+    context = ssl_context(settings) if protocol.endswith("SSL") else None
     if protocol.startswith("SASL"):
         options["broker_credentials"] = faust.SASLCredentials(
             username=settings.kafka_sasl_username,
             password=settings.kafka_sasl_password,
             mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-            ssl_context=ssl_context,
+            ssl_context=context,
         )
-    elif ssl_context is not None:
-        options["broker_credentials"] = faust.SSLCredentials(ssl_context)
+    elif context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(context)
     return options

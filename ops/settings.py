@@ -22,6 +22,8 @@ _SECRETS_SEPARATOR = re.compile(r"[\s,]+")
 #: The longest duration any setting takes: Kafka and librdkafka count milliseconds in 32 bits (~24.8 days).
 MAX_SECONDS = 2_147_483
 _MAX_PORT = 65_535
+#: How clients reach the brokers (KAFKA_SECURITY_PROTOCOL), as Kafka names them.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 #: Kafka's batch compression codecs (PRODUCER_COMPRESSION).
 COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
@@ -43,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_key_password: str | None = None
     kafka_enable_idempotence: bool = True
     kafka_max_message_bytes: int = KAFKA_MESSAGE_MAX_BYTES
     stripe_webhook_secrets: tuple[str, ...] = (DEV_WEBHOOK_SECRET,)
@@ -135,11 +140,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         settings = cls(
             kafka_bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            kafka_security_protocol=env.text("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
+            kafka_security_protocol=env.choice("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS),
             kafka_sasl_mechanism=env.optional("KAFKA_SASL_MECHANISM"),
             kafka_sasl_username=env.optional("KAFKA_SASL_USERNAME"),
             kafka_sasl_password=env.optional("KAFKA_SASL_PASSWORD"),
             kafka_ssl_cafile=env.optional("KAFKA_SSL_CAFILE"),
+            kafka_ssl_certfile=env.optional("KAFKA_SSL_CERTFILE"),
+            kafka_ssl_keyfile=env.optional("KAFKA_SSL_KEYFILE"),
+            kafka_ssl_key_password=env.optional("KAFKA_SSL_KEY_PASSWORD"),
             kafka_enable_idempotence=env.flag("KAFKA_ENABLE_IDEMPOTENCE", True),
             # the brokers' message.max.bytes (Kafka's default): a larger record batch is refused
             kafka_max_message_bytes=env.integer(
@@ -184,6 +192,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             worker_data_dir=env.optional("WORKER_DATA_DIR"),
             log_level=env.choice("LOG_LEVEL", "INFO", _LOG_LEVELS),
         )
+        if (settings.kafka_ssl_certfile is None) != (settings.kafka_ssl_keyfile is None):
+            raise ConfigError(
+                "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE: a client certificate needs its key, and the key its "
+                "certificate (set both, or neither)"
+            )
+        if settings.kafka_ssl_certfile is not None and not settings.kafka_security_protocol.endswith("SSL"):
+            raise ConfigError(
+                f"KAFKA_SSL_CERTFILE: a client certificate is sent only over TLS, and KAFKA_SECURITY_PROTOCOL is "
+                f"{settings.kafka_security_protocol} (use SSL, or SASL_SSL)"
+            )
         if settings.gateway_publish_timeout_ms < 1:  # librdkafka reads 0 as "never time out"
             timeout = settings.gateway_publish_timeout
             raise ConfigError(f"GATEWAY_PUBLISH_TIMEOUT: must be at least 0.001, got {timeout}")

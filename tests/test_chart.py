@@ -489,6 +489,25 @@ def test_production_secret_references_match_values() -> None:
     assert not any("whsec_" in value for value in config.values())
 
 
+def test_a_client_certificate_reaches_both_components_as_read_only_files() -> None:
+    """Mutual TLS (a Strimzi KafkaUser with tls authentication): its Secret's certificate and key are mounted, and
+    named by KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE (tests/test_kafka_tls.py: what the clients do with them)."""
+    docs = render("default", "--set", "kafka.securityProtocol=SSL", "--set", "kafka.tls.clientSecret=kafka-user")
+    for component, workload in workloads(docs).items():
+        env = env_of(workload)
+        files = {name: env[name]["value"] for name in ("KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")}
+        mounts = container(workload)["volumeMounts"]
+        volumes = {vol["name"]: vol for vol in workload["spec"]["template"]["spec"]["volumes"]}
+        for name, path in files.items():
+            directory, file = path.rsplit("/", 1)
+            (mount,) = [m for m in mounts if m["mountPath"].rstrip("/") == directory]
+            assert mount["readOnly"] is True, (component, name)
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == "kafka-user" and secret["defaultMode"] == 0o440, (component, name)
+            assert {"key": file, "path": file} in secret["items"], (component, name)
+        assert sorted(path.rsplit("/", 1)[1] for path in files.values()) == ["user.crt", "user.key"], component
+
+
 def test_minimal_values_make_the_signing_secret_and_use_no_kafka_credentials() -> None:
     docs = render("minimal")
     gateway, worker = workloads(docs).values()
@@ -498,7 +517,7 @@ def test_minimal_values_make_the_signing_secret_and_use_no_kafka_credentials() -
     for workload in (gateway, worker):
         assert "KAFKA_SASL_PASSWORD" not in env_of(workload)
         assert "KAFKA_SASL_PASSWORD_FILE" not in env_of(workload)
-        assert "KAFKA_SSL_CAFILE" not in env_of(workload)
+        assert not {"KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"} & set(env_of(workload))
     config = configmap_env(docs)
     assert config["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
     assert "KAFKA_SASL_USERNAME" not in config
@@ -631,6 +650,7 @@ def test_grace_periods_shorter_than_the_timeouts_need_are_refused(args: list[str
         (["--set", "config.topicReplicationFactor=1"], "config.topicMinInsyncReplicas (2) is above"),
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.username=u"], "kafka.sasl.existingSecret"),
         (["--set", "kafka.securityProtocol=SASL_PLAINTEXT", "--set", "kafka.sasl.existingSecret=s"], "username"),
+        (["--set", "kafka.tls.clientSecret=kafka-user"], "needs kafka.securityProtocol SSL or SASL_SSL, not PLAINTEXT"),
         # NetworkPolicies that admit no Prometheus while a ServiceMonitor asks it to scrape: silent missing metrics
         (
             [

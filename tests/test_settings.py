@@ -22,6 +22,18 @@ def test_defaults_match_the_design() -> None:
     assert s.using_dev_secret
 
 
+def test_the_security_protocol_is_one_of_kafkas_in_any_case() -> None:
+    assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl"}).kafka_security_protocol == "SASL_SSL"
+    mutual = Settings.from_env(
+        {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "c.pem", "KAFKA_SSL_KEYFILE": "k.pem"}
+    )
+    assert (mutual.kafka_ssl_certfile, mutual.kafka_ssl_keyfile, mutual.kafka_ssl_key_password) == (
+        "c.pem",
+        "k.pem",
+        None,
+    )
+
+
 def test_several_secrets_for_rotation() -> None:
     s = Settings.from_env({"STRIPE_WEBHOOK_SECRETS": " whsec_old , whsec_new ,"})
     assert s.stripe_webhook_secrets == ("whsec_old", "whsec_new")
@@ -91,6 +103,11 @@ def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path)
         ({"GATEWAY_RETRY_AFTER": "99999999"}, "GATEWAY_RETRY_AFTER"),
         ({"STRIPE_WEBHOOK_SECRETS": "whsec_"}, "STRIPE_WEBHOOK_SECRETS"),  # a placeholder left in a template
         ({"STRIPE_WEBHOOK_TOLERANCE": "1" + "0" * 400}, "STRIPE_WEBHOOK_TOLERANCE"),  # every delivery raised
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL-SSL"}, "KAFKA_SECURITY_PROTOCOL"),  # the clients failed at connect only
+        # a client certificate without its key, or sent over no TLS at all
+        ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "c.pem"}, "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_KEYFILE": "k.pem"}, "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE"),
+        ({"KAFKA_SSL_CERTFILE": "c.pem", "KAFKA_SSL_KEYFILE": "k.pem"}, "KAFKA_SSL_CERTFILE: .* PLAINTEXT"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:

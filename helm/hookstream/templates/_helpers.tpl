@@ -209,6 +209,10 @@ streams/actors.py) to end, then 15 s to commit, flush the changelog producer, le
 /etc/hookstream/kafka-ca
 {{- end }}
 
+{{- define "hookstream.kafka.clientCertDir" -}}
+/etc/hookstream/kafka-client
+{{- end }}
+
 {{/* Kafka connection environment for both components (plain values come from the ConfigMap). */}}
 {{- define "hookstream.kafka.env" -}}
 {{- $protocol := .Values.kafka.securityProtocol }}
@@ -225,12 +229,27 @@ streams/actors.py) to end, then 15 s to commit, flush the changelog producer, le
 - name: KAFKA_SSL_CAFILE
   value: {{ printf "%s/%s" (include "hookstream.kafka.caDir" .) .Values.kafka.tls.caKey | quote }}
 {{- end }}
+{{- with .Values.kafka.tls.clientSecret }}
+{{- if not (hasSuffix "SSL" $protocol) }}
+{{- fail (printf "kafka.tls.clientSecret (a client certificate, sent only over TLS) needs kafka.securityProtocol SSL or SASL_SSL, not %s" $protocol) }}
+{{- end }}
+{{- $dir := include "hookstream.kafka.clientCertDir" $ }}
+- name: KAFKA_SSL_CERTFILE
+  value: {{ printf "%s/%s" $dir $.Values.kafka.tls.certKey | quote }}
+- name: KAFKA_SSL_KEYFILE
+  value: {{ printf "%s/%s" $dir $.Values.kafka.tls.keyKey | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "hookstream.kafka.volumeMounts" -}}
 {{- if .Values.kafka.tls.caSecret }}
 - name: kafka-ca
   mountPath: {{ include "hookstream.kafka.caDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.kafka.tls.clientSecret }}
+- name: kafka-client-cert
+  mountPath: {{ include "hookstream.kafka.clientCertDir" . }}
   readOnly: true
 {{- end }}
 {{- end }}
@@ -244,6 +263,17 @@ streams/actors.py) to end, then 15 s to commit, flush the changelog producer, le
       - key: {{ .Values.kafka.tls.caKey }}
         path: {{ .Values.kafka.tls.caKey }}
 {{- end }}
+{{- with .Values.kafka.tls.clientSecret }}
+- name: kafka-client-cert
+  secret:
+    secretName: {{ . }}
+    defaultMode: 288  # 0440: the key readable by the pod's group (fsGroup), as the secret files above
+    items:
+      - key: {{ $.Values.kafka.tls.certKey }}
+        path: {{ $.Values.kafka.tls.certKey }}
+      - key: {{ $.Values.kafka.tls.keyKey }}
+        path: {{ $.Values.kafka.tls.keyKey }}
+{{- end }}
 {{- end }}
 
 {{/* What no values map may set: the variables of the pods' own env lists (a duplicate there is kept or refused
@@ -251,7 +281,7 @@ depending on the client, and one that wins breaks what the chart set up: a data 
 peer address nobody answers), the secret files and the secrets themselves (Secrets, not values), and the ports,
 which the probes, Services and NetworkPolicies are built on. */}}
 {{- define "hookstream.podEnv" -}}
-POD_NAME POD_NAMESPACE WORKER_WEB_HOST WORKER_WEB_BIND STATE_STORE WORKER_DATA_DIR WORKER_MAX_INFLIGHT HOOKSTREAM_HANDLERS KAFKA_SSL_CAFILE STRIPE_WEBHOOK_SECRETS STRIPE_WEBHOOK_SECRETS_FILE KAFKA_SASL_PASSWORD KAFKA_SASL_PASSWORD_FILE GATEWAY_PORT WORKER_WEB_PORT
+POD_NAME POD_NAMESPACE WORKER_WEB_HOST WORKER_WEB_BIND STATE_STORE WORKER_DATA_DIR WORKER_MAX_INFLIGHT HOOKSTREAM_HANDLERS KAFKA_SSL_CAFILE KAFKA_SSL_CERTFILE KAFKA_SSL_KEYFILE STRIPE_WEBHOOK_SECRETS STRIPE_WEBHOOK_SECRETS_FILE KAFKA_SASL_PASSWORD KAFKA_SASL_PASSWORD_FILE GATEWAY_PORT WORKER_WEB_PORT
 {{- end }}
 
 {{/* Extra NAME: value pairs as container env. Call with (list $ .Values.gateway.env "gateway.env"). */}}
