@@ -23,9 +23,10 @@ an application and a later stale run of an ``include_stale`` handler, not a doub
 an event after losing its partition, from the same state as the new owner, would look the same.
 
 The changelog is a compacted topic: where the broker has compacted old records away, only the 32 recent event
-ids each object remembers still show an application. Audit windows longer than the changelog's
-``min.compaction.lag.ms`` can therefore report false "missing" ids for busy objects; ``--since`` keeps to the
-window that holds.
+ids each object remembers still show an application (and, with the events' own records, what made a later
+delivery stale). Audit windows longer than the changelog's ``min.compaction.lag.ms`` can therefore report false
+"missing" ids for busy objects; ``--since`` keeps to the window that holds. A double application shows only as
+two records naming one event: once compaction has removed one of them, it goes unseen.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -45,7 +47,7 @@ from ops.kafka import client_options
 from ops.settings import Settings
 from streams.dead_letters import header, header_pairs
 from streams.registry import HandlerRegistry, registry
-from streams.state import decode_state
+from streams.state import decode_state, older_within_a_second
 
 
 class AuditError(RuntimeError):
@@ -81,6 +83,14 @@ class _Delivery(msgspec.Struct, array_like=True):
     key: bytes | None
     event_type: str | None
     created: int | None
+    status: str | None = None  # its object's, for the stale rule within a second
+
+
+class _Applied(NamedTuple):
+    """An event an object applied: when it happened, and the object's status after it (None: not known)."""
+
+    created: int
+    status: str | None
 
 
 class _Evidence:
@@ -88,8 +98,8 @@ class _Evidence:
 
     def __init__(self) -> None:
         self.applications: dict[str, set[tuple[bytes, int]]] = defaultdict(set)
-        self.remembered: set[str] = set()
-        self.applied_created: dict[bytes, dict[str, int]] = defaultdict(dict)  # object -> applied event -> created
+        self.remembered: dict[bytes, set[str]] = defaultdict(set)  # object -> its recent event ids
+        self.applied: dict[bytes, dict[str, _Applied]] = defaultdict(dict)  # object -> applied event -> when
         self.dead_records: set[tuple[str, int, int]] = set()
 
     def read_changelog(self, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -98,9 +108,20 @@ class _Evidence:
         state = decode_state(record.value)
         if state.last_event_id is not None:
             self.applications[state.last_event_id].add((record.key, state.events_applied))
-        self.remembered.update(state.recent_event_ids)
+        self.remembered[record.key].update(state.recent_event_ids)
         if state.last_event_id is not None and state.last_event_created is not None:
-            self.applied_created[record.key][state.last_event_id] = state.last_event_created
+            self.applied[record.key][state.last_event_id] = _Applied(state.last_event_created, state.status)
+
+    def fill_in(self, deliveries: dict[str, list[_Delivery]]) -> None:
+        """Add the events an object remembers applying, with when they happened (their records say), where the
+        changelog no longer holds their own records: compaction keeps an object's latest record only, and the
+        stale rule needs every newer event an object applied."""
+        for key, event_ids in self.remembered.items():
+            applied = self.applied[key]
+            for event_id in event_ids - applied.keys():
+                created = next((d.created for d in deliveries.get(event_id, ()) if d.created is not None), None)
+                if created is not None:
+                    applied[event_id] = _Applied(created, None)
 
     def read_dead_letter(self, record: ConsumerRecord[bytes, bytes]) -> None:
         headers = header_pairs(record.headers)
@@ -144,12 +165,14 @@ async def audit(
     await _scan(options, [t for t in (settings.changelog_topic,) if t in existing], evidence.read_changelog)
     await _scan(options, [t for t in (settings.dlq_topic,) if t in existing], evidence.read_dead_letter)
 
+    evidence.fill_in(deliveries)
+    remembered = set().union(*evidence.remembered.values())
     verdicts: dict[str, list[str]] = defaultdict(list)
     applied = 0
     for event_id, seen in deliveries.items():
         applications = evidence.applications.get(event_id)
         last = max(seen, key=lambda d: d.offset)  # a redelivery or a replay comes later in the same partition
-        if applications or event_id in evidence.remembered:
+        if applications or event_id in remembered:
             applied += 1
             if applications and len(applications) > 1:
                 verdicts["duplicated"].append(event_id)
@@ -161,7 +184,7 @@ async def audit(
             verdicts["unhandled"].append(event_id)
         elif last.offset >= committed.get((last.topic, last.partition), 0):
             verdicts["pending"].append(event_id)
-        elif _superseded(last, evidence.applied_created, deliveries):
+        elif _superseded(last, last.topic.removeprefix(settings.topic_prefix), evidence, deliveries):
             verdicts["stale"].append(event_id)
         else:
             verdicts["missing"].append(event_id)
@@ -213,52 +236,77 @@ async def _committed_offsets(options: dict[str, object], group: str, topics: lis
 
 
 def _delivery(record: ConsumerRecord[bytes, bytes]) -> tuple[str, _Delivery]:
-    """The event id of a record (from its headers, else its body) and where it lies.
+    """The event id of a record and where it lies: each of its id, type and time from its headers, else from its
+    body (a record that did not come through the gateway), its object's status from its body, and its object as
+    the workers key it (the record's key, else the object's id, else the event's).
 
     A record that is not a Stripe event (it bypassed the gateway) is identified by its position.
     """
     headers = header_pairs(record.headers)
-    event_id, event_type, created = (header(headers, name) for name in ("event-id", "event-type", "event-created"))
-    if not event_id:  # no such header, or one without a value
-        try:
-            body = msgspec.json.decode(record.value or b"", type=_Envelope)
-            event_id, event_type, created = body.id.encode(), body.type.encode(), str(body.created).encode()
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
+    event_id, event_type, created = (
+        (value or b"").decode(errors="replace") or None
+        for value in (header(headers, name) for name in ("event-id", "event-type", "event-created"))
+    )
+    try:
+        body = msgspec.json.decode(record.value or b"", type=_Envelope)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        body = _Envelope()
+    obj = body.data.object if body.data is not None else _Object()
+    event_id = event_id or body.id
+    when = int(created) if created and created.isdigit() else body.created
     where = _Delivery(
         record.topic,
         record.partition,
         record.offset,
-        record.key,
-        event_type.decode(errors="replace") if event_type else None,
-        int(created) if created and created.isdigit() else None,
+        record.key or (obj.id or event_id or "").encode() or None,
+        event_type or body.type,
+        when,
+        obj.status if isinstance(obj.status, str) else None,
     )
-    name = event_id.decode(errors="replace") if event_id else f"{record.topic}/{record.partition}@{record.offset}"
-    return name, where
+    return event_id or f"{record.topic}/{record.partition}@{record.offset}", where
+
+
+class _Object(msgspec.Struct):
+    id: str | None = None
+    status: Any = None
+
+
+class _Data(msgspec.Struct):
+    object: _Object
 
 
 class _Envelope(msgspec.Struct):
-    id: str
-    type: str
-    created: int
+    """What the audit reads of a body: the envelope's fields where headers lack them, and the object's status."""
+
+    id: str | None = None
+    type: str | None = None
+    created: int | None = None
+    data: _Data | None = None
 
 
 def _superseded(
-    delivery: _Delivery, applied_created: dict[bytes, dict[str, int]], deliveries: dict[str, list[_Delivery]]
+    delivery: _Delivery, object_type: str, evidence: _Evidence, deliveries: dict[str, list[_Delivery]]
 ) -> bool:
-    """Whether a newer event of the same object was applied before ``delivery`` was processed: the stale rule.
+    """Whether a newer event of the same object was applied before ``delivery`` was processed: the workers' stale
+    rule (``streams.state.judge``), within a second included.
 
-    Before means at a lower offset of the same partition (workers go in partition order), or outside the window
-    altogether (applied before any record the audit read). A lost event whose newer sibling came after it is
-    not superseded: it is missing.
+    Before means at a lower offset of the same partition (workers go in partition order) than a delivery of it
+    that was not dead-lettered, or outside the window altogether (applied before any record the audit read). A
+    lost event whose newer sibling came after it is not superseded: it is missing.
     """
     if delivery.key is None or delivery.created is None:
         return False
-    for newer_id, created in applied_created.get(delivery.key, {}).items():
-        if created <= delivery.created:
+    for newer_id, newer in evidence.applied.get(delivery.key, {}).items():
+        if newer.created < delivery.created or (
+            newer.created == delivery.created
+            and not older_within_a_second(object_type, newer.status, delivery.event_type or "", delivery.status)
+        ):
             continue
-        newer = deliveries.get(newer_id)
-        if newer is None or min(d.offset for d in newer) < delivery.offset:
+        seen = deliveries.get(newer_id)
+        if seen is None:
+            return True
+        offsets = [d.offset for d in seen if (d.topic, d.partition, d.offset) not in evidence.dead_records]
+        if offsets and min(offsets) < delivery.offset:
             return True
     return False
 

@@ -108,19 +108,23 @@ def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
     last = state.last_event_created
     if last is None or event.created > last:
         return None
-    if event.created < last or _older_within_a_second(state, event):
+    if event.created < last or older_within_a_second(
+        state.object_type, state.status, event.type, object_field(event.object, "status")
+    ):
         return Outcome.STALE
     return None
 
 
-def _older_within_a_second(state: ObjectState, event: StripeEvent) -> bool:
-    if event.type.endswith(".created"):
+def older_within_a_second(object_type: str, status: str | None, event_type: str, event_status: Any) -> bool:
+    """Whether an event from the same second as the last applied one shows itself older (``judge``), given the
+    object's type and status in the state and the event's type and its object's status (``hookstream audit``
+    applies the same rule)."""
+    if event_type.endswith(".created"):
         return True
-    final = FINAL_STATUSES.get(state.object_type)
-    if final is None or state.status not in final:
+    final = FINAL_STATUSES.get(object_type)
+    if final is None or status not in final:
         return False
-    status = object_field(event.object, "status")
-    return isinstance(status, str) and status != state.status
+    return isinstance(event_status, str) and event_status != status
 
 
 def start_applying(state: ObjectState, event: StripeEvent) -> None:

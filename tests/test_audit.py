@@ -179,3 +179,90 @@ def test_a_record_whose_headers_have_no_value_is_identified_by_its_body() -> Non
     record = ConsumerRecord("stripe.charge", 0, 7, 0, 0, b"ch_1", body, None, 4, len(body), headers)
     name, where = _delivery(record)
     assert name == "evt_1" and where.event_type == "charge.succeeded" and where.created == 1_700_000_000
+
+
+# --- the stale rule, on what the audit read (no broker) ------------------------------------------------------
+
+
+def _judged(
+    events: list[dict[str, Any]],
+    applied: list[int],
+    judged: int,
+    dead: tuple[int, ...] = (),
+    compacted: bool = False,
+) -> bool:
+    """Whether the audit finds ``events[judged]`` superseded (stale, not missing), when ``events`` lie at offsets
+    0, 1, ... of one partition, the workers applied ``applied`` (their offsets, in order), each with a changelog
+    record (only the last one, ``compacted``), and dead-lettered the records at ``dead``."""
+    from aiokafka.structs import ConsumerRecord as Consumed
+
+    from ops.audit import _Evidence, _superseded
+
+    def consumed(topic: str, offset: int, key: bytes, value: bytes, headers: Any = ()) -> Consumed[bytes, bytes]:
+        return Consumed(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), list(headers))
+
+    obj = events[0]["data"]["object"]
+    topic = f"stripe.{obj['object']}"
+    deliveries: dict[str, list[Any]] = {}
+    for offset, event in enumerate(events):
+        record = to_record(encode(event), "stripe.", 0)
+        name, where = _delivery(consumed(topic, offset, record.key, record.value, record.headers))
+        deliveries.setdefault(name, []).append(where)
+    state = ObjectState(object_id=obj["id"], object_type=obj["object"])
+    changelog = []
+    for count, offset in enumerate(applied, 1):
+        event = events[offset]
+        state.last_event_id, state.last_event_created = event["id"], event["created"]
+        state.status, state.events_applied = event["data"]["object"]["status"], count
+        state.recent_event_ids = [*state.recent_event_ids, event["id"]]
+        changelog.append(consumed("changelog", count, obj["id"].encode(), encode_state(state)))
+    evidence = _Evidence()
+    for record in changelog[-1:] if compacted else changelog:
+        evidence.read_changelog(record)
+    evidence.dead_records.update((topic, 0, offset) for offset in dead)
+    evidence.fill_in(deliveries)
+    where = next(d for d in deliveries[events[judged]["id"]] if d.offset == judged)
+    return _superseded(where, obj["object"], evidence, deliveries)
+
+
+def _event(event_type: str, event_id: str, created: int, status: str) -> dict[str, Any]:
+    object_id = "in_1" if event_type.startswith("invoice.") else "sub_1"
+    return build_event(
+        event_type, object_id=object_id, event_id=event_id, created=created, object_fields={"status": status}
+    )
+
+
+def test_an_event_the_workers_judge_stale_within_its_second_is_stale_not_missing() -> None:
+    """Stripe sends an object's related events within one second in no promised order, and the workers count some
+    of them stale (streams.state.judge): a ``.created`` after its sibling, an open invoice after a paid one. The
+    audit found no newer sibling for them (same second) and called them missing: exit 1 while nothing was lost."""
+    created = _event("customer.subscription.created", "evt_created", BASE, "active")
+    updated = _event("customer.subscription.updated", "evt_updated", BASE, "active")
+    assert _judged([updated, created], applied=[0], judged=1)
+    assert not _judged([created, updated], applied=[1], judged=0)  # lost before its sibling: missing
+    paid = _event("invoice.paid", "evt_paid", BASE, "paid")
+    finalized = _event("invoice.finalized", "evt_finalized", BASE, "open")
+    assert _judged([paid, finalized], applied=[0], judged=1)
+    edited = _event("invoice.updated", "evt_edited", BASE, "draft")
+    opened = _event("invoice.updated", "evt_opened", BASE, "open")
+    assert not _judged([edited, opened], applied=[0], judged=1)  # the workers would have applied it: missing
+
+
+def test_a_stale_event_stays_stale_once_the_changelog_is_compacted() -> None:
+    """Compaction keeps an object's latest record: the newer event that made this one stale is known from the
+    object's recent event ids alone. Read from the last record only, the audit said missing."""
+    events = [
+        _event("customer.subscription.updated", f"evt_{n}", BASE + created, "active")
+        for n, created in enumerate((0, 30, 10, 40))
+    ]
+    assert _judged(events, applied=[0, 1, 3], judged=2, compacted=True)
+    assert _judged(events, applied=[0, 1, 3], judged=2)
+
+
+def test_an_event_lost_after_a_newer_one_was_dead_lettered_is_missing_not_stale() -> None:
+    """The newer event failed first (dead-lettered), the older one was then lost, and the newer one applied once
+    replayed: nothing newer had been applied when the older one was processed. The audit called it stale."""
+    newer = _event("customer.subscription.updated", "evt_newer", BASE + 30, "active")
+    older = _event("customer.subscription.updated", "evt_older", BASE + 10, "active")
+    assert not _judged([newer, older, newer], applied=[2], judged=1, dead=(0,))
+    assert _judged([newer, older, newer], applied=[2], judged=1)  # not dead-lettered: applied first, so stale
