@@ -54,6 +54,31 @@ async def prepare_topics(settings: Settings, topics: list[str], patience: float 
         delay = min(delay * 2, 10.0)
 
 
+async def prepare_answering_probes(settings: Settings, topics: list[str]) -> None:
+    """``prepare_topics``, with ``/healthz`` answering meanwhile on the worker's web port (``/readyz`` 503): a worker
+    waiting for Kafka is alive, and a startup probe that met a closed port for that long (Kafka slower to come up
+    than the workers, an outage over a restart) killed it into a crash loop. Faust's web server takes the port once
+    the topics are ready."""
+    from aiohttp import web
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "starting: waiting for Kafka and the topics"})
+
+    async def not_yet(request: web.Request) -> web.Response:
+        return web.json_response({"ready": False, "reason": "waiting for Kafka and the topics"}, status=503)
+
+    probes = web.Application()
+    probes.router.add_get("/healthz", healthz)
+    probes.router.add_get("/{anything:.*}", not_yet)
+    runner = web.AppRunner(probes, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.worker_web_bind, settings.worker_web_port).start()
+        await prepare_topics(settings, topics)
+    finally:
+        await runner.cleanup()
+
+
 class MissingTopics(RuntimeError):
     """Event topics a worker needs do not exist, and it may not create them."""
 
@@ -113,7 +138,7 @@ def run_worker(settings: Settings) -> int:
             settings.rebalance_grace,
         )
     try:
-        asyncio.run(prepare_topics(settings, event_topics))
+        asyncio.run(prepare_answering_probes(settings, event_topics))
     except KeyboardInterrupt:
         return 130
     except (MissingTopics, PartitionMismatch) as exc:

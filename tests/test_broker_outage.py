@@ -3,7 +3,9 @@ hookstream_gateway_ready gauge follows /readyz."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -88,3 +90,31 @@ def test_gateway_answers_503_while_the_broker_is_down_and_recovers_by_itself() -
         assert partition_count(broker.bootstrap_servers, "stripe.invoice") == 8  # recreated as configured
     finally:
         broker.stop()
+
+
+def test_a_worker_waiting_for_kafka_answers_its_health_probe_then_starts_when_kafka_comes() -> None:
+    """A worker starts before Kafka does (a fresh install, an outage over a restart): alive, so /healthz answers
+    and the startup probe does not kill it (its port was closed until Kafka answered); not ready (/readyz 503).
+    Once the broker comes, it starts as usual on the same port."""
+    from tests.support import start_worker, unique, wait_for
+
+    port = free_port()
+    broker = BrokerInfo(f"127.0.0.1:{port}", enable_idempotence=False)
+    app_id, prefix = unique("early")
+    embedded = EmbeddedBroker(port)
+    with contextlib.ExitStack() as stack:
+        stack.push(embedded)  # stopped after the worker, which commits on its way out
+        worker = stack.enter_context(start_worker(broker, app_id, prefix, wait_ready=False))
+        wait_for(lambda: _status(worker, "/healthz") == 200, 30, "/healthz while Kafka is away")
+        assert _status(worker, "/readyz") == 503
+        assert "cannot reach Kafka" in worker.output()
+        embedded.start()
+        worker.wait_ready()
+        assert worker.request("/healthz").json() == {"status": "ok"}  # Faust's own page now
+
+
+def _status(worker: Any, path: str) -> int | None:
+    try:
+        return int(worker.request(path, timeout=2).status)
+    except OSError:
+        return None
