@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,10 @@ def server_config(app: Callable[..., Any], settings: Settings, metrics: GatewayM
         # Idle keep-alive connections are closed after GATEWAY_KEEPALIVE_TIMEOUT by the protocol's deadline;
         # uvicorn's own timer, a second later, never comes first.
         timeout_keep_alive=int(settings.gateway_keepalive_timeout) + 1,
-        timeout_graceful_shutdown=int(settings.gateway_publish_timeout) + 5,
+        # A request still arriving at SIGTERM may take GATEWAY_CLIENT_TIMEOUT to arrive, then GATEWAY_PUBLISH_TIMEOUT
+        # to be acknowledged (librdkafka checks its timeouts once a second): cut short, uvicorn would answer 500
+        # for a record the producer's close then stores anyway.
+        timeout_graceful_shutdown=math.ceil(settings.gateway_client_timeout + settings.gateway_publish_timeout) + 2,
         # limit_concurrency is left unset on purpose: uvicorn does not refuse connections beyond it, it answers
         # 503 to every new request while that many connections are open, so slow clients holding connections
         # would turn into refusals of genuine deliveries. The deadline bounds how long a connection is held.

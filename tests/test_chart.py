@@ -30,6 +30,8 @@ except ImportError as exc:  # pragma: no cover - a clear message instead of a ba
         f"tests/test_chart.py needs {exc.name}: install the test extras or run ops/setup/chart-tools.sh"
     ) from exc
 
+from gateway.metrics import GatewayMetrics
+from gateway.server import server_config
 from ops.settings import Settings
 from streams.actors import CANCEL_PATIENCE
 
@@ -564,9 +566,9 @@ def _grace_needs(docs: list[dict[str, Any]]) -> dict[str, float]:
         if component == "gateway":
             pre_stop = container(workload).get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
             sleep = float(pre_stop[1]) if pre_stop else 0.0
-            publish = settings.gateway_publish_timeout
+            drain = server_config(lambda: None, settings, GatewayMetrics()).timeout_graceful_shutdown
             # preStop, uvicorn's graceful shutdown (gateway/server.py), the producer's close (gateway/publisher.py)
-            needs[component] = sleep + int(publish) + 5 + publish
+            needs[component] = sleep + drain + settings.gateway_publish_timeout
         else:
             needs[component] = settings.handler_timeout + CANCEL_PATIENCE
     return needs
@@ -582,7 +584,8 @@ def _grace_needs(docs: list[dict[str, Any]]) -> dict[str, float]:
             "default",
             ("--set-string", "worker.env.HANDLER_TIMEOUT=100", "--set", "worker.terminationGracePeriodSeconds=120"),
         ),
-        ("default", ("--set-json", "gateway.publishTimeout=2.5", "--set", "gateway.terminationGracePeriodSeconds=20")),
+        ("default", ("--set-json", "gateway.publishTimeout=2.5", "--set", "gateway.terminationGracePeriodSeconds=29")),
+        ("default", ("--set-json", "gateway.clientTimeout=30", "--set", "gateway.terminationGracePeriodSeconds=63")),
     ],
 )
 def test_grace_periods_cover_the_stops_they_bound(scenario: str, extra: tuple[str, ...]) -> None:
@@ -596,20 +599,24 @@ def test_grace_periods_cover_the_stops_they_bound(scenario: str, extra: tuple[st
     ("args", "names"),
     [
         (
-            ["--set", "gateway.terminationGracePeriodSeconds=30"],
-            ["gateway.terminationGracePeriodSeconds", "gateway.publishTimeout", "at least 35"],
+            ["--set", "gateway.terminationGracePeriodSeconds=35"],
+            ["gateway.terminationGracePeriodSeconds", "gateway.publishTimeout", "at least 42"],
         ),
         (
             ["--set", "gateway.publishTimeout=20"],
-            ["gateway.terminationGracePeriodSeconds", "gateway.publishTimeout", "at least 55"],
+            ["gateway.terminationGracePeriodSeconds", "gateway.publishTimeout", "at least 62"],
+        ),
+        (
+            ["--set-string", "gateway.env.GATEWAY_CLIENT_TIMEOUT=30"],
+            ["gateway.terminationGracePeriodSeconds", "gateway.env.GATEWAY_CLIENT_TIMEOUT", "at least 62"],
         ),
         (
             ["--set-string", "gateway.env.GATEWAY_PUBLISH_TIMEOUT=20"],
             ["gateway.terminationGracePeriodSeconds", "gateway.env.GATEWAY_PUBLISH_TIMEOUT"],
         ),
         (
-            ["--set-json", "gateway.publishTimeout=2.5", "--set", "gateway.terminationGracePeriodSeconds=19"],
-            ["at least 20"],
+            ["--set-json", "gateway.publishTimeout=2.5", "--set", "gateway.terminationGracePeriodSeconds=27"],
+            ["at least 28"],
         ),
         (
             ["--set", "gateway.preStopSleepSeconds=15"],

@@ -170,20 +170,22 @@ Call with (list $ componentEnv "component.env" "NAME" default "the value holding
 {{- toJson (dict "value" (float64 $value) "from" $from) }}
 {{- end }}
 
-{{/* Gateway: the preStop sleep, then uvicorn's graceful shutdown (int(GATEWAY_PUBLISH_TIMEOUT) + 5 s,
-gateway/server.py), then the producer's close (up to GATEWAY_PUBLISH_TIMEOUT, gateway/publisher.py), then 5 s
-to close the admin client and exit. */}}
+{{/* Gateway: the preStop sleep, then uvicorn's graceful shutdown (ceil(GATEWAY_CLIENT_TIMEOUT +
+GATEWAY_PUBLISH_TIMEOUT) + 2 s, gateway/server.py: a request still arriving, then its publish), then the producer's
+close (up to GATEWAY_PUBLISH_TIMEOUT, gateway/publisher.py), then 5 s to close the admin client and exit. */}}
 {{- define "hookstream.gateway.checkGrace" -}}
 {{- $v := .Values.gateway }}
 {{- $t := fromJson (include "hookstream.secondsSetting" (list . $v.env "gateway.env" "GATEWAY_PUBLISH_TIMEOUT" $v.publishTimeout "gateway.publishTimeout")) }}
+{{- $c := fromJson (include "hookstream.secondsSetting" (list . $v.env "gateway.env" "GATEWAY_CLIENT_TIMEOUT" $v.clientTimeout "gateway.clientTimeout")) }}
 {{- $publish := float64 $t.value }}
+{{- $client := float64 $c.value }}
 {{- $pre := int $v.preStopSleepSeconds }}
-{{- $drain := add (int (floor $publish)) 5 }}
+{{- $drain := add (int (ceil (addf $client $publish))) 2 }}
 {{- $close := int (ceil $publish) }}
 {{- $need := add $pre $drain $close 5 }}
 {{- $grace := int $v.terminationGracePeriodSeconds }}
 {{- if lt $grace (int $need) }}
-{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) is shorter than a gateway's stop may take with GATEWAY_PUBLISH_TIMEOUT %v s (%s): %d s = gateway.preStopSleepSeconds (%d) + uvicorn's graceful shutdown (%d: the publish timeout + 5) + the producer's close (%d: the publish timeout) + 5 to exit. Raise gateway.terminationGracePeriodSeconds to at least %d, or lower %s." $grace $publish $t.from $need $pre $drain $close $need $t.from) }}
+{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) is shorter than a gateway's stop may take with GATEWAY_PUBLISH_TIMEOUT %v s (%s) and GATEWAY_CLIENT_TIMEOUT %v s (%s): %d s = gateway.preStopSleepSeconds (%d) + uvicorn's graceful shutdown (%d: the client timeout + the publish timeout + 2) + the producer's close (%d: the publish timeout) + 5 to exit. Raise gateway.terminationGracePeriodSeconds to at least %d, or lower the timeouts." $grace $publish $t.from $client $c.from $need $pre $drain $close $need) }}
 {{- end }}
 {{- end }}
 
