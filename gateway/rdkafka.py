@@ -192,13 +192,15 @@ class AsyncProducer:
         self._hand_over()
         return remaining
 
-    def cluster_answers(self, timeout: float) -> bool:
-        """Blocking metadata round trip: True when a broker answered."""
+    def cluster_answers(self, timeout: float, topic: str | None = None) -> bool:
+        """Blocking metadata round trip: True when a broker answered. With ``topic`` (one the gateway knows exists),
+        the metadata of that topic alone: every topic's, on a shared cluster with thousands, is a large answer
+        that confluent-kafka turns into Python objects holding the GIL, and the gateway's event loop waits."""
         producer = self._producer
         if producer is None:
             return False
         try:
-            producer.list_topics(timeout=timeout)
+            producer.list_topics(topic, timeout=timeout)
             return True
         except confluent_kafka.KafkaException:
             return False
