@@ -43,7 +43,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ops.kafka import client_options
+from ops.kafka import client_options, record_position
 from ops.settings import Settings
 from streams.dead_letters import header, header_pairs
 from streams.registry import HandlerRegistry, registry
@@ -247,13 +247,9 @@ def _delivery(record: ConsumerRecord[bytes, bytes]) -> tuple[str, _Delivery]:
         (value or b"").decode(errors="replace") or None
         for value in (header(headers, name) for name in ("event-id", "event-type", "event-created"))
     )
-    try:
-        body = msgspec.json.decode(record.value or b"", type=_Envelope)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        body = _Envelope()
-    obj = body.data.object if body.data is not None else _Object()
+    body, obj = _read_body(record.value)
     event_id = event_id or body.id
-    when = int(created) if created and created.isdigit() else body.created
+    when = int(created) if created and created.isascii() and created.isdigit() else body.created
     where = _Delivery(
         record.topic,
         record.partition,
@@ -261,27 +257,45 @@ def _delivery(record: ConsumerRecord[bytes, bytes]) -> tuple[str, _Delivery]:
         record.key or (obj.id or event_id or "").encode() or None,
         event_type or body.type,
         when,
-        obj.status if isinstance(obj.status, str) else None,
+        obj.status,
     )
-    return event_id or f"{record.topic}/{record.partition}@{record.offset}", where
+    return event_id or record_position(record.topic, record.partition, record.offset), where
 
 
 class _Object(msgspec.Struct):
-    id: str | None = None
+    id: Any = None
     status: Any = None
 
 
 class _Data(msgspec.Struct):
-    object: _Object
+    object: _Object | None = None
 
 
 class _Envelope(msgspec.Struct):
-    """What the audit reads of a body: the envelope's fields where headers lack them, and the object's status."""
+    """What the audit reads of a body: the envelope's fields where headers lack them; ``data`` apart, so that an
+    odd object (not a dict, an id that is a number) loses only what it holds."""
 
     id: str | None = None
     type: str | None = None
     created: int | None = None
-    data: _Data | None = None
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+def _read_body(value: bytes | None) -> tuple[_Envelope, _Object]:
+    """The envelope and the object (with a string id and status, else None) of a record's value, as far as they
+    read; empty ones for a value that is not a JSON object."""
+    try:
+        body = msgspec.json.decode(value or b"", type=_Envelope)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _Envelope(), _Object()
+    try:
+        data = msgspec.json.decode(body.data, type=_Data | None)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        data = None
+    obj = data.object if data is not None else None
+    if obj is None:
+        return body, _Object()
+    return body, _Object(*(v if isinstance(v, str) else None for v in (obj.id, obj.status)))
 
 
 def _superseded(

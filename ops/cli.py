@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
         "end-to-end time starts), committing after each, so each is replayed once however often this runs. A dead "
         "letter stored without its value (value-omitted) is skipped and committed: the warning says where the "
         "original record is. Takes the dead letters there when it starts (one written meanwhile, say by a replayed "
-        "event failing again, is left to the next run) and stops once it has caught up with them. Exit status 2 "
-        "when Kafka failed it.",
+        "event failing again, is left to the next run) and stops once it has caught up with them, or once another "
+        "replay joins the group and takes its partitions (exit status 0). Exit status 2 when Kafka failed it.",
     )
     replay.add_argument("--limit", type=int, default=None, help="replay at most N dead letters (default: all)")
     replay_mode = replay.add_mutually_exclusive_group()

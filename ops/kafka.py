@@ -54,6 +54,12 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
     )
 
 
+def record_position(topic: str, partition: int, offset: int) -> str:
+    """Where a record is, as the commands show it and take it (``hookstream replay --discard``, ``audit``'s ids of
+    records without an event id): ``topic[partition]@offset``."""
+    return f"{topic}[{partition}]@{offset}"
+
+
 def topic_configs(settings: Settings) -> dict[str, str]:
     """Configs of every topic hookstream creates (event topics, dead letters, the table's changelog).
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, UnknownError
 
-from ops.kafka import client_options
+from ops.kafka import client_options, record_position
 from ops.settings import Settings
 from streams.dead_letters import REPLAYED_AT, VALUE_OMITTED, header, header_pairs, original_headers
 
@@ -67,11 +67,11 @@ async def replay(
             source = header(headers, "source-topic")
             omitted = header(headers, VALUE_OMITTED)
             event_id = (header(headers, "event-id") or b"").decode(errors="replace")
-            where = position(tp, record.offset)
-            asked = event_id if event_id and event_id in discard else where if where in discard else None
-            if asked is not None:
+            where = record_position(tp.topic, tp.partition, record.offset)
+            asked = [name for name in (event_id, where) if name and name in discard]
+            if asked:
                 log.warning("dead letter %s of event %s discarded, as asked", where, event_id or "(no id)")
-                discarded.append(asked)
+                discarded.extend(asked)
             elif not source:
                 log.warning("dead letter %s@%d has no source-topic header: skipped", tp, record.offset)
                 skipped += 1
@@ -121,7 +121,7 @@ async def pending(settings: Settings, show: Callable[[str], None], idle_timeout:
         # assigned, not subscribed: positions start at the group's committed offsets (else the beginning)
         consumer.assign([TopicPartition(settings.dlq_topic, partition) for partition in sorted(partitions)])
         async for tp, record, headers in _dead_letters(consumer, None, idle_timeout):
-            show(describe(position(tp, record.offset), headers))
+            show(describe(record_position(tp.topic, tp.partition, record.offset), headers))
             count += 1
     finally:
         await consumer.stop()
@@ -213,11 +213,6 @@ def replay_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """The event's own headers, and when it was replayed (an earlier replay's time replaced)."""
     kept = [(k, v) for k, v in original_headers(headers) if k != REPLAYED_AT]
     return [*kept, (REPLAYED_AT, b"%d" % (time.time_ns() // 1_000_000))]
-
-
-def position(tp: TopicPartition, offset: int) -> str:
-    """Where a dead letter is, as ``--list`` shows it and ``--discard`` takes it: ``topic[partition]@offset``."""
-    return f"{tp.topic}[{tp.partition}]@{offset}"
 
 
 def _source(headers: list[tuple[str, bytes]]) -> str:

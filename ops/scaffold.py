@@ -96,7 +96,9 @@ def new_handler(
     kind = object_type or (str(fixture["object"]) if fixture is not None else None)
     handled_by = _handled_by(event_type, kind, root / "handlers", modules)
     if handled_by is not None:
-        what = f"{event_type} ({kind})" if kind is not None and carried_object_types(event_type) else event_type
+        from streams.registry import registration_name
+
+        what = registration_name(event_type, kind) if kind is not None else event_type
         raise ScaffoldError(f"{what} already has a handler: {handled_by}")
     if object_type is not None and (root / "handlers" / f"{module}.py").exists():
         module = f"{module}_{object_type}"  # the type's module takes another kind (a type newer than the list)

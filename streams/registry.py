@@ -118,7 +118,7 @@ class HandlerRegistry:
                 existing = self._by_key.get(key)
                 if existing is not None and existing.handler is not handler:
                     raise ValueError(
-                        f"{_described(*key)} already has a handler: {handler_name(existing.handler)}; "
+                        f"{registration_name(*key)} already has a handler: {handler_name(existing.handler)}; "
                         f"{handler_name(handler)} cannot take it too"
                     )
                 self._by_key[key] = Registration(event_type, objects[event_type], handler, model, include_stale)
@@ -209,7 +209,7 @@ def _object_type_of(event_type: str, declared: str | None) -> str:
         raise ValueError(f"cannot tell which object {event_type!r} carries: pass object_type=... to @on()") from None
 
 
-def _described(event_type: str, object_type: str) -> str:
+def registration_name(event_type: str, object_type: str) -> str:
     """How a message names a registration: the object type only for an event type that carries several."""
     from ops.fixtures import carried_object_types
 

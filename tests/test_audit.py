@@ -60,7 +60,7 @@ def test_audit_accounts_for_every_event_and_reports_losses(broker: BrokerInfo) -
     charge_topic = f"{prefix}charge"
     dead = set(report["dead_lettered"])
     assert poison.event_id in dead and len(dead) == 2
-    assert next(d for d in dead if d != poison.event_id).startswith(f"{charge_topic}/")  # identified by position
+    assert next(d for d in dead if d != poison.event_id).startswith(f"{charge_topic}[")  # identified by position
 
     # A loss, made for real: three events acknowledged, then the workers' group commits past them unapplied
     # (what a worker that acked before applying would do).
@@ -179,6 +179,27 @@ def test_a_record_whose_headers_have_no_value_is_identified_by_its_body() -> Non
     record = ConsumerRecord("stripe.charge", 0, 7, 0, 0, b"ch_1", body, None, 4, len(body), headers)
     name, where = _delivery(record)
     assert name == "evt_1" and where.event_type == "charge.succeeded" and where.created == 1_700_000_000
+
+
+def test_a_record_is_read_as_far_as_it_reads() -> None:
+    """A record from another producer: an odd object (a number for its id, not a dict, no data) loses only what it
+    holds, a header of Unicode digits is no time (it crashed the audit), and one without an event id is named by
+    its position as ``hookstream replay --discard`` takes it."""
+    from aiokafka.structs import ConsumerRecord
+
+    def read(value: bytes, headers: list[tuple[str, bytes]] | None = None) -> tuple[str, Any]:
+        record = ConsumerRecord("stripe.charge", 0, 7, 0, 0, None, value, None, 0, len(value), headers or [])
+        return _delivery(record)
+
+    for data in (b"{}", b'{"object":"x"}', b'{"object":{"id":5,"status":["odd"]}}', b"null"):
+        name, where = read(b'{"id":"evt_1","type":"charge.updated","created":1700000000,"data":' + data + b"}")
+        assert (name, where.event_type, where.created, where.status) == ("evt_1", "charge.updated", 1_700_000_000, None)
+        assert where.key == b"evt_1"  # keyed as the workers key it: no object id, the event's
+    name, where = read(
+        b'{"id":"evt_2","data":{"object":{"id":"ch_2","status":"paid"}}}', [("event-created", "²".encode())]
+    )
+    assert (name, where.key, where.created, where.status) == ("evt_2", b"ch_2", None, "paid")
+    assert read(b"[1, 2]")[0] == "stripe.charge[0]@7"
 
 
 # --- the stale rule, on what the audit read (no broker) ------------------------------------------------------

@@ -118,7 +118,8 @@ def test_a_commit_refused_because_another_replay_joined_ends_this_one_with_what_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The dead letter it had just re-published goes uncommitted, so the replay that took its partition sends it
-    again (workers drop the copy of an applied event); this one stops (it said Kafka failed it: exit 2)."""
+    again (workers drop the copy of an applied event); this one stops as caught up (it used to exit 2, as if
+    Kafka had failed it)."""
     from aiokafka.errors import CommitFailedError
 
     letters = [
