@@ -173,7 +173,7 @@ class Publisher:
         producer = self._producer
         if producer is None:
             return
-        known = next(iter(self._known_topics), None)  # one it created: asking for it creates nothing
+        known = next(iter(self._known_topics), None)  # one it created (never auto-created: librdkafka_config)
         answered = await asyncio.to_thread(producer.cluster_answers, self._probe_interval + 1, known)
         if not answered and self._healthy:
             log.warning("Kafka stopped answering; publishing answers 503 until it does")

@@ -72,6 +72,11 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         "message.max.bytes": settings.kafka_max_message_bytes,
         "message.timeout.ms": settings.gateway_publish_timeout_ms,
         "partitioner": "murmur2_random",  # Kafka's default partitioner: every client routes an id alike
+        # Topics are created by hookstream, with TOPIC_PARTITIONS partitions and its topic configs
+        # (ops/kafka.py): never by the brokers' auto-creation, with their defaults, when librdkafka asks for the
+        # metadata of a topic that is gone (the readiness probe, a record to a deleted topic). The producer's
+        # default is true.
+        "allow.auto.create.topics": False,
         "socket.keepalive.enable": True,
         "log_level": 4,  # warnings and worse
     }

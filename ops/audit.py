@@ -236,8 +236,8 @@ async def _committed_offsets(options: dict[str, object], group: str, topics: lis
 
 
 def _delivery(record: ConsumerRecord[bytes, bytes]) -> tuple[str, _Delivery]:
-    """The event id of a record and where it lies: each of its id, type and time from its headers, else from its
-    body (a record that did not come through the gateway), its object's status from its body, and its object as
+    """The event id of a record and where it lies: each of its id, type and time from its body, as the workers
+    read the event, else from its headers (the gateway's copies of them), its object's status, and its object as
     the workers key it (the record's key, else the object's id, else the event's).
 
     A record that is not a Stripe event (it bypassed the gateway) is identified by its position.
@@ -248,15 +248,16 @@ def _delivery(record: ConsumerRecord[bytes, bytes]) -> tuple[str, _Delivery]:
         for value in (header(headers, name) for name in ("event-id", "event-type", "event-created"))
     )
     body, obj = _read_body(record.value)
-    event_id = event_id or body.id
-    when = int(created) if created and created.isascii() and created.isdigit() else body.created
+    event_id = body.id or event_id
+    if body.created is None and created and created.isascii() and created.isdigit():
+        body.created = int(created)
     where = _Delivery(
         record.topic,
         record.partition,
         record.offset,
         record.key or (obj.id or event_id or "").encode() or None,
-        event_type or body.type,
-        when,
+        body.type or event_type,
+        body.created,
         obj.status,
     )
     return event_id or record_position(record.topic, record.partition, record.offset), where
@@ -272,12 +273,12 @@ class _Data(msgspec.Struct):
 
 
 class _Envelope(msgspec.Struct):
-    """What the audit reads of a body: the envelope's fields where headers lack them; ``data`` apart, so that an
-    odd object (not a dict, an id that is a number) loses only what it holds."""
+    """What the audit reads of a body: each field as far as it reads (``_read_body`` drops one of another type:
+    a number for an id, a text for a time), and ``data`` apart, so that an odd object loses only what it holds."""
 
-    id: str | None = None
-    type: str | None = None
-    created: int | None = None
+    id: Any = None
+    type: Any = None
+    created: Any = None
     data: msgspec.Raw = msgspec.Raw(b"null")
 
 
@@ -288,6 +289,9 @@ def _read_body(value: bytes | None) -> tuple[_Envelope, _Object]:
         body = msgspec.json.decode(value or b"", type=_Envelope)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return _Envelope(), _Object()
+    body.id, body.type = (v if isinstance(v, str) else None for v in (body.id, body.type))
+    if not isinstance(body.created, int) or isinstance(body.created, bool):
+        body.created = None
     try:
         data = msgspec.json.decode(body.data, type=_Data | None)
     except (msgspec.DecodeError, msgspec.ValidationError):

@@ -32,12 +32,13 @@ log = logging.getLogger(__name__)
 class Replayed(NamedTuple):
     replayed: int
     skipped: int  # no source-topic, or stored without its value
-    discarded: list[str]  # what was asked to be discarded (event ids, positions), and found
+    discarded: int
+    found: frozenset[str] = frozenset()  # what was asked to be discarded (event ids, positions), and found
 
     @property
     def read(self) -> int:
         """Dead letters read (at most the limit)."""
-        return self.replayed + self.skipped + len(self.discarded)
+        return self.replayed + self.skipped + self.discarded
 
 
 async def replay(
@@ -55,23 +56,24 @@ async def replay(
         # a dead letter as large as the brokers take
         max_request_size=settings.kafka_max_message_bytes,
     )
-    replayed = skipped = 0
-    discarded: list[str] = []
+    replayed = skipped = discarded = 0
+    found: set[str] = set()
     try:
         await producer.start()
         await consumer.start()
         if not await _dead_letter_partitions(consumer, settings):  # nothing to join for
-            return Replayed(0, 0, [])
+            return Replayed(0, 0, 0)
         consumer.subscribe([settings.dlq_topic])
         async for tp, record, headers in _dead_letters(consumer, limit, idle_timeout):
             source = header(headers, "source-topic")
             omitted = header(headers, VALUE_OMITTED)
             event_id = (header(headers, "event-id") or b"").decode(errors="replace")
             where = record_position(tp.topic, tp.partition, record.offset)
-            asked = [name for name in (event_id, where) if name and name in discard]
+            asked = {name for name in (event_id, where) if name and name in discard}
             if asked:
                 log.warning("dead letter %s of event %s discarded, as asked", where, event_id or "(no id)")
-                discarded.extend(asked)
+                discarded += 1
+                found |= asked
             elif not source:
                 log.warning("dead letter %s@%d has no source-topic header: skipped", tp, record.offset)
                 skipped += 1
@@ -104,7 +106,7 @@ async def replay(
     finally:
         await consumer.stop()
         await producer.stop()
-    return Replayed(replayed, skipped, discarded)
+    return Replayed(replayed, skipped, discarded, frozenset(found))
 
 
 async def pending(settings: Settings, show: Callable[[str], None], idle_timeout: float = 3.0) -> int:
@@ -254,9 +256,9 @@ def run_replay(settings: Settings, limit: int | None, list_only: bool = False, d
     print(
         f"replayed {done.replayed} dead letter(s) from {settings.dlq_topic}"
         + (f", skipped {done.skipped}" if done.skipped else "")
-        + (f", discarded {len(done.discarded)}" if done.discarded else "")
+        + (f", discarded {done.discarded}" if done.discarded else "")
     )
-    missing = sorted(set(discard) - set(done.discarded))
+    missing = sorted(set(discard) - done.found)
     if missing:
         print(
             f"hookstream replay: no dead letter to discard for {', '.join(missing)} among the {done.read} read",

@@ -200,6 +200,12 @@ def test_a_record_is_read_as_far_as_it_reads() -> None:
     )
     assert (name, where.key, where.created, where.status) == ("evt_2", b"ch_2", None, "paid")
     assert read(b"[1, 2]")[0] == "stripe.charge[0]@7"
+    name, where = read(b'{"id":5,"type":"charge.updated","created":"1700000000","data":{"object":{"id":"ch_3"}}}')
+    assert (name, where.event_type, where.created, where.key) == ("stripe.charge[0]@7", "charge.updated", None, b"ch_3")
+    # headers that disagree with the body (another producer): the body decides, as in the worker
+    headers = [("event-id", b"evt_h"), ("event-type", b"charge.updated"), ("event-created", b"1")]
+    name, where = read(b'{"id":"evt_b","type":"charge.refunded","created":1700000001,"data":{"object":{}}}', headers)
+    assert (name, where.event_type, where.created) == ("evt_b", "charge.refunded", 1_700_000_001)
 
 
 # --- the stale rule, on what the audit read (no broker) ------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import aiohttp
 import msgspec
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError
 
@@ -20,6 +21,7 @@ from gateway.envelope import to_record
 from gateway.rdkafka import AsyncProducer, DeliveryFailed, RecordTooLarge, TopicRefused, _failure, librdkafka_config
 from gateway.signature import sign
 from ops.fixtures import build_event, encode
+from ops.kafka import client_options, create_topics
 from ops.settings import Settings
 from tests.support import SECRET, BrokerInfo, GatewayProcess, consume, start_gateway
 
@@ -117,6 +119,22 @@ def test_batches_go_to_the_broker_compressed(broker: BrokerInfo, codec: str, com
     assert sorted(r.value for r in consume(broker.bootstrap_servers, [prefix + "charge"], 200)) == sorted(sent.values)
 
 
+def _with_charge_topic(settings: Settings) -> Settings:
+    """``settings``, with their charge topic created as the gateway creates its topics: its producer may not
+    (the brokers' auto-creation is off, gateway/rdkafka.py)."""
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        await admin.start()
+        try:
+            await create_topics(admin, settings, [settings.topic_prefix + "charge"])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    return settings
+
+
 class _Sent(NamedTuple):
     requests: int
     wire_bytes: int
@@ -128,6 +146,7 @@ class _Sent(NamedTuple):
 def _send_concurrently(settings: Settings, prefix: str, count: int) -> _Sent:
     """Send ``count`` charge events at once through the gateway's producer; what librdkafka's statistics say it
     sent for all but the first (which takes the topic's metadata out of the way)."""
+    _with_charge_topic(settings)
     stats: list[dict[str, Any]] = []
     config = librdkafka_config(settings) | {
         "statistics.interval.ms": 100,
@@ -161,14 +180,16 @@ def _send_concurrently(settings: Settings, prefix: str, count: int) -> _Sent:
 
 def test_a_full_batch_does_not_wait_out_the_linger(broker: BrokerInfo) -> None:
     """With a linger of four minutes, records still go as soon as PRODUCER_BATCH_RECORDS of them share a batch."""
-    settings = Settings.from_env(
-        broker.env()
-        | {
-            "TOPIC_PREFIX": "full.",
-            "GATEWAY_PUBLISH_TIMEOUT": "300",
-            "PRODUCER_LINGER_MS": "240000",
-            "PRODUCER_BATCH_RECORDS": "4",
-        }
+    settings = _with_charge_topic(
+        Settings.from_env(
+            broker.env()
+            | {
+                "TOPIC_PREFIX": "full.",
+                "GATEWAY_PUBLISH_TIMEOUT": "300",
+                "PRODUCER_LINGER_MS": "240000",
+                "PRODUCER_BATCH_RECORDS": "4",
+            }
+        )
     )
     records = [to_record(encode(build_event("charge.succeeded", object_id="ch_full")), "full.", 0) for _ in range(8)]
 
@@ -188,7 +209,7 @@ def test_delivery_reports_keep_coming_after_a_callback_fails(
     broker: BrokerInfo, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A callback that raises inside librdkafka's poll must not stop the polling: later publishes still complete."""
-    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "poll."})
+    settings = _with_charge_topic(Settings.from_env(broker.env() | {"TOPIC_PREFIX": "poll."}))
     failed = threading.Event()
 
     def statistics_once(_raw: str) -> None:
@@ -214,7 +235,7 @@ def test_delivery_reports_keep_coming_after_a_callback_fails(
 def test_close_ends_librdkafkas_threads_even_while_the_producer_is_still_referenced(broker: BrokerInfo) -> None:
     """Something may outlive close with a reference to the producer (a logged traceback of its poll does): its
     librdkafka handle must go anyway, or its threads keep reconnecting to brokers long gone."""
-    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "close."})
+    settings = _with_charge_topic(Settings.from_env(broker.env() | {"TOPIC_PREFIX": "close."}))
     record = to_record(encode(build_event("charge.succeeded", object_id="ch_close")), "close.", 0)
 
     def threads() -> int:  # librdkafka's are native threads: count the process's
@@ -380,7 +401,7 @@ def test_records_left_at_close_fail_instead_of_waiting_forever() -> None:
 def test_a_producer_closed_right_after_a_fatal_error_closes_and_fails_what_it_held(broker: BrokerInfo) -> None:
     """librdkafka raises a fatal error once, from whichever call serves callbacks first: here the close's flush.
     It must still close, and a record sent after the error must still be told (sent or failed), not left pending."""
-    settings = Settings.from_env(broker.env() | {"TOPIC_PREFIX": "fatalclose."})
+    settings = _with_charge_topic(Settings.from_env(broker.env() | {"TOPIC_PREFIX": "fatalclose."}))
     record = to_record(encode(build_event("charge.succeeded", object_id="ch_fatal_close")), "fatalclose.", 0)
 
     async def run() -> tuple[str | None, bool]:
