@@ -102,10 +102,16 @@ def test_a_handler_that_keeps_yielding_without_a_future_is_timed_out_too() -> No
 
 def test_stopping_the_actors_cancels_a_waiting_handler_without_dead_lettering_it() -> None:
     handlers = HandlerRegistry()
+    seen: list[str] = []
 
     @handlers.on("charge.succeeded")
     async def wait_long(event: StripeEvent, ctx: Context) -> None:
-        await asyncio.sleep(3600)
+        seen.append("started")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
 
     async def run() -> tuple[list[str], list[dict[str, bytes]]]:
         pool, outcomes, letters = _actors(handlers, timeout=0.2)
@@ -117,6 +123,7 @@ def test_stopping_the_actors_cancels_a_waiting_handler_without_dead_lettering_it
         return outcomes, letters
 
     outcomes, letters = asyncio.run(run())
+    assert seen == ["started", "cancelled"]  # it ran, and the stop (not a retry) ended it
     assert outcomes == [] and letters == []
 
 
@@ -159,24 +166,33 @@ def test_the_workers_own_cancellation_goes_on_even_after_a_deadline_passed() -> 
     """A handler that swallows its deadline's cancellation and waits again is still stopped by the worker, and that
     stop is not mistaken for the deadline (which would retry and dead-letter an event that must stay unacked)."""
     handlers = HandlerRegistry()
+    seen: list[str] = []
 
     @handlers.on("charge.succeeded")
     async def swallow_and_wait(event: StripeEvent, ctx: Context) -> None:
+        seen.append("started")
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            await asyncio.sleep(3600)  # "cleanup" that waits past the deadline
+            seen.append("deadline")
+            try:
+                await asyncio.sleep(3600)  # "cleanup" that waits past the deadline
+            except asyncio.CancelledError:
+                seen.append("stopped")
+                raise
 
     async def run() -> tuple[list[str], list[dict[str, bytes]]]:
         pool, outcomes, letters = _actors(handlers, timeout=0.05)
         (record,) = _records("ch_swallows")
         await pool.submit(record.key, record)
         await asyncio.sleep(0.2)  # the deadline passed and was swallowed
+        assert seen == ["started", "deadline"]
         await pool.cancel()
         await asyncio.sleep(0.1)
         return outcomes, letters
 
     assert asyncio.run(run()) == ([], [])
+    assert seen == ["started", "deadline", "stopped"]  # one attempt, ended by the worker's stop
 
 
 def test_deadlines_are_kept_on_a_second_event_loop() -> None:
@@ -260,14 +276,21 @@ def test_the_workers_stop_during_a_handlers_own_timeout_clean_up_is_not_taken_fo
     timeout must let the worker's cancellation through (two requests, one its own), not turn it into TimeoutError:
     that would retry and dead-letter an event that has to stay unacknowledged."""
     handlers = HandlerRegistry()
+    seen: list[str] = []
 
     @handlers.on("charge.succeeded")
     async def cleans_up(event: StripeEvent, ctx: Context) -> None:
+        seen.append("started")
         async with asyncio.timeout(0.05):
             try:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
-                await asyncio.sleep(3600)  # clean-up that waits (closing a connection, say)
+                seen.append("own timeout")
+                try:
+                    await asyncio.sleep(3600)  # clean-up that waits (closing a connection, say)
+                except asyncio.CancelledError:
+                    seen.append("stopped")
+                    raise
                 raise
 
     async def run() -> tuple[list[str], list[dict[str, bytes]]]:
@@ -275,8 +298,10 @@ def test_the_workers_stop_during_a_handlers_own_timeout_clean_up_is_not_taken_fo
         (record,) = _records("ch_cleans_up")
         await pool.submit(record.key, record)
         await asyncio.sleep(0.2)  # its timeout expired; the clean-up waits
+        assert seen == ["started", "own timeout"]
         await asyncio.wait_for(pool.cancel(), timeout=5)
         await asyncio.sleep(0.1)
         return outcomes, letters
 
     assert asyncio.run(run()) == ([], [])
+    assert seen == ["started", "own timeout", "stopped"]

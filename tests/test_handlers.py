@@ -100,7 +100,10 @@ def test_shipped_handlers_take_only_real_types_with_the_fixtures_object() -> Non
 @pytest.mark.parametrize("event_type", FAMILY_TYPES)
 def test_every_handler_takes_its_fixture_and_a_bare_object(event_type: str) -> None:
     state = apply(_event(event_type, "obj_full", T0))
-    assert state.fields
+    stamp = next((name for stamped, name, _ in STAMPED if stamped == event_type), None)
+    if stamp is not None:  # its type's time stamp, at the event's time
+        assert state.fields[stamp] == T0, (event_type, stamp)
+    assert state.fields and state.object_type == registry.get(event_type).object_type  # type: ignore[union-attr]
     # an object with almost nothing in it (an older API version, a trimmed payload): .get() everywhere
     bare = decode_event(
         json.dumps(
@@ -308,10 +311,15 @@ def test_invoice_payment_failed_then_paid() -> None:
     assert state.fields["payment_failed_at"] == T0
 
 
+def _stamps(module: str) -> dict[str, str]:
+    """A family's time stamps: event type -> the field it sets to the event's time."""
+    return dict(importlib.import_module(f"handlers.{module}")._STAMPS)
+
+
 STAMPED = [
     (event_type, name, module)
     for module in ("payments", "subscriptions", "invoices", "checkout", "disputes")
-    for event_type, name in importlib.import_module(f"handlers.{module}")._STAMPS.items()
+    for event_type, name in _stamps(module).items()
 ]
 
 
@@ -323,7 +331,7 @@ def test_an_event_delivered_after_a_newer_one_still_stamps_when_it_happened(
     object is stale; the shipped handler still stamps its time, and keeps nothing of its older snapshot."""
     registration = registry.get(event_type)
     assert registration is not None and registration.include_stale, f"{event_type}: include_stale=True"
-    stamps = importlib.import_module(f"handlers.{module}")._STAMPS
+    stamps = _stamps(module)
     same_handler = [t for t in FAMILY_TYPES if getattr(registry.get(t), "handler", None) is registration.handler]
     newer_type = next(t for t in same_handler if stamps.get(t) != name)
     store, sent = DictStore(), []  # what was sent: nothing (no emits, no dead letters)

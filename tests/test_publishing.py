@@ -157,6 +157,16 @@ def _send_concurrently(settings: Settings, prefix: str, count: int) -> _Sent:
         brokers = stats[-1]["brokers"].values()
         return sum(b["req"].get("Produce", 0) for b in brokers), sum(b["txbytes"] for b in brokers)
 
+    async def reports_after_now() -> None:
+        """Until a statistics report made after this moment is in (the first to arrive may be an older one,
+        waiting for a poll: reports come every 100 ms, however late a loaded machine serves them)."""
+        seen = len(stats)
+        for _ in range(300):
+            if len(stats) >= seen + 2:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("no statistics report from librdkafka in 15 s")
+
     async def run() -> _Sent:
         producer = AsyncProducer(config, asyncio.get_running_loop())
         try:
@@ -165,10 +175,10 @@ def _send_concurrently(settings: Settings, prefix: str, count: int) -> _Sent:
             ]
             first = records[0]
             await producer.send(first.topic, first.value, first.key, first.headers)
-            await asyncio.sleep(0.3)
+            await reports_after_now()
             requests, wire = totals()
             await asyncio.gather(*(producer.send(r.topic, r.value, r.key, r.headers) for r in records[1:]))
-            await asyncio.sleep(0.3)  # the next statistics report
+            await reports_after_now()
             payload = sum(len(r.value) + len(r.key) for r in records[1:])
             after_requests, after_wire = totals()
             return _Sent(after_requests - requests, after_wire - wire, count - 1, payload, [r.value for r in records])
