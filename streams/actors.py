@@ -57,8 +57,6 @@ class ActorPool(Generic[T]):
         An item whose key is idle starts at once (eagerly, in the caller): if it finishes without waiting, no
         actor is created at all. Only an item that waits gets a task, and later items of its key queue behind it.
         """
-        if self._halted and key in self._halted:  # empty but after a failed store: no lookup per event
-            return
         while self._inflight >= self._max_inflight:
             room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room.append(room)
@@ -67,6 +65,10 @@ class ActorPool(Generic[T]):
             finally:
                 if room in self._room:  # cancelled while waiting
                     self._room.remove(room)
+        # after the wait: the key may have been halted meanwhile, its actor gone, and the item would start on a
+        # state without the item that failed to be stored
+        if self._halted and key in self._halted:  # empty but after a failed store: no lookup per event
+            return
         self._inflight += 1
         queue = self._actors.get(key)
         if queue is not None:

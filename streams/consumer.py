@@ -100,6 +100,19 @@ class BatchingConsumer(AIOKafkaConsumer):
         self._commit_bases[tp] = end
         return end
 
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Note offsets ``offset_from`` to ``offset_to`` as gone (counted finished by ``_new_offset``). Faust's own
+        starts a gap no lower than the committed offset + 1, but the committed offset is the next one to read:
+        records gone from exactly there (right after a commit of everything read) left that offset neither
+        finished nor a gap, and the partition's commits stopped there until a rebalance or a restart."""
+        committed = self._committed_offset[tp]
+        if committed is not None:
+            offset_from = max(offset_from, committed)
+        if offset_from <= offset_to:
+            gaps = self._gap[tp]
+            gaps.addi(offset_from, offset_to + 1)  # intervals exclude their end
+            gaps.merge_overlaps()
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Commit what the revoked partitions finished, once the records in flight are done.
 

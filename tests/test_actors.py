@@ -224,6 +224,34 @@ def test_nothing_more_of_a_halted_key_runs_even_after_a_cancel() -> None:
     assert inflight == 0 and actors == 0 and after_cancel == 0
 
 
+def test_an_item_waiting_for_room_does_not_run_once_its_key_is_halted() -> None:
+    """The fetch loop submitted B of object K while the pool was full; K's item A then failed to be stored and
+    halted K. B must not start once A frees its slot: it would run on a state without A (lost for good if A is
+    then judged stale after the restart)."""
+
+    async def run() -> list[str]:
+        ran: list[str] = []
+        gate = asyncio.Event()
+
+        async def process(item: str) -> None:
+            ran.append(item)
+            if item == "A":
+                await gate.wait()
+                pool.halt("K")  # as streams/app.py does when A's state was not stored
+
+        pool: ActorPool[str] = ActorPool(process, max_inflight=1)
+        await pool.submit("K", "A")
+        waiting = asyncio.create_task(pool.submit("K", "B"))  # no room: waits
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        gate.set()
+        await asyncio.wait_for(waiting, timeout=5)
+        await asyncio.wait_for(pool.drain(), timeout=5)
+        return ran
+
+    assert asyncio.run(run()) == ["A"]
+
+
 def test_a_submit_cancelled_while_waiting_takes_no_slot() -> None:
     async def run() -> tuple[int, int]:
         pool, release = _held_pool(max_inflight=1)

@@ -329,6 +329,21 @@ def test_records_expiring_while_a_worker_falls_behind_are_counted_as_a_gap() -> 
     assert consumer.gaps == [(TP0, 502, 649)]  # Faust's gap: counted as finished, so commits pass it
 
 
+def test_records_gone_right_after_a_commit_of_everything_read_are_passed_by_the_next_commit() -> None:
+    """Everything read (up to 500) finished and committed (501); records 501-650 expire before they are fetched.
+    The commit after 651 finishes is 652: with Faust's own gap (from the committed offset + 1), 501 was neither
+    finished nor gone, and the partition's commits stopped there until a rebalance."""
+    consumer = _assigned(500)
+    assert _collected(consumer, 500) == [500]
+    _finish(consumer, 500)
+    assert consumer._new_offset(TP0) == 501
+    consumer._committed_offset[TP0] = 501
+    consumer._add_gap = BatchingConsumer._add_gap.__get__(consumer)  # type: ignore[method-assign]  # the real one
+    assert _collected(consumer, 651) == [651]  # 501-650 gone
+    _finish(consumer, 651)
+    assert consumer._new_offset(TP0) == 652
+
+
 def test_an_assignment_that_reads_on_from_its_committed_offset_reports_nothing(caplog: Any) -> None:
     consumer = _assigned(500)
     assert _collected(consumer, 500, 501, 502) == [500, 501, 502]
