@@ -25,7 +25,7 @@ from streams.consumer import BatchingConsumer
 from streams.lag import DeadLetterBacklog, LagReporter
 from streams.loop_watch import watch_loop
 from streams.metrics import WorkerMetrics
-from streams.processor import EventProcessor, RetryPolicy, StateNotStored
+from streams.processor import EventProcessor, NoLongerOurs, RetryPolicy, StateNotStored
 from streams.registry import registry
 from streams.table import FlushingProducer, TableWriter
 
@@ -176,6 +176,7 @@ processor = EventProcessor(
     settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
     _MAX_RECORD_BYTES,  # for a dead letter or a record a handler emits
     settings.topic_prefix,
+    ours=lambda message: cast(Message, message).generation_id == app.consumer_generation_id,
 )
 
 
@@ -200,6 +201,9 @@ async def _finish(message: Message) -> None:
     _current_event.set(weakref.ref(current))  # type: ignore[arg-type]
     try:
         await processor.process(message)
+    except NoLongerOurs as exc:  # an actor left behind by a rebalance: the record's new owner processes it
+        log.warning("%s: nothing emitted or stored here, not acknowledged", exc)
+        return
     except StateNotStored as exc:
         # Not acked: the partition's commits stop short of it. Nothing more of its object may run here: a later event
         # stored on top of the state that was not would make this one stale when it comes again, and its effect lost.

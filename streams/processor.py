@@ -84,6 +84,12 @@ class HandlerCancelled(Exception):
     """A handler attempt ended in CancelledError that neither its deadline nor the worker caused."""
 
 
+class NoLongerOurs(Exception):
+    """The record's partition went to another worker (a rebalance) while its handler ran on: an actor left behind,
+    its handler having swallowed the worker's cancellation. Nothing of it may be emitted or stored here: the new
+    owner processes the record, from its own state. Not acknowledged either."""
+
+
 class StateNotStored(Exception):
     """The store refused or failed a write (a changelog batch lost, the producer stopped, the disk). Not the
     event's fault: it is not dead-lettered, and it must stay unacknowledged, nothing later of its object may run,
@@ -112,9 +118,11 @@ class EventProcessor:
         max_value_bytes: int,
         max_record_bytes: int,
         topic_prefix: str,
+        ours: Callable[[Record], bool] | None = None,
     ) -> None:
         self._registry = registry
         self._topic_prefix = topic_prefix  # a record's topic is the prefix and the kind of object it carries
+        self._ours = ours  # whether a record's partition is still this worker's (None: always)
         self._store = store
         self._send = send
         self._dlq_topic = dlq_topic
@@ -132,7 +140,7 @@ class EventProcessor:
         event_type = (header(headers, "event-type") or b"unknown").decode(errors="replace")
         try:
             outcome, event_type = await self._process(record, headers, event_type)
-        except (asyncio.CancelledError, StateNotStored):
+        except (asyncio.CancelledError, StateNotStored, NoLongerOurs):
             raise
         except Exception as exc:  # a bug of ours, not a handler's: still never lose the record
             log.error(
@@ -282,6 +290,7 @@ class EventProcessor:
                 log.error("event %s (%s) dead-lettered, nothing emitted: %s", event.id, event.type, exc)
                 await self._dead_letter(record, headers, exc, attempt)
                 return Outcome.DEAD_LETTERED
+            self._check_ours(record, event)
             # what the handler emitted goes first: stopped or killed before the state is stored, the event is
             # applied again (and emits again: at least once); stored first, it would be a duplicate next time and
             # its records lost
@@ -294,12 +303,17 @@ class EventProcessor:
                     return Outcome.DEAD_LETTERED
             if stale and encoded == stored:  # a stale run that changed nothing (most do): no changelog record
                 return Outcome.OK
+            self._check_ours(record, event)  # the emits may have waited through a rebalance
             try:
                 await self._store.put(object_id, encoded, record.partition)
             except Exception as exc:
                 raise StateNotStored(f"state of {event.id} ({event.type}) not stored: {described(exc)}") from exc
             return Outcome.OK
         raise AssertionError("unreachable")
+
+    def _check_ours(self, record: Record, event: StripeEvent) -> None:
+        if self._ours is not None and not self._ours(record):
+            raise NoLongerOurs(f"{event.id} ({event.type}): its partition went to another worker while it ran")
 
     def _check_emitted(self, emitted: list[Emitted]) -> None:
         """EmitTooLarge if a record is over what the brokers take: the producer would refuse it at every try, and

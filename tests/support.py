@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -442,13 +442,14 @@ def processor(
     backoff: float = 0.001,
     timeout: float = 1.0,
     metrics: WorkerMetrics | None = None,
+    ours: Callable[[Any], bool] | None = None,
 ) -> EventProcessor:
     """The worker's processor for tests without a broker: event topics ``stripe.<object type>``, dead letters to
-    ``stripe.dlq`` through ``send``, retries ``backoff`` seconds apart, records of up to 1 MiB."""
+    ``stripe.dlq`` through ``send``, retries ``backoff`` seconds apart, records of up to 1 MiB; ``ours``: whether a
+    record's partition is still the worker's (default: always)."""
     retry = RetryPolicy(attempts, backoff, backoff, timeout)
-    return EventProcessor(
-        handlers, store, send, "stripe.dlq", retry, metrics or WorkerMetrics(), 1 << 20, 1 << 20, "stripe."
-    )
+    metrics = metrics or WorkerMetrics()
+    return EventProcessor(handlers, store, send, "stripe.dlq", retry, metrics, 1 << 20, 1 << 20, "stripe.", ours)
 
 
 class DictStore(dict[bytes, bytes]):

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from streams.events import StripeEvent
-from streams.processor import EventProcessor
+from streams.processor import EventProcessor, NoLongerOurs
 from streams.registry import Context, HandlerRegistry
 from streams.state import ObjectState, decode_state
 from tests.support import ConsumedRecord, DictStore, processor, recording_send
@@ -110,6 +111,26 @@ def test_a_handler_gets_only_the_kind_of_object_it_registered_for() -> None:
 _NEWER_VOID = ConsumedRecord.of_event(
     "invoice.updated", "in_9", 0, created=1_800_000_010, object_fields={"amount_paid": 500, "status": "void"}
 )
+
+
+def test_a_record_whose_partition_moved_while_its_handler_ran_is_neither_emitted_nor_stored() -> None:
+    """An actor left behind by a rebalance (its handler swallowed the worker's cancellation) finishes after the
+    partition went to another worker: emitted or stored here, its state would land in the changelog after the new
+    owner's, and replace them at the next recovery."""
+    handlers, ours = HandlerRegistry(), [True]
+
+    @handlers.on("invoice.paid")
+    async def receipt(event: StripeEvent, ctx: Context) -> None:
+        ctx.emit("receipts", event.id.encode())
+        ctx.fields["paid"] = True
+        ours[0] = False  # the rebalance happens while the handler runs
+
+    sent: list[tuple[str, dict[str, bytes]]] = []
+    store = DictStore()
+    processing = processor(handlers, store, recording_send(sent), ours=lambda record: ours[0])
+    with pytest.raises(NoLongerOurs, match="its partition went to another worker"):
+        asyncio.run(processing.process(ConsumedRecord.of_event("invoice.paid", "in_5")))
+    assert store == {} and sent == []
 
 
 def _stamping(include_stale: bool, failing_attempts: int = 0) -> tuple[HandlerRegistry, list[bool]]:
