@@ -48,6 +48,9 @@ class HookstreamApp(faust.App):
     """A Faust app whose consumer hands event-topic records to the actors a fetch at a time, and whose producer
     flushes the table writer's changelog batches before itself."""
 
+    #: the consumer generation whose actors were stopped last (``_consumer_wait_empty``, ``_ours``)
+    given_up_generation: int | None = None
+
     def _new_producer(self) -> FlushingProducer:
         producer = FlushingProducer(self.transport, loop=self.loop, beacon=self.beacon)
         producer.table_writer = table_writer
@@ -81,6 +84,9 @@ class HookstreamApp(faust.App):
         else:
             grace, cancelled = settings.rebalance_grace, "into a rebalance: cancelled"
         unfinished = await actors.stop(grace)
+        # what of this generation still runs is left behind: nothing of it may be stored or acked any more, even
+        # before the next assignment gives the consumer a new generation (``_ours``)
+        self.given_up_generation = self.consumer_generation_id
         if unfinished:  # not to ``logger``: at a rebalance it is Faust's flight recorder, which keeps it unless stuck
             log.warning(
                 "%d events unfinished %gs %s unacknowledged (uncommitted: their partition's next owner processes them)",
@@ -176,7 +182,7 @@ processor = EventProcessor(
     settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
     _MAX_RECORD_BYTES,  # for a dead letter or a record a handler emits
     settings.topic_prefix,
-    ours=lambda message: cast(Message, message).generation_id == app.consumer_generation_id,
+    ours=lambda message: _ours(cast(Message, message)),
 )
 
 
@@ -221,11 +227,19 @@ async def _finish(message: Message) -> None:
     _ack(message)
 
 
+def _ours(message: Message) -> bool:
+    """Whether ``message`` may still be stored and acked here: of the consumer's generation, and not of one whose
+    actors were stopped (a rebalance or the stop began: what runs on is left behind, its handler having swallowed
+    the cancellation)."""
+    generation = message.generation_id
+    return generation == app.consumer_generation_id and generation != app.given_up_generation
+
+
 def _ack(message: Message) -> None:
     """Ack a finished record, unless a rebalance came between (an actor left behind because its handler swallowed
     the cancellation): its partition may be this worker's again, whose new generation runs the record afresh, and a
     late ack would count that run finished before it is."""
-    if message.generation_id == app.consumer_generation_id:
+    if _ours(message):
         app.consumer.ack(message)
 
 

@@ -111,6 +111,7 @@ class BatchingConsumer(AIOKafkaConsumer):
         if offset_from <= offset_to:
             gaps = self._gap[tp]
             gaps.addi(offset_from, offset_to + 1)  # intervals exclude their end
+            await asyncio.sleep(0)  # as Faust's: the loop answers meanwhile (and a rebalance may begin: _collect)
             gaps.merge_overlaps()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:

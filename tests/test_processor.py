@@ -132,6 +132,16 @@ def test_a_record_whose_partition_moved_while_its_handler_ran_is_neither_emitted
         asyncio.run(processing.process(ConsumedRecord.of_event("invoice.paid", "in_5")))
     assert store == {} and sent == []
 
+    @handlers.on("invoice.voided")  # one that fails: its dead letter would be a spurious one (the new owner runs it)
+    async def fails(event: StripeEvent, ctx: Context) -> None:
+        ours[0] = False
+        raise RuntimeError("the receipt service is down")
+
+    ours[0] = True
+    with pytest.raises(NoLongerOurs, match="its dead letter"):
+        asyncio.run(processing.process(ConsumedRecord.of_event("invoice.voided", "in_6")))
+    assert store == {} and sent == []
+
 
 def _stamping(include_stale: bool, failing_attempts: int = 0) -> tuple[HandlerRegistry, list[bool]]:
     """A handler that takes the snapshot's status and amount, and on ``invoice.paid`` stamps ``paid_at`` and emits;
