@@ -37,7 +37,7 @@ KAFKA_MESSAGE_MAX_BYTES = 1_048_588
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything hookstream reads from its environment. See DESIGN.md, "Configuration"."""
+    """Everything hookstream reads from its environment. See README.md, "Configuration"."""
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: str = "PLAINTEXT"
