@@ -86,7 +86,7 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         config["sasl.password"] = settings.kafka_sasl_password or ""
     if settings.kafka_ssl_cafile:
         config["ssl.ca.location"] = settings.kafka_ssl_cafile
-    if settings.kafka_ssl_certfile and settings.kafka_ssl_keyfile:  # mutual TLS (both or neither: ops/settings.py)
+    if settings.kafka_ssl_certfile is not None:  # mutual TLS (the key comes with it: ops/settings.py)
         config["ssl.certificate.location"] = settings.kafka_ssl_certfile
         config["ssl.key.location"] = settings.kafka_ssl_keyfile
         if settings.kafka_ssl_key_password:

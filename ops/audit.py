@@ -172,6 +172,7 @@ async def audit(
     for event_id, seen in deliveries.items():
         applications = evidence.applications.get(event_id)
         last = max(seen, key=lambda d: d.offset)  # a redelivery or a replay comes later in the same partition
+        object_type = last.topic.removeprefix(settings.topic_prefix)  # what its topic carries, as for the workers
         if applications or event_id in remembered:
             applied += 1
             if applications and len(applications) > 1:
@@ -179,12 +180,12 @@ async def audit(
         elif (last.topic, last.partition, last.offset) in evidence.dead_records:
             verdicts["dead_lettered"].append(event_id)
         elif last.topic not in subscribed or (
-            last.event_type and handlers.lookup(last.event_type, last.topic.removeprefix(settings.topic_prefix)) is None
+            last.event_type and handlers.lookup(last.event_type, object_type) is None
         ):
             verdicts["unhandled"].append(event_id)
         elif last.offset >= committed.get((last.topic, last.partition), 0):
             verdicts["pending"].append(event_id)
-        elif _superseded(last, last.topic.removeprefix(settings.topic_prefix), evidence, deliveries):
+        elif _superseded(last, object_type, evidence, deliveries):
             verdicts["stale"].append(event_id)
         else:
             verdicts["missing"].append(event_id)

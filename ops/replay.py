@@ -75,14 +75,13 @@ async def replay(
                 discarded += 1
                 found |= asked
             elif not source:
-                log.warning("dead letter %s@%d has no source-topic header: skipped", tp, record.offset)
+                log.warning("dead letter %s has no source-topic header: skipped", where)
                 skipped += 1
             elif omitted:
                 log.warning(
-                    "dead letter %s@%d was stored without its %s-byte value (over the size limit): skipped; "
+                    "dead letter %s was stored without its %s-byte value (over the size limit): skipped; "
                     "the record is at %s",
-                    tp,
-                    record.offset,
+                    where,
                     omitted.decode(),
                     _source(headers),
                 )
@@ -96,10 +95,9 @@ async def replay(
                 await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
             except (CommitFailedError, IllegalStateError) as exc:  # another replay joined: it takes over
                 log.warning(
-                    "dead letter %s@%d not committed: its partition went to another replay (%r), which re-publishes "
+                    "dead letter %s not committed: its partition went to another replay (%r), which re-publishes "
                     "it once more (workers drop the copy of an applied event); this one stops",
-                    tp,
-                    record.offset,
+                    where,
                     exc,
                 )
                 break

@@ -77,11 +77,12 @@ def new_handler(
         fixture: dict[str, Any] | None = fixture_for(event_type)
     except UnknownEventType:
         fixture = None
+    another_kind = False
     if object_type is not None and fixture is not None:
         carried = carried_object_types(event_type)
         if listed and object_type in carried - {fixture["object"]}:  # another of the objects its events carry
             fixture = example_object(object_type)
-            module = f"{module}_{object_type}"  # beside the example object's kind's handler, now or later
+            another_kind = True  # its module goes beside the example object's kind's, now or later
         elif listed and object_type != fixture["object"]:  # its example object says what it carries
             kinds = " or a ".join(sorted(carried)) if carried else fixture["object"]
             raise ScaffoldError(
@@ -100,8 +101,8 @@ def new_handler(
 
         what = registration_name(event_type, kind) if kind is not None else event_type
         raise ScaffoldError(f"{what} already has a handler: {handled_by}")
-    if object_type is not None and (root / "handlers" / f"{module}.py").exists():
-        module = f"{module}_{object_type}"  # the type's module takes another kind (a type newer than the list)
+    if object_type is not None and (another_kind or (root / "handlers" / f"{module}.py").exists()):
+        module = f"{module}_{object_type}"  # or the type's module takes another kind (a type newer than the list)
     handler_path = root / "handlers" / f"{module}.py"
     test_path = root / "tests" / f"test_handler_{module}.py"
     if not handler_path.parent.is_dir():

@@ -166,6 +166,14 @@ async def _send(topic: str, key: bytes | None, value: bytes, headers: list[tuple
     await app.producer.send_and_wait(topic, key, value, None, None, headers)
 
 
+def _ours(message: Any) -> bool:
+    """Whether ``message`` may still be stored and acked here: of the consumer's generation, and not of one whose
+    actors were stopped (a rebalance or the stop began: what runs on is left behind, its handler having swallowed
+    the cancellation)."""
+    generation = message.generation_id
+    return generation == app.consumer_generation_id and generation != app.given_up_generation
+
+
 table_writer = TableWriter(app, objects, max_record_bytes=_MAX_RECORD_BYTES - 4096)
 processor = EventProcessor(
     registry,
@@ -182,7 +190,7 @@ processor = EventProcessor(
     settings.gateway_max_body_bytes,  # the gateway publishes nothing larger
     _MAX_RECORD_BYTES,  # for a dead letter or a record a handler emits
     settings.topic_prefix,
-    ours=lambda message: _ours(cast(Message, message)),
+    ours=_ours,
 )
 
 
@@ -225,14 +233,6 @@ async def _finish(message: Message) -> None:
     # Not acked on CancelledError (the worker stops: uncommitted, processed again on restart) nor on GeneratorExit
     # (an actor cancelled before it ran leaves its first record to the collector, which closes it).
     _ack(message)
-
-
-def _ours(message: Message) -> bool:
-    """Whether ``message`` may still be stored and acked here: of the consumer's generation, and not of one whose
-    actors were stopped (a rebalance or the stop began: what runs on is left behind, its handler having swallowed
-    the cancellation)."""
-    generation = message.generation_id
-    return generation == app.consumer_generation_id and generation != app.given_up_generation
 
 
 def _ack(message: Message) -> None:

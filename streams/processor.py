@@ -290,7 +290,7 @@ class EventProcessor:
                 log.error("event %s (%s) dead-lettered, nothing emitted: %s", event.id, event.type, exc)
                 await self._dead_letter(record, headers, exc, attempt)
                 return Outcome.DEAD_LETTERED
-            self._check_ours(record, f"{event.id} ({event.type})")
+            self._check_ours(record, event)
             # what the handler emitted goes first: stopped or killed before the state is stored, the event is
             # applied again (and emits again: at least once); stored first, it would be a duplicate next time and
             # its records lost
@@ -303,7 +303,8 @@ class EventProcessor:
                     return Outcome.DEAD_LETTERED
             if stale and encoded == stored:  # a stale run that changed nothing (most do): no changelog record
                 return Outcome.OK
-            self._check_ours(record, f"{event.id} ({event.type})")  # the emits may have waited through a rebalance
+            if context.emitted:  # their sends may have waited through a rebalance (nothing else waits since)
+                self._check_ours(record, event)
             try:
                 await self._store.put(object_id, encoded, record.partition)
             except Exception as exc:
@@ -311,8 +312,10 @@ class EventProcessor:
             return Outcome.OK
         raise AssertionError("unreachable")
 
-    def _check_ours(self, record: Record, what: str) -> None:
+    def _check_ours(self, record: Record, event: StripeEvent | None = None) -> None:
+        """NoLongerOurs unless ``record`` is still this worker's (``event``: what it is, for the message)."""
         if self._ours is not None and not self._ours(record):
+            what = f"{event.id} ({event.type})" if event is not None else "its dead letter"
             raise NoLongerOurs(
                 f"{what}, of {record.topic}[{record.partition}]@{record.offset}: its partition went to another worker "
                 "(or the worker stops) while it ran"
@@ -332,7 +335,7 @@ class EventProcessor:
     async def _dead_letter(
         self, record: Record, headers: list[tuple[str, bytes]], error: BaseException, attempts: int
     ) -> None:
-        self._check_ours(record, "its dead letter")  # the new owner runs it: a dead letter here would be a spurious one
+        self._check_ours(record)  # the new owner runs it: a dead letter here would be a spurious one
         dlq_headers = dead_letter_headers(headers, error, attempts, record.topic, record.partition, record.offset)
         value = record.value or b""
         # over the producer's or brokers' limit: stored without the value, the source offset points to it

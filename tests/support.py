@@ -449,7 +449,18 @@ def processor(
     record's partition is still the worker's (default: always)."""
     retry = RetryPolicy(attempts, backoff, backoff, timeout)
     metrics = metrics or WorkerMetrics()
-    return EventProcessor(handlers, store, send, "stripe.dlq", retry, metrics, 1 << 20, 1 << 20, "stripe.", ours)
+    return EventProcessor(
+        handlers,
+        store,
+        send,
+        "stripe.dlq",
+        retry,
+        metrics,
+        max_value_bytes=1 << 20,
+        max_record_bytes=1 << 20,
+        topic_prefix="stripe.",
+        ours=ours,
+    )
 
 
 class DictStore(dict[bytes, bytes]):
