@@ -103,12 +103,18 @@ class ActorPool(Generic[T]):
         """Wait until every submitted item is finished."""
         await self._idle.wait()
 
-    async def stop(self, grace: float, patience: float = CANCEL_PATIENCE) -> int:
-        """Give the submitted items ``grace`` seconds to finish, then cancel the rest; how many were cancelled."""
+    async def stop(
+        self, grace: float, patience: float = CANCEL_PATIENCE, giving_up: Callable[[], None] | None = None
+    ) -> int:
+        """Give the submitted items ``grace`` seconds to finish, then cancel the rest; how many were cancelled.
+        ``giving_up`` runs once the grace is over, before any cancellation is delivered: what a handler that
+        swallows its cancellation does next can then be told apart from what finished in time."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.drain()
         unfinished = self._inflight
+        if giving_up is not None:
+            giving_up()
         await self.cancel(patience)
         return unfinished
 

@@ -69,6 +69,12 @@ class HookstreamApp(faust.App):
         consumer.probe_options = client_options(settings)
         return consumer
 
+    def _give_up_generation(self) -> None:
+        """From the actors' cancellation on, what of this generation still runs is left behind (its handler swallowed
+        the cancellation, or it waits for room in the changelog): nothing of it may be stored or acked any more,
+        even before the next assignment gives the consumer a new generation (``_ours``)."""
+        self.given_up_generation = self.consumer_generation_id
+
     async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
         """Faust waits, without a bound, for every record it handed out to be acked, at stop and at a rebalance.
         At stop, an event between retries outlasted a pod's grace period (the worker was killed, its RocksDB state
@@ -83,10 +89,7 @@ class HookstreamApp(faust.App):
             grace, cancelled = settings.handler_timeout, "after the stop began: stopped"
         else:
             grace, cancelled = settings.rebalance_grace, "into a rebalance: cancelled"
-        unfinished = await actors.stop(grace)
-        # what of this generation still runs is left behind: nothing of it may be stored or acked any more, even
-        # before the next assignment gives the consumer a new generation (``_ours``)
-        self.given_up_generation = self.consumer_generation_id
+        unfinished = await actors.stop(grace, giving_up=self._give_up_generation)
         if unfinished:  # not to ``logger``: at a rebalance it is Faust's flight recorder, which keeps it unless stuck
             log.warning(
                 "%d events unfinished %gs %s unacknowledged (uncommitted: their partition's next owner processes them)",

@@ -104,6 +104,35 @@ def test_stop_lets_items_finish_within_the_grace_and_cancels_the_rest() -> None:
     assert asyncio.run(run()) == (2, ["quick"], 0)
 
 
+def test_a_stop_gives_up_before_any_cancellation_reaches_a_handler() -> None:
+    """What finished within the grace is the generation's; a handler that swallows its cancellation runs on after
+    the worker gave the generation up, and must find it given up (streams/app.py's ``_ours``), however promptly
+    it returns: else it would store and ack a record its partition's next owner runs too."""
+
+    async def run() -> tuple[int, list[tuple[str, bool]]]:
+        given_up = False
+        seen: list[tuple[str, bool]] = []  # each item's end, and whether the generation was given up by then
+
+        async def process(item: str) -> None:
+            try:
+                await asyncio.sleep(0.01 if item == "quick" else 3600)
+            except asyncio.CancelledError:  # the mistake: returns as if done
+                pass
+            seen.append((item, given_up))
+
+        def give_up() -> None:
+            nonlocal given_up
+            given_up = True
+
+        pool: ActorPool[str] = ActorPool(process, max_inflight=4)
+        for key in ("quick", "swallows"):
+            await pool.submit(key, key)
+        cancelled = await asyncio.wait_for(pool.stop(grace=0.2, patience=1, giving_up=give_up), timeout=5)
+        return cancelled, seen
+
+    assert asyncio.run(run()) == (1, [("quick", False), ("swallows", True)])
+
+
 def test_stop_goes_on_without_an_actor_whose_handler_swallows_cancellation(caplog: pytest.LogCaptureFixture) -> None:
     """A handler that catches BaseException in a retry loop never lets a cancellation end it: the stop must not
     wait for it forever. It is left behind (logged once), and its one item is released if it ever ends. A handler
