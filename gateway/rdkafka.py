@@ -80,10 +80,10 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         "socket.keepalive.enable": True,
         "log_level": 4,  # warnings and worse
     }
-    if settings.kafka_security_protocol.startswith("SASL"):
-        config["sasl.mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
-        config["sasl.username"] = settings.kafka_sasl_username or ""
-        config["sasl.password"] = settings.kafka_sasl_password or ""
+    if settings.kafka_sasl:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username
+        config["sasl.password"] = settings.kafka_sasl_password
     if settings.kafka_ssl_cafile:
         config["ssl.ca.location"] = settings.kafka_ssl_cafile
     if settings.kafka_ssl_certfile is not None:  # mutual TLS (the key comes with it: ops/settings.py)

@@ -34,10 +34,10 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
         "security_protocol": settings.kafka_security_protocol,
     }
-    if settings.kafka_security_protocol.endswith("SSL"):
+    if settings.kafka_tls:
         options["ssl_context"] = ssl_context(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+    if settings.kafka_sasl:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password
     return options
@@ -143,13 +143,12 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "broker": [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")]
     }
-    protocol = settings.kafka_security_protocol
-    context = ssl_context(settings) if protocol.endswith("SSL") else None
-    if protocol.startswith("SASL"):
+    context = ssl_context(settings) if settings.kafka_tls else None
+    if settings.kafka_sasl:
         options["broker_credentials"] = faust.SASLCredentials(
             username=settings.kafka_sasl_username,
             password=settings.kafka_sasl_password,
-            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            mechanism=settings.kafka_sasl_mechanism,
             ssl_context=context,
         )
     elif context is not None:

@@ -24,6 +24,8 @@ MAX_SECONDS = 2_147_483
 _MAX_PORT = 65_535
 #: How clients reach the brokers (KAFKA_SECURITY_PROTOCOL), as Kafka names them.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: SASL mechanisms that log in with KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (aiokafka and librdkafka both have them)
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: Kafka's batch compression codecs (PRODUCER_COMPRESSION).
 COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
@@ -41,7 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_mechanism: str = "PLAIN"
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
@@ -85,6 +87,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     state_store: str = "memory://"
     worker_data_dir: str | None = None
     log_level: str = "INFO"
+
+    @property
+    def kafka_tls(self) -> bool:
+        """Whether the brokers are reached over TLS (``SSL`` or ``SASL_SSL``)."""
+        return self.kafka_security_protocol.endswith("SSL")
+
+    @property
+    def kafka_sasl(self) -> bool:
+        """Whether clients log in to the brokers (``SASL_PLAINTEXT`` or ``SASL_SSL``)."""
+        return self.kafka_security_protocol.startswith("SASL")
 
     @property
     def dlq_topic(self) -> str:
@@ -141,7 +153,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         settings = cls(
             kafka_bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             kafka_security_protocol=env.choice("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS),
-            kafka_sasl_mechanism=env.optional("KAFKA_SASL_MECHANISM"),
+            kafka_sasl_mechanism=env.choice("KAFKA_SASL_MECHANISM", "PLAIN", SASL_MECHANISMS),
             kafka_sasl_username=env.optional("KAFKA_SASL_USERNAME"),
             kafka_sasl_password=env.optional("KAFKA_SASL_PASSWORD"),
             kafka_ssl_cafile=env.optional("KAFKA_SSL_CAFILE"),
@@ -197,7 +209,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE: a client certificate needs its key, and the key its "
                 "certificate (set both, or neither)"
             )
-        if settings.kafka_ssl_certfile is not None and not settings.kafka_security_protocol.endswith("SSL"):
+        if settings.kafka_sasl and (settings.kafka_sasl_username is None or settings.kafka_sasl_password is None):
+            # else each client fails its first connection in its own words, the gateway's only in its log
+            raise ConfigError(
+                f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD: KAFKA_SECURITY_PROTOCOL is "
+                f"{settings.kafka_security_protocol}, which logs in with both (set them, or KAFKA_SASL_PASSWORD_FILE)"
+            )
+        if settings.kafka_ssl_certfile is not None and not settings.kafka_tls:
             raise ConfigError(
                 f"KAFKA_SSL_CERTFILE: a client certificate is sent only over TLS, and KAFKA_SECURITY_PROTOCOL is "
                 f"{settings.kafka_security_protocol} (use SSL, or SASL_SSL)"

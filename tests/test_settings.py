@@ -23,7 +23,18 @@ def test_defaults_match_the_design() -> None:
 
 
 def test_the_security_protocol_is_one_of_kafkas_in_any_case() -> None:
-    assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl"}).kafka_security_protocol == "SASL_SSL"
+    login = {"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}
+    sasl = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl", **login})
+    assert (sasl.kafka_security_protocol, sasl.kafka_sasl_mechanism, sasl.kafka_tls, sasl.kafka_sasl) == (
+        "SASL_SSL",
+        "PLAIN",
+        True,
+        True,
+    )
+    scram = Settings.from_env(
+        {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "scram-sha-512", **login}
+    )
+    assert (scram.kafka_sasl_mechanism, scram.kafka_tls, scram.kafka_sasl) == ("SCRAM-SHA-512", False, True)
     mutual = Settings.from_env(
         {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "c.pem", "KAFKA_SSL_KEYFILE": "k.pem"}
     )
@@ -104,6 +115,11 @@ def test_a_variable_counts_as_configured_as_the_settings_read_it(tmp_path: Path)
         ({"STRIPE_WEBHOOK_SECRETS": "whsec_"}, "STRIPE_WEBHOOK_SECRETS"),  # a placeholder left in a template
         ({"STRIPE_WEBHOOK_TOLERANCE": "1" + "0" * 400}, "STRIPE_WEBHOOK_TOLERANCE"),  # every delivery raised
         ({"KAFKA_SECURITY_PROTOCOL": "SASL-SSL"}, "KAFKA_SECURITY_PROTOCOL"),  # the clients failed at connect only
+        # a login without its name or password; a mechanism that does not log in with them (the clients failed at
+        # connect, the gateway only in its log)
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_PASSWORD": "p"}, "KAFKA_SASL_USERNAME and"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u"}, "KAFKA_SASL_USERNAME and"),
+        ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"),
         # a client certificate without its key, or sent over no TLS at all
         ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "c.pem"}, "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE"),
         ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_KEYFILE": "k.pem"}, "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE"),
