@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve POST /webhooks/stripe: verify the Stripe-Signature against STRIPE_WEBHOOK_SECRETS, publish "
         "the event to <TOPIC_PREFIX><object type> keyed by the object's id, and answer 200 once Kafka acknowledged it "
         "(503 with Retry-After when it did not within GATEWAY_PUBLISH_TIMEOUT). Also GET /healthz, /readyz, /metrics. "
-        "Rejected requests are logged at LOG_LEVEL=DEBUG (the answer's body says why, too).",
+        "Refused requests are logged at LOG_LEVEL=DEBUG (the answer's body says why, too); a 503 as a warning, an "
+        "event too large for the brokers as an error.",
     )
     gateway.set_defaults(run=_gateway)
 
@@ -90,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Create the topics the handlers need, then apply events to object states in order per object, "
         "with the handlers of HOOKSTREAM_HANDLERS; failures are retried (HANDLER_MAX_ATTEMPTS), then dead-lettered "
         "to <TOPIC_PREFIX>dlq. Serves GET /objects/<id>, /healthz, /readyz and /metrics on WORKER_WEB_PORT. "
-        "SIGTERM stops it cleanly within HANDLER_TIMEOUT.",
+        "SIGTERM stops it cleanly within HANDLER_TIMEOUT, plus 5 s for handlers that catch their cancellation and "
+        "the final flush and commit (the Helm chart allows HANDLER_TIMEOUT + 20 s).",
     )
     worker.set_defaults(run=_worker)
 

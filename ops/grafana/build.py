@@ -288,7 +288,8 @@ ROWS = [
         [
             Panel(
                 "Gateway requests / s by status",
-                "Every answer of the gateway (webhooks, and also /healthz, /readyz, /metrics).",
+                "Every answer to webhook traffic (404, 405, 408, 413 and 431 included); health checks and scrapes are "
+                "not counted.",
                 [Target(f"sum by (status) ({rate(sel(REQUESTS))})", "{{status}}")],
                 unit="reqps",
                 stack=True,
