@@ -137,12 +137,16 @@ def test_a_cancellation_the_worker_did_not_ask_for_is_a_failed_attempt_not_a_los
     async def wait_on_shared(event: StripeEvent, ctx: Context) -> None:
         if event.object["id"] == "ch_raises":
             raise asyncio.CancelledError
+        if event.object["id"] == "ch_foreign":  # cancelled by someone else well before its deadline, every attempt
+            cancelled = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(cancelled.cancel)
+            await cancelled
         future = shared.get("f")
         if future is None or future.done():
             future = shared["f"] = asyncio.get_running_loop().create_future()
         await future  # never resolved: only a cancellation ends it
 
-    first, second, raises = _records("ch_first", "ch_second", "ch_raises")
+    first, second, raises, foreign = _records("ch_first", "ch_second", "ch_raises", "ch_foreign")
 
     async def run() -> tuple[list[str], list[dict[str, bytes]], int, int]:
         pool, outcomes, letters = _actors(handlers, timeout=0.1)
@@ -150,16 +154,18 @@ def test_a_cancellation_the_worker_did_not_ask_for_is_a_failed_attempt_not_a_los
         await asyncio.sleep(0.05)  # ch_second waits on the same future, its deadline half as near
         await pool.submit(second.key, second)
         await pool.submit(raises.key, raises)
+        await pool.submit(foreign.key, foreign)
         await asyncio.wait_for(pool.drain(), timeout=10)
         return outcomes, letters, pool.inflight, pool.active_actors
 
     outcomes, letters, inflight, actors = asyncio.run(run())
-    assert sorted(outcomes) == ["dead_lettered"] * 3
+    assert sorted(outcomes) == ["dead_lettered"] * 4
     assert (inflight, actors) == (0, 0)
     assert {letter["error-type"] for letter in letters} <= {b"TimeoutError", b"HandlerCancelled"}
-    assert [letter["attempts"] for letter in letters] == [b"2"] * 3  # each retried: a failed attempt like any other
-    (raised,) = [letter for letter in letters if letter["event-id"] == dict(raises.headers)["event-id"]]
-    assert raised["error-type"] == b"HandlerCancelled"
+    assert [letter["attempts"] for letter in letters] == [b"2"] * 4  # each retried: a failed attempt like any other
+    for record in (raises, foreign):  # neither came near its deadline
+        (letter,) = [letter for letter in letters if letter["event-id"] == dict(record.headers)["event-id"]]
+        assert letter["error-type"] == b"HandlerCancelled"
 
 
 def test_the_workers_own_cancellation_goes_on_even_after_a_deadline_passed() -> None:
