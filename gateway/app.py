@@ -54,7 +54,7 @@ class Gateway:
         self.publisher = publisher or Publisher(settings, self.metrics)
         self.metrics.ready.set_function(lambda: self.publisher.ready)  # read at scrape time, like /readyz
         self._verifier = SignatureVerifier(settings.stripe_webhook_secrets, settings.stripe_webhook_tolerance)
-        self._retry_after = b"%d" % settings.gateway_retry_after
+        self._retry_later = [(b"retry-after", b"%d" % settings.gateway_retry_after)]
         self._routes: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -117,12 +117,7 @@ class Gateway:
             await self.publisher.publish(record)
         except BrokerUnavailable as exc:
             log.warning("event %s not acknowledged by Kafka (%s): answered 503", record.event_id, exc)
-            await self._error(
-                send,
-                503,
-                "event not stored: broker unavailable, retry later",
-                [(b"retry-after", self._retry_after)],
-            )
+            await self._error(send, 503, "event not stored: broker unavailable, retry later", self._retry_later)
             return
         except RecordTooLarge as exc:
             size = len(record.value) + len(record.key) + sum(len(k) + len(v) for k, v in record.headers)
@@ -136,6 +131,10 @@ class Gateway:
                 self.settings.kafka_max_message_bytes,
             )
             await self._error(send, 413, "event too large for the broker's record size limit (KAFKA_MAX_MESSAGE_BYTES)")
+            return
+        except Exception:  # a bug of ours or of a Kafka client's: uvicorn's own 500 is not counted (nor logged as ours)
+            log.exception("event %s not published, answered 503", record.event_id)
+            await self._error(send, 503, "event not stored: internal error, retry later", self._retry_later)
             return
         await self._respond(send, 200, msgspec.json.encode({"received": True, "id": record.event_id}))
 

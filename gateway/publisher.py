@@ -91,12 +91,15 @@ class Publisher:
                 async with asyncio.timeout(self._settings.gateway_publish_timeout):
                     await self._ensure_topic(record.topic)
                     await producer.send(record.topic, record.value, record.key, record.headers)
-        except TopicRefused as exc:  # the broker works: readiness stays (one topic must not take every pod out)
+        # the brokers answered: readiness stays (one topic's fault must not take every pod out of the Service)
+        except TopicRefused as exc:
             self._known_topics.discard(record.topic)  # created again, or refused again, next time
             raise BrokerUnavailable(
                 f"the broker refused topic {record.topic} ({exc}): does it exist, and may this user write to it?"
             ) from exc
-        except (TimeoutError, KafkaError, TopicCreationError, DeliveryFailed, BufferError) as exc:
+        except TopicCreationError as exc:  # a topic policy, say: tried again at the next event of that kind
+            raise BrokerUnavailable(f"{exc} (create it outside hookstream, or let this user create it)") from exc
+        except (TimeoutError, KafkaError, DeliveryFailed, BufferError) as exc:
             self._healthy = False
             self._known_topics.clear()  # a restarted (memory) broker may have lost them
             raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}: {exc}") from exc

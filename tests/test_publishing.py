@@ -8,6 +8,7 @@ import os
 import random
 import threading
 import time
+import types
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -285,7 +286,9 @@ def test_a_record_the_broker_refuses_as_too_large_is_told_apart_from_a_failed_de
 def test_a_topic_the_broker_refuses_leaves_readiness_and_the_other_topics_alone(broker: BrokerInfo) -> None:
     """A topic the broker refuses (deleted, or no longer writable by this user: its ACLs) is that topic's fault:
     taken for the broker's, it made every pod unready at each event of that type, and sent every topic back
-    through creation. Here the broker refuses an invalid name, as the gateway's own checks never let one through."""
+    through creation. Here the broker refuses an invalid name, as the gateway's own checks never let one through.
+    So is a topic whose creation the brokers refuse (a managed cluster's topic policy: the embedded broker has
+    none, so its answer is given here, as Kafka words it)."""
     from gateway.metrics import GatewayMetrics
     from gateway.publisher import BrokerUnavailable, Publisher
 
@@ -293,7 +296,9 @@ def test_a_topic_the_broker_refuses_leaves_readiness_and_the_other_topics_alone(
     good = to_record(encode(build_event("charge.succeeded", object_id="ch_refused")), "refused.", 0)
     refused = msgspec.structs.replace(good, topic="refused." + "x" * 300)
 
-    async def run() -> tuple[bool, set[str], str]:
+    forbidden = msgspec.structs.replace(good, topic="refused.forbidden_by_policy")
+
+    async def run() -> tuple[bool, set[str], str, str]:
         publisher = Publisher(settings, GatewayMetrics(), probe_interval=3600)  # no probe puts readiness back
         await publisher.start()
         try:
@@ -305,13 +310,27 @@ def test_a_topic_the_broker_refuses_leaves_readiness_and_the_other_topics_alone(
             publisher._known_topics.add(refused.topic)  # as if it had been created, then deleted
             with pytest.raises(BrokerUnavailable) as refusal:
                 await asyncio.wait_for(publisher.publish(refused), timeout=30)
-            return publisher.ready, set(publisher._known_topics), str(refusal.value)
+            admin = publisher._admin
+            assert admin is not None
+            create_topics = admin.create_topics
+
+            async def policy(new_topics: list[Any], *args: Any, **kwargs: Any) -> Any:
+                """The brokers' answer, with a policy violation (44) for the forbidden topic."""
+                answer = await create_topics(new_topics, *args, **kwargs)
+                errors = [(e[0], 44, "not allowed") if e[0] == forbidden.topic else e for e in answer.topic_errors]
+                return types.SimpleNamespace(topic_errors=errors)  # all that create_topics reads of it
+
+            admin.create_topics = policy  # type: ignore[method-assign]
+            with pytest.raises(BrokerUnavailable) as creation_refused:
+                await asyncio.wait_for(publisher.publish(forbidden), timeout=30)
+            return publisher.ready, set(publisher._known_topics), str(refusal.value), str(creation_refused.value)
         finally:
             await publisher.stop()
 
-    ready, known, said = asyncio.run(run())
+    ready, known, said, said_at_creation = asyncio.run(run())
     assert ready and known == {good.topic}
     assert said.startswith(f"the broker refused topic {refused.topic} (") and "may this user write to it?" in said
+    assert said_at_creation.startswith(f"cannot create topic {forbidden.topic}: not allowed (create it")
 
 
 def _inject_fatal_error(producer: AsyncProducer) -> None:
