@@ -262,6 +262,29 @@ def test_selectors_match_pod_labels(scenario: str) -> None:
         assert len(matched) == 1, (policy["metadata"]["name"], matched)
 
 
+def test_each_components_pods_spread_over_nodes_unless_told_otherwise() -> None:
+    """Two gateways on one node go down together with it: by default each component's pods spread over nodes where
+    the cluster allows it (ScheduleAnyway: a one-node cluster still schedules them all)."""
+    docs = render("default")
+    for component, workload in workloads(docs).items():
+        (spread,) = workload["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == ("kubernetes.io/hostname", "ScheduleAnyway")
+        pods = {name: w["spec"]["template"]["metadata"]["labels"] for name, w in workloads(docs).items()}
+        counted = [name for name, labels in pods.items() if selects(spread["labelSelector"]["matchLabels"], labels)]
+        assert counted == [component]  # its own pods, not the other component's
+    own = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}
+    told = workloads(
+        render(
+            "default",
+            *(f"--set=gateway.topologySpreadConstraints[0].{k}={v}" for k, v in own.items()),
+            "--set=worker.spreadOverNodes=false",
+        )
+    )
+    gateway, worker = (told[name]["spec"]["template"]["spec"] for name in ("gateway", "worker"))
+    assert gateway["topologySpreadConstraints"] == [own]
+    assert "topologySpreadConstraints" not in worker
+
+
 def test_unready_pods_never_hold_a_node_drain() -> None:
     """In a Kafka outage every gateway is unready; with the default eviction policy their budget is never met and
     no drain goes through until Kafka is back. The field is on by default from Kubernetes 1.27 (alpha, off, in
@@ -557,12 +580,12 @@ def _grace_needs(docs: list[dict[str, Any]]) -> dict[str, float]:
     config = configmap_env(docs)
     needs = {}
     for component, workload in workloads(docs).items():
-        plain = {
-            n: e["value"]
-            for n, e in env_of(workload).items()
-            if "value" in e and "$(" not in e["value"] and not n.endswith("_FILE")  # secret files: not here
-        }
-        settings = Settings.from_env({**config, **plain})
+        env = env_of(workload)
+        plain = {n: e["value"] for n, e in env.items() if "value" in e and "$(" not in e["value"]}
+        # secret files are not rendered: a placeholder each (one a signing secret would pass for)
+        secrets = {n.removesuffix("_FILE"): "whsec_mounted" for n in plain if n.endswith("_FILE")}
+        plain = {n: v for n, v in plain.items() if not n.endswith("_FILE")}
+        settings = Settings.from_env({**config, **plain, **secrets})
         if component == "gateway":
             pre_stop = container(workload).get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
             sleep = float(pre_stop[1]) if pre_stop else 0.0

@@ -130,6 +130,25 @@ secrets; both components read the SASL password with a SASL_* protocol. Call wit
 
 {{/* Mode 0440: owner root, group the pod's fsGroup (podSecurityContext.fsGroup, the image's gid 10001 by default),
 which the kubelet gives the files and the container's user belongs to; nobody else reads them. */}}
+{{/* A component's topologySpreadConstraints: its own from values, else (spreadOverNodes) its pods spread over
+nodes where the cluster allows it: a node's loss takes one gateway, or one worker's partitions, not all of them.
+Call with (list $ "gateway") or (list $ "worker"). */}}
+{{- define "hookstream.topologySpread" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- $values := index $root.Values $component }}
+{{- if $values.topologySpreadConstraints }}
+{{- toYaml $values.topologySpreadConstraints }}
+{{- else if $values.spreadOverNodes }}
+- maxSkew: 1
+  topologyKey: kubernetes.io/hostname
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include (printf "hookstream.%s.selectorLabels" $component) $root | nindent 6 }}
+{{- end }}
+{{- end }}
+
 {{- define "hookstream.secretFiles.volumes" -}}
 {{- $files := fromJsonArray (include "hookstream.secretFiles" .) }}
 {{- if $files }}
