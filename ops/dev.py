@@ -44,9 +44,10 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
         nonlocal stopping
         stopping = True
 
-    # from here on a signal is noted, not raised: whatever starts below is stopped by the finally
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # from here on a signal is noted, not raised: whatever starts below is stopped by the finally. SIGHUP: the
+    # terminal closed; the children, in sessions of their own, would run on without this supervisor
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, request_stop)
     broker: EmbeddedBroker | None = None
     if not is_configured("KAFKA_BOOTSTRAP_SERVERS", environ):  # KAFKA_BOOTSTRAP_SERVERS_FILE counts too
         try:

@@ -27,10 +27,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-# Refresh the package lists only when they are missing or do not know the package yet.
-if ! apt-cache show "$package" >/dev/null 2>&1; then
-    apt-get update -qq
-fi
+# An install cut short before (Ctrl-C, a session's end) leaves dpkg half-done, refusing every install after it.
+dpkg --configure -a
+# Fresh package lists, whatever the image came with: an old list names versions the mirrors no longer hold (404).
+apt-get update -qq
 policy=/usr/sbin/policy-rc.d
 created_policy=no
 if [ ! -e "$policy" ]; then
