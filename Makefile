@@ -6,18 +6,20 @@ STAMP := $(VENV)/.installed
 HELM := .tools/bin/helm
 
 LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
 
 .PHONY: run test lint audit bench soak chart clean prometheus wrk openssl lock
 
-# The runtime dependencies at the versions in $(LOCK), the image's; the tools of the dev extra as resolved
-$(STAMP): pyproject.toml $(LOCK)
+# The runtime dependencies at the versions in $(LOCK), the image's; the tools of the dev extra at those in $(DEV_LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hookstream needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --constraint $(LOCK) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint $(LOCK) --constraint $(DEV_LOCK) -e '.[dev]'
 	touch $(STAMP)
 
-# Resolve pyproject.toml's runtime dependencies afresh in a scratch venv and pin what it installed into $(LOCK)
+# Resolve pyproject.toml's runtime dependencies afresh in a scratch venv and pin what it installed into $(LOCK),
+# then the dev extra on top of them, pinning what it added into $(DEV_LOCK)
 lock:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "lock on Python 3.11, the image'"'"'s"'
 	rm -rf .lock-venv
@@ -25,7 +27,11 @@ lock:
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
 	.lock-venv/bin/python -m pip install --quiet .
 	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude hookstream; } > $(LOCK).new
+	.lock-venv/bin/python -m pip install --quiet --constraint $(LOCK).new '.[dev]'
+	{ sed -n '/^#/p' $(DEV_LOCK); .lock-venv/bin/python -m pip freeze --exclude hookstream | grep -vxiF -f $(LOCK).new; } \
+		> $(DEV_LOCK).new
 	mv $(LOCK).new $(LOCK)
+	mv $(DEV_LOCK).new $(DEV_LOCK)
 	rm -rf .lock-venv build
 
 run: $(STAMP)

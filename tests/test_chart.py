@@ -1028,6 +1028,26 @@ def test_the_image_and_the_suite_install_the_locked_versions() -> None:
     assert "--constraint $(LOCK)" in (ROOT / "Makefile").read_text()
 
 
+def test_the_suite_runs_with_the_locked_tools() -> None:
+    """requirements-dev.lock pins the tools of the dev extra (pytest, hypothesis, stripe, ...) and what they need
+    beyond requirements.lock: a clean clone's make test installs these, not whatever was released since (a new
+    major of a test tool could turn CI red with no change here)."""
+    import importlib.metadata
+
+    from packaging.utils import canonicalize_name
+
+    def pins(name: str) -> dict[str, str]:
+        lines = (ROOT / name).read_text().splitlines()
+        return {canonicalize_name(n): v for n, _, v in (line.partition("==") for line in lines if "==" in line)}
+
+    tools, runtime = pins("requirements-dev.lock"), pins("requirements.lock")
+    assert {"pytest", "hypothesis", "stripe", "ruff", "mypy", "testcontainers"} <= set(tools)
+    assert not set(tools) & set(runtime), "pinned in both locks"
+    for name, version in tools.items():
+        assert importlib.metadata.version(name) == version, f"{name}: the suite runs {importlib.metadata.version(name)}"
+    assert "--constraint $(LOCK) --constraint $(DEV_LOCK)" in (ROOT / "Makefile").read_text()
+
+
 def test_image_can_run_the_charts_default_state_store() -> None:
     # Faust's rocksdb:// store needs the rocksdict bindings, which the project's dependencies do not pull in.
     assert values("default")["worker"]["stateStore"].startswith("rocksdb:")
