@@ -22,6 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hookstream: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    # The handler modules (HOOKSTREAM_HANDLERS) are looked for in the working directory first, as `python -m` and
+    # uvicorn do: the console script alone looked only where hookstream is installed (another checkout's handlers,
+    # or none of a project of its own)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     # As PID 1 (the image's ENTRYPOINT) a signal without a handler is ignored, so until a command installs its own
     # (uvicorn, Faust, dev, broker: theirs replace this one) SIGTERM would do nothing, e.g. while the worker waits
     # for Kafka. This one raises, as Ctrl-C raises KeyboardInterrupt, so asyncio.run and finally blocks clean up.
@@ -242,6 +247,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
 def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
+    from ops.fixtures import carried_object_types, fixture_for
     from ops.scaffold import ScaffoldError, new_handler
 
     try:
@@ -250,6 +256,16 @@ def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
         print(f"hookstream: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {handler}\nwrote {test}\nnext: edit both, then run .venv/bin/pytest {test}")
+    kinds = carried_object_types(args.event_type)
+    if kinds and args.object_type is None:  # the example object's kind: the others' events go unhandled
+        kind = fixture_for(args.event_type)["object"]
+        others = "|".join(sorted(kinds - {kind}))
+        print(f"note: it handles the {kind} events of {args.event_type} only; for the others: --object-type {others}")
+    if not {"handlers", f"handlers.{handler.stem}"} & set(settings.handler_modules):
+        print(
+            f"note: HOOKSTREAM_HANDLERS ({','.join(settings.handler_modules)}) does not name handlers: the worker "
+            "will not load this module until it does"
+        )
     return 0
 
 

@@ -63,6 +63,25 @@ def carried_object_types(event_type: str) -> frozenset[str]:
     return _SEVERAL_OBJECTS.get(event_type.rsplit(".", 1)[0], frozenset())
 
 
+def wrong_kind(event_type: str, object_type: str) -> str | None:
+    """Why ``object_type`` is not a kind of object that events of ``event_type`` carry (their example object's, or
+    one of several where Stripe sends several), with a near match; None if it is, or if hookstream cannot tell (a
+    type newer than its list, or one without an example object)."""
+    if event_type not in event_types():
+        return None
+    try:
+        kinds = carried_object_types(event_type) | {str(fixture_for(event_type)["object"])}
+    except UnknownEventType:
+        return None
+    if object_type in kinds:
+        return None
+    named = [f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}" for kind in sorted(kinds)]
+    carried = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
+    close = difflib.get_close_matches(object_type, sorted(kinds), n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{object_type!r}: {event_type} events carry {carried}{hint}"
+
+
 def example_object(object_type: str) -> dict[str, Any] | None:
     """A fresh copy of Stripe's example ``object_type``, if there is one."""
     found = _resources().get(object_type)

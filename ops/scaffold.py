@@ -22,6 +22,7 @@ from ops.fixtures import (
     example_object,
     fixture_for,
     not_an_event_type,
+    wrong_kind,
 )
 
 #: Fields the template keeps when the example object has them, with the value the generated test sets.
@@ -83,13 +84,8 @@ def new_handler(
         if listed and object_type in carried - {fixture["object"]}:  # another of the objects its events carry
             fixture = example_object(object_type)
             another_kind = True  # its module goes beside the example object's kind's, now or later
-        elif listed and object_type != fixture["object"]:  # its example object says what it carries
-            kinds = " or a ".join(sorted(carried)) if carried else fixture["object"]
-            raise ScaffoldError(
-                f"{event_type} is a listed type whose events carry a {kinds}: --object-type is for a type newer "
-                "than hookstream's list (ops/stripe/event-types.txt), one without an example object, or one whose "
-                "events carry several kinds of object"
-            )
+        elif listed and (wrong := wrong_kind(event_type, object_type)) is not None:
+            raise ScaffoldError(f"--object-type {wrong}")
         elif listed:
             object_type = None  # the example object's type: the handler needs no object_type=
         else:
@@ -107,6 +103,10 @@ def new_handler(
     test_path = root / "tests" / f"test_handler_{module}.py"
     if not handler_path.parent.is_dir():
         raise ScaffoldError(f"{handler_path.parent} is not a directory: is {root} the project's root?")
+    if (root / "__init__.py").exists():  # its handlers/ would be imported as <package>.handlers, not as handlers
+        raise ScaffoldError(
+            f"{root} is a package, not the project's root: run new-handler where handlers/ is at the top"
+        )
     for path in (handler_path, test_path):
         if path.exists():
             raise ScaffoldError(f"{path} exists already")

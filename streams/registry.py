@@ -49,7 +49,9 @@ class Context:
         """The object's kept fields (shown under ``fields`` by ``GET /objects/<id>``)."""
         return self.state.fields
 
-    def emit(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    def emit(
+        self, topic: str, value: bytes | bytearray | memoryview, key: bytes | bytearray | memoryview | None = None
+    ) -> None:
         """Publish a follow-up record once the handler succeeded (never for a failed attempt), before the state is
         stored: at least once (streams/processor.py). Checked here, in the handler's attempt: a record the producer
         cannot send would otherwise be retried after the attempt, for ever, holding its object back."""
@@ -192,9 +194,16 @@ def _check_handler(handler: Any) -> None:
 def _object_type_of(event_type: str, declared: str | None) -> str:
     """The object type (so the topic) of ``event_type``'s events: ``declared``, else Stripe's example object's. An
     event type missing from hookstream's list only with ``declared`` (a type newer than the list), so that a
-    misspelt one fails here instead of never seeing an event. (``declared`` is not checked against the example:
-    some types carry several kinds of object, ``customer.source.*`` a card, a bank account or a source.)"""
-    from ops.fixtures import UnknownEventType, checked_object_type, event_types, fixture_for, not_an_event_type
+    misspelt one fails here instead of never seeing an event; for a listed type, ``declared`` must be a kind its
+    events carry (``customer.source.*``: a card, a bank account or a source), or the handler would never run."""
+    from ops.fixtures import (
+        UnknownEventType,
+        checked_object_type,
+        event_types,
+        fixture_for,
+        not_an_event_type,
+        wrong_kind,
+    )
 
     if event_type not in event_types() and declared is None:
         raise ValueError(
@@ -202,7 +211,10 @@ def _object_type_of(event_type: str, declared: str | None) -> str:
             "pass object_type=... to @on()"
         )
     if declared is not None:
-        return checked_object_type(declared)
+        wrong = wrong_kind(event_type, checked_object_type(declared))
+        if wrong is not None:
+            raise ValueError(f"object_type={wrong}")
+        return declared
     try:
         return str(fixture_for(event_type)["object"])
     except UnknownEventType:

@@ -159,3 +159,45 @@ def test_replay_refuses_list_with_discard() -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "not allowed with argument" in done.stderr
+
+
+def test_the_console_script_finds_handler_modules_in_the_working_directory(tmp_path: Path) -> None:
+    """`python -m ops.cli` has the working directory on sys.path, the installed `hookstream` script did not: a
+    project's own HOOKSTREAM_HANDLERS module was "not importable" to it (and a checkout's handlers were those of the
+    checkout hookstream was installed from)."""
+    (tmp_path / "myhandlers.py").write_text(
+        'from streams.registry import on\n\n\n@on("payout.paid")\nasync def paid(event, ctx):\n    pass\n'
+    )
+    (tmp_path / "handlers").mkdir()
+    script = Path(sys.executable).with_name("hookstream")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HOOKSTREAM_HANDLERS": "myhandlers"}
+    done = subprocess.run(
+        [str(script), "new-handler", "payout.paid"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "payout.paid already has a handler: myhandlers" in done.stderr
+
+
+def test_new_handler_says_what_its_module_leaves_unhandled(tmp_path: Path) -> None:
+    """customer.source.* carries cards, bank accounts and sources: the scaffold takes the example object's kind, and
+    says which others need a module of their own; and a module HOOKSTREAM_HANDLERS does not name never runs."""
+    (tmp_path / "handlers").mkdir()
+    (tmp_path / "handlers" / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HOOKSTREAM_HANDLERS": "handlers.billing"}
+    (tmp_path / "handlers" / "billing.py").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "new-handler", "customer.source.created"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    notes = [line for line in done.stdout.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: it handles the source events of customer.source.created only; for the others: --object-type "
+        "bank_account|card",
+        "note: HOOKSTREAM_HANDLERS (handlers.billing) does not name handlers: the worker will not load this module "
+        "until it does",
+    ]

@@ -20,7 +20,7 @@ import pytest
 
 from ops.broker import BrokerError, wait_for_kafka
 from ops.process import free_port, stop_process
-from tests.support import BrokerInfo, http_request, wait_for
+from tests.support import BrokerInfo, children, http_request, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -140,19 +140,19 @@ def test_a_closed_terminal_stops_the_stack_as_ctrl_c_does(broker: BrokerInfo, tm
     }
     with (tmp_path / "dev.log").open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "ops.cli", "dev"], stdout=log, stderr=log, env=env)
-        children: list[int] = []
+        started: list[int] = []
         try:
             for port in (gateway_port, worker_port):  # both started (the worker answers /healthz from the start)
                 wait_for(lambda port=port: _answers(port), 60, f"/healthz on {port}", interval=0.2)
-            children = _children_of(process.pid)
-            assert len(children) == 2, children
+            started = children(process.pid)
+            assert len(started) == 2, started
             process.send_signal(signal.SIGHUP)
             assert process.wait(60) == 0, (tmp_path / "dev.log").read_text()
-            left = [pid for pid in children if _alive(pid)]
+            left = [pid for pid in started if _alive(pid)]
             assert not left, f"gateway and worker processes {left} outlived the supervisor"
         finally:
             stop_process(process)
-            for pid in children:  # what a failed stop left, by the PIDs the supervisor started
+            for pid in started:  # what a failed stop left, by the PIDs the supervisor started
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -161,17 +161,6 @@ def _answers(port: int) -> bool:
     with contextlib.suppress(OSError):
         return http_request(port, "GET", "/healthz", timeout=2).status == 200
     return False
-
-
-def _children_of(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc: the field after the parenthesised name is the state,
-    then the parent's id)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-    return children
 
 
 def _alive(pid: int) -> bool:

@@ -65,6 +65,21 @@ def test_each_kind_of_object_of_an_event_type_takes_one_handler() -> None:
             pass
 
 
+def test_a_kind_of_object_a_listed_type_never_carries_is_refused() -> None:
+    """Its events are on another topic: the handler would never run, silently."""
+    with pytest.raises(ValueError, match=r"object_type='invoicee': invoice\.paid events carry an invoice \(did you"):
+        HandlerRegistry().on("invoice.paid", object_type="invoicee")
+    with pytest.raises(ValueError, match=r"'charge': customer\.source\.created events carry a bank_account, a card"):
+        HandlerRegistry().on("customer.source.created", object_type="charge")
+    handlers = HandlerRegistry()
+
+    @handlers.on("invoice.paid", object_type="invoice")  # the kind it carries, said again: accepted
+    async def paid(event: StripeEvent, ctx: Context) -> None:
+        pass
+
+    assert handlers.object_types == {"invoice"}
+
+
 def test_a_declared_object_type_that_cannot_name_a_topic_is_refused() -> None:
     """It names the handler's topic: the worker would otherwise fail only when it asks Kafka to create it."""
     with pytest.raises(ValueError, match=r"'Payout!' is not an object type"):

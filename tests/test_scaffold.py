@@ -129,12 +129,18 @@ def test_refuses_a_type_stripe_does_not_send(project: Path) -> None:
     with pytest.raises(ScaffoldError, match="not an object type"):
         new_handler("payout.vanished", project, object_type="Payout!")
     # a listed type's object is known: another one would subscribe the handler to a topic its events never reach
-    with pytest.raises(
-        ScaffoldError, match=r"payout\.paid is a listed type whose events carry a payout: --object-type"
-    ):
+    with pytest.raises(ScaffoldError, match=r"^--object-type 'charge': payout\.paid events carry a payout$"):
         new_handler("payout.paid", project, object_type="charge")
-    with pytest.raises(ScaffoldError, match=r"carry a bank_account or a card: --object-type"):
+    with pytest.raises(ScaffoldError, match=r"'charge': \S+ events carry a bank_account or a card$"):
         new_handler("account.external_account.created", project, object_type="charge")
+    with pytest.raises(
+        ScaffoldError, match=r"'cardd': \S+ events carry a bank_account, a card or a source \(did you mean card\?\)"
+    ):
+        new_handler("customer.source.created", project, object_type="cardd")
+    with pytest.raises(
+        ScaffoldError, match=r"'invoices': invoice\.finalized events carry an invoice \(did you mean invoice\?\)"
+    ):
+        new_handler("invoice.finalized", project, object_type="invoices")
     assert _listing(project) == ["handlers", "handlers/__init__.py", "pytest.ini", "tests", "tests/__init__.py"]
 
 
@@ -216,6 +222,18 @@ def test_refuses_existing_files_and_writes_nothing(project: Path) -> None:
         new_handler(event_type, project)
     assert existing_test.read_text() == "# mine too\n"
     assert not existing.exists()
+
+
+def test_refuses_a_package_for_the_projects_root(project: Path) -> None:
+    """Run from tests/ (whose handlers/ holds the suite's own), new-handler wrote tests/handlers/... and
+    tests/tests/..., whose test then failed: that handlers/ is imported as tests.handlers, never as handlers."""
+    event_type = _unhandled("payout.paid", with_fixture=True)
+    inner = project / "tests"
+    (inner / "handlers").mkdir()
+    before = _listing(project)
+    with pytest.raises(ScaffoldError, match="is a package, not the project's root"):
+        new_handler(event_type, inner)
+    assert _listing(project) == before
 
 
 def test_scaffold_error_is_a_value_error() -> None:
