@@ -27,6 +27,7 @@ from streams.loop_watch import watch_loop
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, NoLongerOurs, RetryPolicy, StateNotStored
 from streams.registry import registry
+from streams.state import Outcome
 from streams.table import FlushingProducer, TableWriter
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,8 @@ async def process_events(stream: faust.Stream[Any]) -> None:
     consumer.skip_sink = lambda topic, count: metrics.records_skipped.labels(topic).inc(count)
     for topic in event_topics:  # from zero, so that increase() sees the first
         metrics.records_skipped.labels(topic)
+    for event_type, object_type in registry.kinds:  # likewise a handled type's first dead letter after a start
+        metrics.processed_counter(settings.topic_prefix + object_type, event_type, Outcome.OK)
     try:
         async for event in stream.noack().events():  # only records that did not take the batch path
             await actors.submit(event.message.key, event.message)

@@ -9,16 +9,22 @@ records), so only seconds of lateness mean trouble.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
-#: Seconds between the timer's wake-ups, and over which the worst lateness is reported.
+#: Seconds between the timer's wake-ups; the gauge is updated every WINDOW seconds with the worst lateness of the
+#: last SPAN. SPAN covers a scrape interval (the chart's is 30 s): a block between two scrapes shows at the next one
+#: (over the last WINDOW alone, a scrape every 30 s saw a sixth of the blocks).
 TICK = 0.25
 WINDOW = 5.0
+SPAN = 60.0
 
 
-async def watch_loop(gauge: Any, tick: float = TICK, window: float = WINDOW) -> None:
-    """Set ``gauge`` to the worst lateness of a ``tick``-second sleep over each ``window`` seconds, for ever."""
+async def watch_loop(gauge: Any, tick: float = TICK, window: float = WINDOW, span: float = SPAN) -> None:
+    """Set ``gauge``, every ``window`` seconds, to the worst lateness of a ``tick``-second sleep over the last
+    ``span`` seconds, for ever."""
     loop = asyncio.get_running_loop()
+    recent: deque[float] = deque(maxlen=max(1, round(span / window)))  # the worst of each of the last windows
     worst = 0.0
     window_ends = loop.time() + window
     while True:
@@ -27,6 +33,7 @@ async def watch_loop(gauge: Any, tick: float = TICK, window: float = WINDOW) -> 
         now = loop.time()
         worst = max(worst, now - due)
         if now >= window_ends:
-            gauge.set(worst)
+            recent.append(worst)
+            gauge.set(max(recent))
             worst = 0.0
             window_ends = now + window

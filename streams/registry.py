@@ -146,6 +146,11 @@ class HandlerRegistry:
         return {object_type for _, object_type in self._by_key}
 
     @property
+    def kinds(self) -> list[tuple[str, str]]:
+        """Every (event type, object type) that has a handler."""
+        return sorted(self._by_key)
+
+    @property
     def event_types(self) -> list[str]:
         return sorted({event_type for event_type, _ in self._by_key})
 

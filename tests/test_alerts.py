@@ -54,8 +54,8 @@ def test_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
     shutil.copy(ALERTS_TEST, tmp_path / ALERTS_TEST.name)
     text = ALERTS.read_text()
     broken = text.replace(
-        "sum by (namespace, topic) (hookstream_consumer_lag) > 1000\n",
-        "sum by (namespace, topic) (hookstream_consumer_lag) > 100000\n",
+        "sum by (namespace, job, topic) (hookstream_consumer_lag) > 1000\n",
+        "sum by (namespace, job, topic) (hookstream_consumer_lag) > 100000\n",
     )
     assert broken != text
     (tmp_path / ALERTS.name).write_text(broken)

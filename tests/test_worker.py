@@ -579,6 +579,10 @@ def test_lag_rises_with_a_backlog_and_returns_to_zero(broker: BrokerInfo, tmp_pa
             30,
             "lag reported",
         )
+        # each handled type's outcomes are there from zero before its first event: increase() (the dead-letter
+        # alerts) sees its first dead letter, which a series born at 1 would hide
+        dead_letters = worker.metric_samples(EVENTS, topic=f"{prefix}charge", event_type="charge.failed")
+        assert {labels["outcome"]: value for labels, value in dead_letters}.get("dead_lettered") == 0
         records = [charge(prefix, "ch_lag", seq, BASE + seq) for seq in range(400)]  # one object: sequential
         produce(broker.bootstrap_servers, records)
         wait_for(lambda: worker.metric_sum("hookstream_consumer_lag") > 0, 30, "lag above zero")
