@@ -56,6 +56,18 @@ class Record(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(Envelope)
 
 
+class _Kind(msgspec.Struct):
+    object: str | None = None
+
+
+#: What ``object`` a body says it is, read only to explain a refusal (never on the path of a valid event).
+_kind_decoder = msgspec.json.Decoder(_Kind)
+
+#: Stripe's "thin" events (v2 event destinations) name the object they are about, without its snapshot: nothing to
+#: key, route or apply.
+_THIN_EVENT = "v2.core.event"
+
+
 def decode_envelope(body: bytes) -> Envelope:
     """Decode the routing fields of ``body`` or raise EnvelopeError saying what is wrong."""
     try:
@@ -66,11 +78,23 @@ def decode_envelope(body: bytes) -> Envelope:
     try:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
+        if _object_of(body) == _THIN_EVENT:
+            raise EnvelopeError(
+                "a thin event (v2.core.event): hookstream takes snapshot events, whose data.object is the object; "
+                "send this event destination's events with snapshot payloads"
+            ) from None
         raise EnvelopeError(f"not a Stripe event: {exc}") from None
     except msgspec.DecodeError:
         raise EnvelopeError("body is not valid JSON") from None
     except RecursionError:  # raised by msgspec even for nesting inside fields it skips
         raise EnvelopeError("body is not valid JSON: nested too deeply") from None
+
+
+def _object_of(body: bytes) -> str | None:
+    try:
+        return _kind_decoder.decode(body).object
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
 
 
 def to_record(body: bytes, topic_prefix: str, received_at_ms: int) -> Record:

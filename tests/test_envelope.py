@@ -63,6 +63,17 @@ def test_topic_prefix_is_configurable() -> None:
             % (b"[" * 5000 + b"]" * 5000),
             "deeply",
         ),
+        # a thin event (Stripe's v2 event destinations): the object's id and type, no snapshot
+        (
+            b'{"id": "evt_1", "object": "v2.core.event", "type": "v1.billing.meter.error_report_triggered", '
+            b'"created": "2026-11-28T10:00:00.000Z", "related_object": {"id": "mtr_1", "type": "billing.meter"}}',
+            "thin event .* snapshot payloads",
+        ),
+        (b'{"id": 5, "object": "v2.core.event"}', "thin event"),
+        (
+            b'{"id": "evt_1", "object": "event", "type": "c"}',
+            "not a Stripe event: Object missing required field `data`",
+        ),
     ],
 )
 def test_bad_envelopes_say_what_is_wrong(body: bytes, message: str) -> None:
