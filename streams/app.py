@@ -27,6 +27,7 @@ from streams.loop_watch import watch_loop
 from streams.metrics import WorkerMetrics
 from streams.processor import EventProcessor, NoLongerOurs, RetryPolicy, StateNotStored
 from streams.registry import registry
+from streams.routing import ForwardingRouter, worker_ready
 from streams.state import Outcome
 from streams.table import FlushingProducer, TableWriter
 
@@ -138,6 +139,7 @@ app = HookstreamApp(
     # catching up on a million small events peaked at 1.3 GB RSS; bounded, 223 MiB, at the same rate.
     broker_max_poll_records=5_000,
     autodiscover=False,
+    Router=ForwardingRouter,  # GET /objects/<id> forwarded within a deadline, one hop, a 503 when the owner is away
 )
 
 #: RocksDB keeps one database per partition, each with Faust's defaults of up to 3 x 64 MiB write buffers and a
@@ -306,6 +308,7 @@ class ObjectState(View):
 
     @app.table_route(table=objects, match_info="object_id")  # type: ignore[arg-type]  # Faust types views without match_info arguments
     async def get(self, request: Request, object_id: str) -> Response:
+        # unready, the router answered 503 (streams/routing.py): nothing here reads a half-recovered table
         stored = objects.get(object_id.encode())
         if stored is None:
             return self.json({"error": f"no object {object_id}"}, status=404)
@@ -323,8 +326,7 @@ class Ready(View):
     """Ready once the worker has its partitions and has recovered their table state."""
 
     async def get(self, request: Request) -> Response:
-        recovered = cast(Any, app.tables).recovery.completed.is_set()
-        if recovered and not app.rebalancing and not app.in_recovery:
+        if worker_ready(app):
             return self.json({"ready": True})
         return self.json({"ready": False, "reason": "joining the group or recovering tables"}, status=503)
 

@@ -237,8 +237,14 @@ class WorkerProcess:
     def request(self, path: str, timeout: float = 30.0) -> Response:
         return http_request(self.port, "GET", path, timeout=timeout)
 
-    def state(self, object_id: str) -> dict[str, Any] | None:
+    def state(self, object_id: str, patience: float = 60.0) -> dict[str, Any] | None:
+        """The object's state, None for an unknown id; a 503 (the owner rebalancing or recovering) is asked again,
+        as its Retry-After says, for ``patience`` seconds."""
+        deadline = time.monotonic() + patience
         response = self.request(f"/objects/{object_id}")
+        while response.status == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            response = self.request(f"/objects/{object_id}")
         if response.status == 404:
             return None
         assert response.status == 200, (response.status, response.body)

@@ -3,6 +3,7 @@ deliveries, poison events, dead letters and replay, a crash, a restart, and lag.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from aiokafka.partitioner import murmur2
 
 from gateway.envelope import Record
 from tests.support import (
@@ -590,6 +592,27 @@ def test_lag_rises_with_a_backlog_and_returns_to_zero(broker: BrokerInfo, tmp_pa
         wait_for(lambda: worker.metric_sum("hookstream_consumer_lag") == 0, 30, "lag back to zero")
 
 
+def test_objects_are_not_answered_before_the_table_is_recovered(broker: BrokerInfo) -> None:
+    """While a worker joins or recovers its partitions' state, its table is empty or half rebuilt: a 404 for an
+    object that exists (or an older state) would be an answer. It says 503, ask again, until it is ready."""
+    app_id, prefix = unique("unready")
+    answers: list[tuple[int, int]] = []  # (/objects, then /readyz) statuses
+    with start_worker(broker, app_id, prefix, wait_ready=False) as worker:
+
+        def ready() -> bool:
+            with contextlib.suppress(OSError):
+                objects = worker.request("/objects/ch_anything", timeout=5).status
+                answers.append((objects, worker.request("/readyz", timeout=5).status))
+                return answers[-1][1] == 200
+            return False
+
+        wait_for(ready, 90, "the worker ready", interval=0.05)
+        assert worker.state("ch_anything") is None  # ready: an unknown id is a 404
+    # a 404 followed by an unready /readyz was given while unready (readiness does not go back at a start)
+    assert (404, 503) not in answers and (500, 503) not in answers, answers
+    assert (503, 503) in answers  # it was seen unready: the check had something to check
+
+
 def test_any_worker_answers_for_any_object(broker: BrokerInfo) -> None:
     """GET /objects/<id> is routed to the worker that owns the object's partition."""
     app_id, prefix = unique("route")
@@ -609,6 +632,19 @@ def test_any_worker_answers_for_any_object(broker: BrokerInfo) -> None:
             assert mine is not None and mine == theirs
             assert mine["fields"]["seqs"] == [0, 1, 2]
         assert first.state("ch_unknown") is None and second.state("ch_unknown") is None
+
+        # the owner stopped (frozen, or blocked by a handler) before the group noticed: the other worker answers
+        # 503 once its forward times out, instead of holding the client for minutes (or a 500 with a traceback,
+        # for an owner killed)
+        owned = {int(labels["partition"]) for labels, _ in second.metric_samples("hookstream_consumer_lag")}
+        theirs = next(f"ch_{i}" for i in range(24) if (murmur2(f"ch_{i}".encode()) & 0x7FFFFFFF) % 8 in owned)
+        second.process.send_signal(signal.SIGSTOP)
+        try:
+            answer = first.request(f"/objects/{theirs}", timeout=60)
+        finally:
+            second.process.send_signal(signal.SIGCONT)
+        assert answer.status == 503, (answer.status, answer.body)
+        assert "did not answer" in answer.json()["error"] or "rebalancing" in answer.json()["error"], answer.body
 
 
 def test_state_recovers_fully_from_a_changelog_written_in_large_batches(broker: BrokerInfo) -> None:
