@@ -13,7 +13,7 @@ from typing import IO
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from ops.kafka import client_options, create_topics
+from ops.kafka import TopicCreationError, client_options, create_topics
 from ops.logs import apply_library_floors
 from ops.settings import Settings
 
@@ -23,17 +23,20 @@ log = logging.getLogger(__name__)
 async def prepare_topics(settings: Settings, topics: list[str], patience: float = 30.0) -> None:
     """Event topics and the dead-letter topic, all with ``TOPIC_PARTITIONS`` partitions (co-partitioning).
 
-    Waits for the broker with capped backoff, so workers may start before Kafka does, and up to ``patience``
-    seconds for an event topic it cannot see: one just created is known to every broker only a moment later, and
-    one hookstream may not create may be on its way from whoever manages topics. Raises MissingTopics after that,
-    PartitionMismatch for a partition count that breaks co-partitioning.
+    Waits for the broker with capped backoff, so workers may start before Kafka does, and then up to ``patience``
+    seconds (from the first answer: an outage must not use them up) for an event topic it cannot see: one just
+    created is known to every broker only a moment later, and one hookstream may not create may be on its way from
+    whoever manages topics. Raises MissingTopics after that, PartitionMismatch for a partition count that breaks
+    co-partitioning, TopicCreationError for a topic the brokers refuse to create.
     """
     delay = 0.5
-    deadline = asyncio.get_running_loop().time() + patience
+    deadline: float | None = None
     while True:
         admin = AIOKafkaAdminClient(**client_options(settings))
         try:
             await admin.start()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + patience
             await create_topics(admin, settings, [*topics, settings.dlq_topic])
             missing = await _check_partitions(admin, settings, topics)
             if not missing:
@@ -141,7 +144,7 @@ def run_worker(settings: Settings) -> int:
         asyncio.run(prepare_answering_probes(settings, event_topics))
     except KeyboardInterrupt:
         return 130
-    except (MissingTopics, PartitionMismatch) as exc:
+    except (MissingTopics, PartitionMismatch, TopicCreationError) as exc:
         log.error("%s", exc)
         return 2
     uvloop.install()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from ops.kafka import create_topics
 from ops.settings import Settings
@@ -93,14 +94,18 @@ class _AdminSeeing:
     """An admin client whose metadata shows the topics of ``seen``, one list per metadata fetch (the last one
     repeated), each with TOPIC_PARTITIONS partitions; creating topics does nothing."""
 
-    def __init__(self, seen: list[list[str]], partitions: int) -> None:
+    def __init__(self, seen: list[list[str]], partitions: int, down: int = 0) -> None:
         self.seen, self.partitions, self.fetches = seen, partitions, 0
+        self.down = down  # how many starts fail first, Kafka not answering yet
         self._client = self
 
     def __call__(self, **options: Any) -> _AdminSeeing:  # stands for the class: prepare_topics makes one per try
         return self
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        if self.down:
+            self.down -= 1
+            raise KafkaConnectionError("Kafka is not up yet")
 
     async def close(self) -> None: ...
 
@@ -129,3 +134,18 @@ def test_an_event_topic_not_known_yet_is_waited_for_then_refused_with_the_reason
     with pytest.raises(MissingTopics, match=r"late\.invoice do not exist.*allow hookstream to \(CreateTopics\)"):
         asyncio.run(prepare_topics(settings, ["late.charge", "late.invoice"], patience=0.2))
     assert never.fetches == 2  # tried again once, after its patience ran out (the first wait is 0.5 s)
+
+
+def test_the_wait_for_topics_starts_once_kafka_answers(monkeypatch: Any) -> None:
+    """Workers may start before Kafka: the time Kafka took to come up (1.5 s here, against a patience of 0.2 s)
+    must not use up the wait for a topic just created. It did, and the worker stopped saying it could not create
+    the topics it had just created."""
+
+    async def created(*args: Any) -> None: ...
+
+    settings = Settings.from_env({"TOPIC_PREFIX": "late."})
+    monkeypatch.setattr("streams.worker.create_topics", created)
+    late = _AdminSeeing([[], ["late.charge"]], settings.topic_partitions, down=2)
+    monkeypatch.setattr("streams.worker.AIOKafkaAdminClient", late)
+    asyncio.run(prepare_topics(settings, ["late.charge"], patience=0.2))
+    assert (late.down, late.fetches) == (0, 2)
