@@ -147,6 +147,9 @@ def run_worker(settings: Settings) -> int:
     except (MissingTopics, PartitionMismatch, TopicCreationError) as exc:
         log.error("%s", exc)
         return 2
+    except OSError as exc:  # the web port taken, say (Kafka's own errors are retried inside)
+        log.error("cannot start: %s", exc)
+        return 2
     uvloop.install()
     # Per event a worker allocates and frees many small containers (records, the decoded event, its state).
     # With the default thresholds the cyclic collector ran every few events, scanning young objects and, every
@@ -174,7 +177,7 @@ def run_worker(settings: Settings) -> int:
     if local_state:
         try:
             lock = hold_data_dir(Path(app.conf.datadir))
-        except DataDirInUse as exc:
+        except DataDirUnavailable as exc:
             log.error("%s", exc)
             return 2
         discard_state_after_unclean_stop(tables)
@@ -191,8 +194,8 @@ def run_worker(settings: Settings) -> int:
     return 0
 
 
-class DataDirInUse(Exception):
-    """Another worker holds the data directory."""
+class DataDirUnavailable(Exception):
+    """The data directory is held by another worker, or cannot be made or written."""
 
 
 def hold_data_dir(datadir: Path) -> IO[str]:
@@ -202,13 +205,17 @@ def hold_data_dir(datadir: Path) -> IO[str]:
     the leftovers of an unclean stop and delete it (``discard_state_after_unclean_stop``). So the second one
     refuses to start instead, saying why.
     """
-    datadir.mkdir(parents=True, exist_ok=True)
-    handle = (datadir / "worker.lock").open("a")
+    try:
+        datadir.mkdir(parents=True, exist_ok=True)
+        handle = (datadir / "worker.lock").open("a")
+    except OSError as exc:  # read-only, not ours, a file in the way: one line, not a traceback
+        raise DataDirUnavailable(f"cannot use {datadir} (WORKER_DATA_DIR): {exc.strerror or exc}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise DataDirInUse(f"another worker is using {datadir}: give each worker its own WORKER_DATA_DIR") from None
+        message = f"another worker is using {datadir}: give each worker its own WORKER_DATA_DIR"
+        raise DataDirUnavailable(message) from None
     return handle
 
 

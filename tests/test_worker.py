@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -551,6 +552,23 @@ def test_restarted_worker_serves_the_same_state(broker: BrokerInfo, tmp_path: Pa
         with start_worker(broker, app_id, prefix, **env) as worker:
             assert {f"ch_{i}": worker.state(f"ch_{i}") for i in range(5)} == before
             assert "did not stop cleanly" in worker.output()
+
+
+def test_a_data_dir_or_port_the_worker_cannot_use_stops_it_with_one_line(broker: BrokerInfo, tmp_path: Path) -> None:
+    """Exit 2 and what is wrong, as for every other setting: a traceback (exit 1) read as a crash."""
+    app_id, prefix = unique("unusable")
+    (tmp_path / "a-file").write_text("")
+    env = {"STATE_STORE": "rocksdb://", "WORKER_DATA_DIR": str(tmp_path / "a-file" / "state")}
+    with start_worker(broker, app_id, prefix, wait_ready=False, **env) as worker:
+        assert worker.process.wait(timeout=60) == 2, worker.output()[-3000:]
+        assert "cannot use" in worker.output() and "Traceback" not in worker.output(), worker.output()[-3000:]
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        with start_worker(broker, app_id, prefix, wait_ready=False, WORKER_WEB_PORT=port) as worker:
+            assert worker.process.wait(timeout=60) == 2, worker.output()[-3000:]
+            assert "cannot start" in worker.output() and "Traceback" not in worker.output(), worker.output()[-3000:]
 
 
 def test_a_second_rocksdb_worker_on_the_same_data_dir_refuses_to_start(broker: BrokerInfo, tmp_path: Path) -> None:
