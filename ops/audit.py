@@ -18,6 +18,10 @@ acknowledged event id:
   partition, or before the window): Stripe's out-of-order delivery;
 - missing: none of these. Something acknowledged was lost.
 
+Records the brokers deleted (retention) before the workers read them are no longer there to classify: a partition
+whose committed offset lies below its log's start reports that range as *gone*. (Once the workers have read past
+such a gap, their ``hookstream_records_skipped_total`` and their log say so, and the audit no longer sees it.)
+
 Two changelog records naming one event with the same count are one application sent twice (a producer retry), or
 an application and a later stale run of an ``include_stale`` handler, not a double application; a worker applying
 an event after losing its partition, from the same state as the new owner, would look the same.
@@ -68,10 +72,11 @@ class AuditReport(msgspec.Struct, kw_only=True):
     pending: list[str]
     stale: list[str]
     missing: list[str]
+    gone: list[str] = []  # ranges of records deleted before the workers read them: topic[partition]@first..last
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.duplicated
+        return not self.missing and not self.duplicated and not self.gone
 
 
 class _Delivery(msgspec.Struct, array_like=True):
@@ -146,7 +151,12 @@ async def audit(
     finally:
         await admin.close()
     event_topics = sorted(t for t in existing if t.startswith(settings.topic_prefix) and t != settings.dlq_topic)
-    committed = await _committed_offsets(options, settings.worker_app_id, event_topics)
+    committed, starts = await _committed_offsets(options, settings.worker_app_id, event_topics)
+    gone = [
+        f"{record_position(topic, partition, offset)}..{starts[(topic, partition)] - 1}"
+        for (topic, partition), offset in sorted(committed.items())
+        if offset < starts.get((topic, partition), 0)
+    ]
     subscribed = {settings.topic_prefix + object_type for object_type in handlers.object_types}
 
     deliveries: dict[str, list[_Delivery]] = defaultdict(list)
@@ -199,6 +209,7 @@ async def audit(
             name: sorted(verdicts[name])
             for name in ("duplicated", "dead_lettered", "unhandled", "pending", "stale", "missing")
         },
+        gone=gone,
     )
 
 
@@ -219,19 +230,23 @@ def _registry(settings: Settings) -> HandlerRegistry:
     return registry
 
 
-async def _committed_offsets(options: dict[str, object], group: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    """The workers' committed offset of every partition of ``topics`` (partitions without one are left out)."""
+async def _committed_offsets(
+    options: dict[str, object], group: str, topics: list[str]
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    """The workers' committed offset of every partition of ``topics`` (partitions without one are left out), and
+    where each partition's log starts now."""
     consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer.topics()
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         offsets = {}
-        for topic in topics:
-            for partition in sorted(consumer.partitions_for_topic(topic) or ()):
-                offset = await consumer.committed(TopicPartition(topic, partition))
-                if offset is not None and offset >= 0:
-                    offsets[(topic, partition)] = offset
-        return offsets
+        for tp in partitions:
+            offset = await consumer.committed(tp)
+            if offset is not None and offset >= 0:
+                offsets[(tp.topic, tp.partition)] = offset
+        starts = await consumer.beginning_offsets(partitions) if partitions else {}
+        return offsets, {(tp.topic, tp.partition): start for tp, start in starts.items()}
     finally:
         await consumer.stop()
 
@@ -422,11 +437,18 @@ def format_report(report: AuditReport, show: int) -> str:
         f"{'acknowledged':<14}{report.acknowledged:>10,}  events ({report.records:,} records)",
         f"{'applied':<14}{report.applied:>10,}",
     ]
-    for name in ("duplicated", "dead_lettered", "unhandled", "stale", "pending", "missing"):
+    for name in ("duplicated", "dead_lettered", "unhandled", "stale", "pending", "missing", "gone"):
         ids: list[str] = getattr(report, name)
         shown = " ".join(ids[:show]) + (f" ... (+{len(ids) - show})" if len(ids) > show else "")
         lines.append(f"{name.replace('_', '-'):<14}{len(ids):>10,}  {shown}".rstrip())
-    lines.append("OK: every acknowledged event is accounted for" if report.ok else "FAILED: see missing/duplicated")
+    if report.gone:
+        lines.append(
+            "gone: records the brokers deleted (retention) before the workers read them; resend their events from "
+            "Stripe (Dashboard, or `stripe events resend`)"
+        )
+    lines.append(
+        "OK: every acknowledged event is accounted for" if report.ok else "FAILED: see missing/duplicated/gone"
+    )
     return "\n".join(lines)
 
 

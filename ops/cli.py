@@ -136,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
         help="check that every acknowledged event was applied once (or dead-lettered); exit 1 if any is missing",
         description="Compare the event ids in the event topics (what the gateway acknowledged) with the objects "
         "table's changelog (what the workers applied) and the dead letters. Exit status 1 when an acknowledged "
-        "event is missing or was applied twice, 2 when it could not check (a bad option, Kafka unreachable).",
+        "event is missing or was applied twice, or records were deleted before the workers read them (gone), 2 "
+        "when it could not check (a bad option, Kafka unreachable).",
     )
     audit.add_argument(
         "--since", help="audit events acknowledged since T: ISO 8601 time or a duration ago (30m, 2h, 7d); default: all"

@@ -94,6 +94,34 @@ def test_audit_accounts_for_every_event_and_reports_losses(broker: BrokerInfo) -
     assert "FAILED" in done.stdout
 
 
+def test_records_deleted_before_the_workers_read_them_are_reported_gone(
+    broker: BrokerInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention deleted records the workers had not read (stopped, or far behind): they are no longer in the topic
+    to classify, and the audit said OK over what was left. Their range is reported, and the audit fails. (The
+    embedded broker deletes nothing: where the log starts is given here, the rest is read from the broker.)"""
+    from ops.audit import audit, format_report
+    from ops.settings import Settings
+    from streams.registry import HandlerRegistry
+
+    app_id, prefix = unique("gone")
+    produce(broker.bootstrap_servers, [charge(prefix, "ch_gone", seq, BASE + seq) for seq in range(3)])
+    topic = f"{prefix}charge"
+
+    async def positions(options: Any, group: str, topics: list[str]) -> tuple[dict[Any, int], dict[Any, int]]:
+        assert group == app_id and topic in topics
+        return {(topic, 0): 2, (topic, 1): 7}, {(topic, 0): 5, (topic, 1): 7}  # partition 0 starts past its commit
+
+    monkeypatch.setattr("ops.audit._committed_offsets", positions)
+    settings = Settings.from_env(broker.app_env(app_id, prefix))
+    report = asyncio.run(audit(settings, handlers=HandlerRegistry()))
+    assert report.gone == [f"{topic}[0]@2..4"] and not report.ok
+    assert report.acknowledged == 3  # what is left is still judged (unhandled here: no handlers)
+    text = format_report(report, show=5)
+    assert f"{'gone':<14}{1:>10}  {topic}[0]@2..4" in text and "resend their events from Stripe" in text
+    assert text.endswith("FAILED: see missing/duplicated/gone")
+
+
 def test_audit_since_counts_only_the_window(broker: BrokerInfo) -> None:
     app_id, prefix = unique("since")
     before = [charge(prefix, f"ch_{i}", 0, BASE) for i in range(5)]
