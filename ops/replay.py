@@ -88,7 +88,13 @@ async def replay(
                 skipped += 1
             else:
                 await producer.send_and_wait(
-                    source.decode(), record.value, key=record.key, headers=replay_headers(headers)
+                    source.decode(errors="replace"),  # a name that is not one fails the send: exit 2, nothing lost
+                    record.value,
+                    key=record.key,
+                    # a record without a key (it bypassed the gateway; the worker keyed it by its object) goes back
+                    # to its partition: the producer would pick one at random, away from its object's state
+                    partition=_source_partition(headers) if record.key is None else None,
+                    headers=replay_headers(headers),
                 )
                 replayed += 1
             try:
@@ -153,7 +159,8 @@ def _consumer(settings: Settings) -> AIOKafkaConsumer:
 async def _dead_letters(
     consumer: AIOKafkaConsumer, limit: int | None, idle_timeout: float, join_timeout: float = 60.0
 ) -> AsyncIterator[tuple[TopicPartition, ConsumerRecord[bytes, bytes], list[tuple[str, bytes]]]]:
-    """Up to ``limit`` records with their headers, until nothing new came for ``idle_timeout`` (caught up).
+    """Up to ``limit`` records with their headers, until nothing new came for ``idle_timeout`` (caught up), counted
+    from when the caller had handled the last record (re-publishing a large batch may take longer than that).
 
     Each partition is read up to its end as this run first fetched it (its high watermark: right even where the
     embedded broker under-lists end offsets), then paused: what is dead-lettered later is left to the next run. A
@@ -194,7 +201,6 @@ async def _dead_letters(
             elif now - idle_since > idle_timeout:
                 return
             continue
-        idle_since = time.monotonic()
         for tp, records in batch.items():
             end = ends.get(tp)
             for record in records:
@@ -203,6 +209,15 @@ async def _dead_letters(
                     break
                 count += 1
                 yield tp, record, header_pairs(record.headers)
+        idle_since = time.monotonic()  # the batch is handled (sent and committed): idle from now
+
+
+def _source_partition(headers: list[tuple[str, bytes]]) -> int | None:
+    raw = header(headers, "source-partition")
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 class GroupJoinTimeout(KafkaError):

@@ -87,6 +87,36 @@ def test_the_idle_time_counts_from_the_first_assignment_not_through_the_group_jo
     assert _records(_Joining(join_polls=10, records=[letter]), idle=0.1) == [letter]  # 0.2 s joining > 0.1 s idle
 
 
+def test_the_idle_time_counts_from_when_a_batch_was_handled_not_from_its_fetch() -> None:
+    """Re-publishing a batch can take longer than the idle timeout (acks=all, thousands of dead letters): counted
+    from the fetch, the next empty poll ended the run as caught up, exit 0, with dead letters left behind."""
+
+    class Pausing(_Joining):
+        """Its second batch comes after one empty poll."""
+
+        waited = False
+
+        async def getmany(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:
+            if not self.records and self.later and not self.waited:
+                self.waited = True
+                await asyncio.sleep(0.02)
+                return {}
+            return await super().getmany(timeout_ms, max_records)
+
+    first = [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in range(3)]
+    second = [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in range(3, 6)]
+    consumer = Pausing(join_polls=1, records=first, later=second)
+
+    async def run() -> list[Any]:
+        read = []
+        async for _, record, _ in _dead_letters(consumer, None, 0.3, 5.0):  # type: ignore[arg-type]
+            read.append(record)
+            await asyncio.sleep(0.15)  # sending it: 0.45 s for the first batch, over the 0.3 s idle timeout
+        return read
+
+    assert asyncio.run(run()) == [*first, *second]
+
+
 def test_a_join_that_never_assigns_a_partition_is_an_error_not_an_empty_replay() -> None:
     with pytest.raises(GroupJoinTimeout, match="another `hookstream replay` may be running"):
         _records(_Joining(join_polls=1_000, records=[]), idle=0.1, join=0.3)
@@ -114,52 +144,84 @@ def test_a_replay_stops_at_the_end_each_partition_had_when_it_first_fetched_it()
     assert _records(consumer, idle=0.3) == letters
 
 
+class _Group(_Joining):
+    """A replay's consumer over one dead-letter partition; its commits refused when ``refuse`` (another replay
+    joined)."""
+
+    refuse = False
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def topics(self) -> set[str]:
+        return {"stripe.dlq"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def subscribe(self, topics: list[str]) -> None: ...
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        from aiokafka.errors import CommitFailedError
+
+        if self.refuse:
+            raise CommitFailedError("the group has already rebalanced")
+
+
+class _Producer:
+    """What the replay sends: (topic, key, partition) each."""
+
+    sent: list[tuple[str, bytes | None, int | None]]
+
+    def __init__(self, **options: Any) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None, headers: Any = None
+    ) -> None:
+        self.sent.append((topic, key, partition))
+
+
+def _replayed(monkeypatch: pytest.MonkeyPatch, consumer: _Group) -> tuple[Replayed, list[tuple[Any, ...]]]:
+    sent: list[tuple[str, bytes | None, int | None]] = []
+    monkeypatch.setattr(_Producer, "sent", sent, raising=False)
+    monkeypatch.setattr("ops.replay._consumer", lambda settings: consumer)
+    monkeypatch.setattr("ops.replay.AIOKafkaProducer", _Producer)
+    return asyncio.run(replay(Settings.from_env({}), idle_timeout=0.3)), sent
+
+
 def test_a_commit_refused_because_another_replay_joined_ends_this_one_with_what_it_did(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The dead letter it had just re-published goes uncommitted, so the replay that took its partition sends it
     again (workers drop the copy of an applied event); this one stops as caught up (it used to exit 2, as if
     Kafka had failed it)."""
-    from aiokafka.errors import CommitFailedError
-
     letters = [
         SimpleNamespace(offset=offset, key=b"ch_1", value=b"{}", headers=[("source-topic", b"stripe.charge")])
         for offset in range(3)
     ]
-    partition = TopicPartition("stripe.dlq", 0)
-    sent: list[int] = []
+    consumer = _Group(join_polls=0, records=letters, end=3, tp=TopicPartition("stripe.dlq", 0))
+    consumer.refuse = True
+    done, sent = _replayed(monkeypatch, consumer)
+    assert done == Replayed(1, 0, 0) and len(sent) == 1
 
-    class Refusing(_Joining):
-        async def start(self) -> None: ...
 
-        async def stop(self) -> None: ...
-
-        async def topics(self) -> set[str]:
-            return {"stripe.dlq"}
-
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return {0}
-
-        def subscribe(self, topics: list[str]) -> None: ...
-
-        async def commit(self, offsets: dict[Any, int]) -> None:
-            raise CommitFailedError("the group has already rebalanced")
-
-    class Producer:
-        def __init__(self, **options: Any) -> None: ...
-
-        async def start(self) -> None: ...
-
-        async def stop(self) -> None: ...
-
-        async def send_and_wait(self, topic: str, value: bytes, key: bytes, headers: Any) -> None:
-            sent.append(len(sent))
-
-    consumer = Refusing(join_polls=0, records=letters, end=3, tp=partition)
-    monkeypatch.setattr("ops.replay._consumer", lambda settings: consumer)
-    monkeypatch.setattr("ops.replay.AIOKafkaProducer", Producer)
-    done = asyncio.run(replay(Settings.from_env({}), idle_timeout=0.3))
-    assert done == Replayed(1, 0, 0) and sent == [0]
+def test_a_dead_letter_without_a_key_goes_back_to_its_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record that bypassed the gateway has no key (the worker keys it by its object): sent without one, the
+    producer picked a partition at random, away from its object's state and order. One with a key goes by it."""
+    source = [("source-topic", b"stripe.charge"), ("source-partition", b"5")]
+    letters = [
+        SimpleNamespace(offset=0, key=None, value=b"{}", headers=source),
+        SimpleNamespace(offset=1, key=b"ch_1", value=b"{}", headers=source),
+    ]
+    consumer = _Group(join_polls=0, records=letters, end=2, tp=TopicPartition("stripe.dlq", 0))
+    done, sent = _replayed(monkeypatch, consumer)
+    assert done == Replayed(2, 0, 0)
+    assert sent == [("stripe.charge", None, 5), ("stripe.charge", b"ch_1", None)]
 
 
 @pytest.mark.integration
