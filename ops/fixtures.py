@@ -50,6 +50,11 @@ _STATUS_AFTER = {
 }
 
 
+#: Event types whose object Stripe sends without an id (it does not exist yet): their records are keyed by the event
+#: id, as the gateway keys them.
+_WITHOUT_ID = frozenset({"invoice.upcoming"})
+
+
 #: Event types whose events carry one of several kinds of object (Stripe's API reference); their example object is
 #: one of them. A handler of another of them declares it (``@on(..., object_type="card")``): it names the topic.
 _SEVERAL_OBJECTS = {
@@ -161,6 +166,8 @@ def build_event(
         obj["status"] = _STATUS_AFTER[event_type]
     if object_id is not None:
         obj["id"] = object_id
+    elif event_type in _WITHOUT_ID:
+        obj.pop("id", None)
     if object_fields:
         obj.update(object_fields)
     event = copy.deepcopy(_resources()["event"])
