@@ -152,10 +152,10 @@ async def audit(
         await admin.close()
     event_topics = sorted(t for t in existing if t.startswith(settings.topic_prefix) and t != settings.dlq_topic)
     committed, starts = await _committed_offsets(options, settings.worker_app_id, event_topics)
-    gone = [
-        f"{record_position(topic, partition, offset)}..{starts[(topic, partition)] - 1}"
-        for (topic, partition), offset in sorted(committed.items())
-        if offset < starts.get((topic, partition), 0)
+    gone = [  # a partition never committed counts from 0: nothing of it was read
+        f"{record_position(topic, partition, committed.get((topic, partition), 0))}..{start - 1}"
+        for (topic, partition), start in sorted(starts.items())
+        if committed.get((topic, partition), 0) < start
     ]
     subscribed = {settings.topic_prefix + object_type for object_type in handlers.object_types}
 

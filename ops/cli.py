@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -24,7 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     # The handler modules (HOOKSTREAM_HANDLERS) are looked for in the working directory first, as `python -m` and
     # uvicorn do: the console script alone looked only where hookstream is installed (another checkout's handlers,
-    # or none of a project of its own)
+    # or none of a project of its own). hookstream's own packages are imported first: a project's streams/ or
+    # gateway.py must not stand in for them.
+    for package in ("gateway", "streams"):
+        importlib.import_module(package)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     # As PID 1 (the image's ENTRYPOINT) a signal without a handler is ignored, so until a command installs its own

@@ -105,7 +105,7 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: 
         )
         refused |= await _create(admin, settings, {settings.dlq_topic: configs})
     if refused:
-        raise TopicCreationError("; ".join(f"cannot create topic {topic}: {why}" for topic, why in refused.items()))
+        raise TopicRefusedByPolicy("; ".join(f"cannot create topic {topic}: {why}" for topic, why in refused.items()))
 
 
 async def _create(admin: AIOKafkaAdminClient, settings: Settings, configs: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -134,6 +134,11 @@ async def _create(admin: AIOKafkaAdminClient, settings: Settings, configs: dict[
 
 class TopicCreationError(RuntimeError):
     """The brokers refused to create a topic (an event topic, or the dead-letter topic)."""
+
+
+class TopicRefusedByPolicy(TopicCreationError):
+    """The brokers refused a topic's creation by their policy or its configs (a managed cluster's rules), not for a
+    passing trouble of theirs (a controller election, a broker down): someone must create it, or allow it."""
 
 
 def faust_broker_options(settings: Settings) -> dict[str, Any]:

@@ -274,7 +274,7 @@ async def process_events(stream: faust.Stream[Any]) -> None:
     consumer.skip_sink = lambda topic, count: metrics.records_skipped.labels(topic).inc(count)
     for topic in event_topics:  # from zero, so that increase() sees the first
         metrics.records_skipped.labels(topic)
-    for event_type, object_type in registry.kinds:  # likewise a handled type's first dead letter after a start
+    for event_type, object_type in registry.handled:  # likewise a handled type's first dead letter after a start
         metrics.processed_counter(settings.topic_prefix + object_type, event_type, Outcome.OK)
     try:
         async for event in stream.noack().events():  # only records that did not take the batch path

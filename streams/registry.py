@@ -146,7 +146,7 @@ class HandlerRegistry:
         return {object_type for _, object_type in self._by_key}
 
     @property
-    def kinds(self) -> list[tuple[str, str]]:
+    def handled(self) -> list[tuple[str, str]]:
         """Every (event type, object type) that has a handler."""
         return sorted(self._by_key)
 

@@ -238,8 +238,8 @@ class WorkerProcess:
         return http_request(self.port, "GET", path, timeout=timeout)
 
     def state(self, object_id: str, patience: float = 60.0) -> dict[str, Any] | None:
-        """The object's state, None for an unknown id; a 503 (the owner rebalancing or recovering) is asked again,
-        as its Retry-After says, for ``patience`` seconds."""
+        """The object's state, None for an unknown id; a 503 (a worker joining, rebalancing or recovering, or the
+        owner not answering) is asked again every 0.2 s for ``patience`` seconds."""
         deadline = time.monotonic() + patience
         response = self.request(f"/objects/{object_id}")
         while response.status == 503 and time.monotonic() < deadline:

@@ -110,15 +110,16 @@ def test_records_deleted_before_the_workers_read_them_are_reported_gone(
 
     async def positions(options: Any, group: str, topics: list[str]) -> tuple[dict[Any, int], dict[Any, int]]:
         assert group == app_id and topic in topics
-        return {(topic, 0): 2, (topic, 1): 7}, {(topic, 0): 5, (topic, 1): 7}  # partition 0 starts past its commit
+        # partition 0 starts past its commit, partition 2 past 0 with no commit at all (no worker ever read it)
+        return {(topic, 0): 2, (topic, 1): 7}, {(topic, 0): 5, (topic, 1): 7, (topic, 2): 3, (topic, 3): 0}
 
     monkeypatch.setattr("ops.audit._committed_offsets", positions)
     settings = Settings.from_env(broker.app_env(app_id, prefix))
     report = asyncio.run(audit(settings, handlers=HandlerRegistry()))
-    assert report.gone == [f"{topic}[0]@2..4"] and not report.ok
+    assert report.gone == [f"{topic}[0]@2..4", f"{topic}[2]@0..2"] and not report.ok
     assert report.acknowledged == 3  # what is left is still judged (unhandled here: no handlers)
     text = format_report(report, show=5)
-    assert f"{'gone':<14}{1:>10}  {topic}[0]@2..4" in text and "resend their events from Stripe" in text
+    assert f"{'gone':<14}{2:>10}  {topic}[0]@2..4 {topic}[2]@0..2" in text and "resend their events from Stripe" in text
     assert text.endswith("FAILED: see missing/duplicated/gone")
 
 

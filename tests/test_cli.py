@@ -169,6 +169,8 @@ def test_the_console_script_finds_handler_modules_in_the_working_directory(tmp_p
         'from streams.registry import on\n\n\n@on("payout.paid")\nasync def paid(event, ctx):\n    pass\n'
     )
     (tmp_path / "handlers").mkdir()
+    for name in ("streams", "gateway"):  # a project's own modules of those names do not stand in for hookstream's
+        (tmp_path / f"{name}.py").write_text(f"raise ImportError('the project {name}.py, not hookstream')\n")
     script = Path(sys.executable).with_name("hookstream")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HOOKSTREAM_HANDLERS": "myhandlers"}
     done = subprocess.run(

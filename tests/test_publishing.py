@@ -301,8 +301,9 @@ def test_a_topic_the_broker_refuses_leaves_readiness_and_the_other_topics_alone(
     refused = msgspec.structs.replace(good, topic="refused." + "x" * 300)
 
     forbidden = msgspec.structs.replace(good, topic="refused.forbidden_by_policy")
+    electing = msgspec.structs.replace(good, topic="refused.during_an_election")
 
-    async def run() -> tuple[bool, set[str], str, str]:
+    async def run() -> tuple[bool, set[str], str, str, str]:
         publisher = Publisher(settings, GatewayMetrics(), probe_interval=3600)  # no probe puts readiness back
         await publisher.start()
         try:
@@ -319,22 +320,29 @@ def test_a_topic_the_broker_refuses_leaves_readiness_and_the_other_topics_alone(
             create_topics = admin.create_topics
 
             async def policy(new_topics: list[Any], *args: Any, **kwargs: Any) -> Any:
-                """The brokers' answer, with a policy violation (44) for the forbidden topic."""
+                """The brokers' answer: a policy violation (44) for the forbidden topic, no controller (41) for the
+                other one."""
                 answer = await create_topics(new_topics, *args, **kwargs)
-                errors = [(e[0], 44, "not allowed") if e[0] == forbidden.topic else e for e in answer.topic_errors]
+                said = {forbidden.topic: (44, "not allowed"), electing.topic: (41, None)}
+                errors = [(e[0], *said[e[0]]) if e[0] in said else e for e in answer.topic_errors]
                 return types.SimpleNamespace(topic_errors=errors)  # all that create_topics reads of it
 
             admin.create_topics = policy  # type: ignore[method-assign]
             with pytest.raises(BrokerUnavailable) as creation_refused:
                 await asyncio.wait_for(publisher.publish(forbidden), timeout=30)
-            return publisher.ready, set(publisher._known_topics), str(refusal.value), str(creation_refused.value)
+            with pytest.raises(BrokerUnavailable) as no_controller:
+                await asyncio.wait_for(publisher.publish(electing), timeout=30)
+            told = str(refusal.value), str(creation_refused.value), str(no_controller.value)
+            return publisher.ready, set(publisher._known_topics), *told
         finally:
             await publisher.stop()
 
-    ready, known, said, said_at_creation = asyncio.run(run())
+    ready, known, said, said_at_creation, said_while_electing = asyncio.run(run())
     assert ready and known == {good.topic}
     assert said.startswith(f"the broker refused topic {refused.topic} (") and "may this user write to it?" in said
     assert said_at_creation.startswith(f"cannot create topic {forbidden.topic}: not allowed (create it")
+    # the brokers' passing trouble: no advice to create the topic elsewhere
+    assert said_while_electing == f"cannot create topic {electing.topic}: error 41"
 
 
 def _inject_fatal_error(producer: AsyncProducer) -> None:

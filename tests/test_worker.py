@@ -652,8 +652,8 @@ def test_any_worker_answers_for_any_object(broker: BrokerInfo) -> None:
         assert first.state("ch_unknown") is None and second.state("ch_unknown") is None
 
         # the owner stopped (frozen, or blocked by a handler) before the group noticed: the other worker answers
-        # 503 once its forward times out, instead of holding the client for minutes (or a 500 with a traceback,
-        # for an owner killed)
+        # 503 once its forward times out (streams/routing.py), where Faust's router held the client for up to five
+        # minutes (this request gives up after one); an owner killed got a 500 and a traceback
         owned = {int(labels["partition"]) for labels, _ in second.metric_samples("hookstream_consumer_lag")}
         theirs = next(f"ch_{i}" for i in range(24) if (murmur2(f"ch_{i}".encode()) & 0x7FFFFFFF) % 8 in owned)
         second.process.send_signal(signal.SIGSTOP)
@@ -662,7 +662,7 @@ def test_any_worker_answers_for_any_object(broker: BrokerInfo) -> None:
         finally:
             second.process.send_signal(signal.SIGCONT)
         assert answer.status == 503, (answer.status, answer.body)
-        assert "did not answer" in answer.json()["error"] or "rebalancing" in answer.json()["error"], answer.body
+        assert "did not answer" in answer.json()["error"], answer.body
 
 
 def test_state_recovers_fully_from_a_changelog_written_in_large_batches(broker: BrokerInfo) -> None:

@@ -329,8 +329,8 @@ ROWS = [
             ),
             Panel(
                 "Event loop lag per worker",
-                "How late the worker's event loop ran a 0.25 s timer (worst over 5 s). Seconds mean a handler blocks "
-                "it (time.sleep, a synchronous client): every object of that worker waits.",
+                "How late the worker's event loop ran a 0.25 s timer (worst over the last minute). Seconds mean a "
+                "handler blocks it (time.sleep, a synchronous client): every object of that worker waits.",
                 [Target(f"max by (instance) ({sel('hookstream_event_loop_lag_seconds')})", "{{instance}}")],
                 unit="s",
                 width=8,

@@ -128,8 +128,6 @@ secrets; both components read the SASL password with a SASL_* protocol. Call wit
 {{- end }}
 {{- end }}
 
-{{/* Mode 0440: owner root, group the pod's fsGroup (podSecurityContext.fsGroup, the image's gid 10001 by default),
-which the kubelet gives the files and the container's user belongs to; nobody else reads them. */}}
 {{/* A component's topologySpreadConstraints: its own from values, else (spreadOverNodes) its pods spread over
 nodes where the cluster allows it: a node's loss takes one gateway, or one worker's partitions, not all of them.
 Call with (list $ "gateway") or (list $ "worker"). */}}
@@ -149,6 +147,8 @@ Call with (list $ "gateway") or (list $ "worker"). */}}
 {{- end }}
 {{- end }}
 
+{{/* Mode 0440: owner root, group the pod's fsGroup (podSecurityContext.fsGroup, the image's gid 10001 by default),
+which the kubelet gives the files and the container's user belongs to; nobody else reads them. */}}
 {{- define "hookstream.secretFiles.volumes" -}}
 {{- $files := fromJsonArray (include "hookstream.secretFiles" .) }}
 {{- if $files }}
