@@ -42,7 +42,7 @@ class Replayed(NamedTuple):
 
 
 async def replay(
-    settings: Settings, limit: int | None = None, idle_timeout: float = 3.0, discard: Collection[str] = ()
+    settings: Settings, limit: int | None = None, stall_timeout: float = 30.0, discard: Collection[str] = ()
 ) -> Replayed:
     """Re-publish up to ``limit`` dead letters, except those of the events in ``discard`` (event ids, or dead
     letters' positions ``topic[partition]@offset`` as ``--list`` shows them: a record that bypassed the gateway may
@@ -64,7 +64,7 @@ async def replay(
         if not await _dead_letter_partitions(consumer, settings):  # nothing to join for
             return Replayed(0, 0, 0)
         consumer.subscribe([settings.dlq_topic])
-        async for tp, record, headers in _dead_letters(consumer, limit, idle_timeout):
+        async for tp, record, headers in _dead_letters(consumer, limit, stall_timeout):
             source = header(headers, "source-topic")
             omitted = header(headers, VALUE_OMITTED)
             event_id = (header(headers, "event-id") or b"").decode(errors="replace")
@@ -113,7 +113,7 @@ async def replay(
     return Replayed(replayed, skipped, discarded, frozenset(found))
 
 
-async def pending(settings: Settings, show: Callable[[str], None], idle_timeout: float = 3.0) -> int:
+async def pending(settings: Settings, show: Callable[[str], None], stall_timeout: float = 30.0) -> int:
     """Describe to ``show`` each dead letter a replay would take; return how many. Nothing is sent or committed,
     and the group is not joined: the partitions are read from its commits beside it, so a replay running meanwhile
     keeps all of them (a join would take half away, and it would stop early, as if caught up)."""
@@ -126,7 +126,7 @@ async def pending(settings: Settings, show: Callable[[str], None], idle_timeout:
             return 0
         # assigned, not subscribed: positions start at the group's committed offsets (else the beginning)
         consumer.assign([TopicPartition(settings.dlq_topic, partition) for partition in sorted(partitions)])
-        async for tp, record, headers in _dead_letters(consumer, None, idle_timeout):
+        async for tp, record, headers in _dead_letters(consumer, None, stall_timeout):
             show(describe(record_position(tp.topic, tp.partition, record.offset), headers))
             count += 1
     finally:
@@ -157,29 +157,30 @@ def _consumer(settings: Settings) -> AIOKafkaConsumer:
 
 
 async def _dead_letters(
-    consumer: AIOKafkaConsumer, limit: int | None, idle_timeout: float, join_timeout: float = 60.0
+    consumer: AIOKafkaConsumer, limit: int | None, stall_timeout: float, join_timeout: float = 60.0
 ) -> AsyncIterator[tuple[TopicPartition, ConsumerRecord[bytes, bytes], list[tuple[str, bytes]]]]:
-    """Up to ``limit`` records with their headers, until nothing new came for ``idle_timeout`` (caught up), counted
-    from when the caller had handled the last record (re-publishing a large batch may take longer than that).
+    """Up to ``limit`` records with their headers, until every assigned partition is read to its end (caught up).
 
     Each partition is read up to its end as this run first fetched it (its high watermark: right even where the
     embedded broker under-lists end offsets), then paused: what is dead-lettered later is left to the next run. A
     replayed event that fails again while workers run comes back as a new dead letter within a second or so, and a
     run that took those too re-published them for as long as they kept failing, never catching up.
 
-    The idle time counts from the first poll with partitions assigned: joining the group takes seconds on Kafka
-    (``group.initial.rebalance.delay.ms``, 3 s by default, for a group nobody is in), and a replay that counted them
-    stopped before it had read anything, reporting 0. GroupJoinTimeout when no partition came in ``join_timeout``.
+    Caught up is judged by those ends, not by a pause in the records: a batch slow to re-publish, or fetches failing
+    for a few seconds (a leader moving), ended runs as caught up with dead letters left. ReplayStalled when a
+    partition short of its end brings nothing for ``stall_timeout`` seconds (counted from when the caller handled
+    the last record); GroupJoinTimeout when no partition came in ``join_timeout`` (joining takes seconds on Kafka:
+    ``group.initial.rebalance.delay.ms``, 3 s by default, for a group nobody is in).
     """
     count = 0
-    idle_since: float | None = None
+    stalled_since: float | None = None
     joining_until: float | None = time.monotonic() + join_timeout  # None once a partition was assigned
     assigned: set[TopicPartition] = set()
     ends: dict[TopicPartition, int] = {}  # kept through rebalances: a partition handed back keeps its end
     while limit is None or count < limit:
         batch = await consumer.getmany(timeout_ms=500, max_records=limit and limit - count)
-        if consumer.assignment() != assigned:  # joined, or a rebalance: the idle time starts again
-            assigned, idle_since = set(consumer.assignment()), None
+        if consumer.assignment() != assigned:  # joined, or a rebalance: the stall time starts again
+            assigned, stalled_since = set(consumer.assignment()), None
             if assigned:
                 joining_until = None
         for tp in assigned - ends.keys():  # a fetch sets the high watermark, with records or without
@@ -196,10 +197,13 @@ async def _dead_letters(
                         f"no partition of the dead-letter topic assigned in {join_timeout:g} s: another "
                         "`hookstream replay` may be running"
                     )
-            elif idle_since is None:
-                idle_since = now
-            elif now - idle_since > idle_timeout:
+            elif await _caught_up(consumer, assigned, ends):
                 return
+            elif stalled_since is None:
+                stalled_since = now
+            elif now - stalled_since > stall_timeout:
+                behind = ", ".join(sorted(record_position(tp.topic, tp.partition, ends.get(tp, -1)) for tp in assigned))
+                raise ReplayStalled(f"nothing read for {stall_timeout:g} s short of the dead letters' ends ({behind})")
             continue
         for tp, records in batch.items():
             end = ends.get(tp)
@@ -209,7 +213,7 @@ async def _dead_letters(
                     break
                 count += 1
                 yield tp, record, header_pairs(record.headers)
-        idle_since = time.monotonic()  # the batch is handled (sent and committed): idle from now
+        stalled_since = None  # the batch is handled (sent and committed): progress
 
 
 def _source_partition(headers: list[tuple[str, bytes]]) -> int | None:
@@ -218,6 +222,21 @@ def _source_partition(headers: list[tuple[str, bytes]]) -> int | None:
         return int(raw) if raw is not None else None
     except ValueError:
         return None
+
+
+async def _caught_up(
+    consumer: AIOKafkaConsumer, assigned: set[TopicPartition], ends: dict[TopicPartition, int]
+) -> bool:
+    """Every assigned partition read up to its end as this run first fetched it."""
+    for tp in assigned:
+        end = ends.get(tp)
+        if end is None or await consumer.position(tp) < end:
+            return False
+    return True
+
+
+class ReplayStalled(KafkaError):
+    """A dead-letter partition short of its end brought nothing for the stall timeout (fetches failing)."""
 
 
 class GroupJoinTimeout(KafkaError):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from ops.replay import GroupJoinTimeout, Replayed, _dead_letters, pending, replay, replay_headers
+from ops.replay import GroupJoinTimeout, Replayed, ReplayStalled, _dead_letters, pending, replay, replay_headers
 from ops.settings import Settings
 from streams.dead_letters import dead_letter_headers
 from tests.support import BrokerInfo, unique
@@ -47,9 +47,13 @@ class _Joining:
     ) -> None:
         self.join_polls, self.records, self.lost_after = join_polls, records, lost_after
         self.end, self.later, self.paused, self.tp = end, later or [], False, tp
+        self.read_to = 0  # the position: after the last record returned
 
     def highwater(self, tp: str) -> int | None:
         return None if self.join_polls else self.end
+
+    async def position(self, tp: str) -> int:
+        return self.read_to
 
     def pause(self, tp: str) -> None:
         self.paused = True
@@ -67,29 +71,33 @@ class _Joining:
         if not records and self.later:  # dead-lettered after the run began: the end moves on
             records, self.later = self.later, []
             self.end = records[-1].offset + 1
+        if records:
+            self.read_to = records[-1].offset + 1
         return {self.tp: records} if records else {}
 
     def assignment(self) -> set[Any]:
         return set() if self.join_polls or (self.lost_after is not None and self.lost_after < 0) else {self.tp}
 
 
-def _records(consumer: _Joining, idle: float, join: float = 5.0) -> list[Any]:
+def _records(consumer: _Joining, stall: float, join: float = 5.0) -> list[Any]:
     async def run() -> list[Any]:
-        return [record async for _, record, _ in _dead_letters(consumer, None, idle, join)]  # type: ignore[arg-type]
+        return [record async for _, record, _ in _dead_letters(consumer, None, stall, join)]  # type: ignore[arg-type]
 
     return asyncio.run(run())
 
 
-def test_the_idle_time_counts_from_the_first_assignment_not_through_the_group_join() -> None:
-    """On Kafka a group nobody is in is joined after group.initial.rebalance.delay.ms (3 s): counted as idle, the
-    replay stopped before its first fetch and replayed nothing."""
+def test_the_group_join_is_waited_through() -> None:
+    """On Kafka a group nobody is in is joined after group.initial.rebalance.delay.ms (3 s): counted against the
+    run, the replay stopped before its first fetch and replayed nothing."""
     letter = SimpleNamespace(offset=0, headers=[("event-id", b"evt_1")])
-    assert _records(_Joining(join_polls=10, records=[letter]), idle=0.1) == [letter]  # 0.2 s joining > 0.1 s idle
+    assert _records(_Joining(join_polls=10, records=[letter], end=1), stall=0.1) == [letter]  # 0.2 s joining
 
 
-def test_the_idle_time_counts_from_when_a_batch_was_handled_not_from_its_fetch() -> None:
-    """Re-publishing a batch can take longer than the idle timeout (acks=all, thousands of dead letters): counted
-    from the fetch, the next empty poll ended the run as caught up, exit 0, with dead letters left behind."""
+def test_a_run_ends_at_the_ends_not_at_a_pause_in_the_records() -> None:
+    """Re-publishing a batch can take longer than the old idle timeout (acks=all, thousands of dead letters), and
+    fetches may fail for seconds (a leader moving): the next empty poll ended the run as caught up, exit 0, with
+    dead letters left behind. A run ends once its partitions are read to their ends; one that stays short of them
+    fails (exit 2)."""
 
     class Pausing(_Joining):
         """Its second batch comes after one empty poll."""
@@ -105,21 +113,25 @@ def test_the_idle_time_counts_from_when_a_batch_was_handled_not_from_its_fetch()
 
     first = [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in range(3)]
     second = [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in range(3, 6)]
-    consumer = Pausing(join_polls=1, records=first, later=second)
+    consumer = Pausing(join_polls=1, records=first, end=6, later=second)  # the end as first fetched: 6
 
     async def run() -> list[Any]:
         read = []
         async for _, record, _ in _dead_letters(consumer, None, 0.3, 5.0):  # type: ignore[arg-type]
             read.append(record)
-            await asyncio.sleep(0.15)  # sending it: 0.45 s for the first batch, over the 0.3 s idle timeout
+            await asyncio.sleep(0.15)  # sending it: 0.45 s for the first batch, over the old 0.3 s idle timeout
         return read
 
     assert asyncio.run(run()) == [*first, *second]
+    # fetches that bring nothing while the partition is short of its end: a stall, not a finished run
+    stuck = _Joining(join_polls=1, records=first, end=6, tp=TopicPartition("stripe.dlq", 0))
+    with pytest.raises(ReplayStalled, match=r"nothing read for 0\.3 s short of .* \(stripe\.dlq\[0\]@6\)"):
+        _records(stuck, stall=0.3)
 
 
 def test_a_join_that_never_assigns_a_partition_is_an_error_not_an_empty_replay() -> None:
     with pytest.raises(GroupJoinTimeout, match="another `hookstream replay` may be running"):
-        _records(_Joining(join_polls=1_000, records=[]), idle=0.1, join=0.3)
+        _records(_Joining(join_polls=1_000, records=[]), stall=0.1, join=0.3)
 
 
 def test_partitions_taken_by_another_replay_end_this_one_normally_with_what_it_read() -> None:
@@ -127,7 +139,7 @@ def test_partitions_taken_by_another_replay_end_this_one_normally_with_what_it_r
     replay): this one stops as caught up, its count printed, rather than failing on the join deadline."""
     letter = SimpleNamespace(offset=0, headers=[("event-id", b"evt_1")])
     consumer = _Joining(join_polls=2, records=[letter], lost_after=3)
-    assert _records(consumer, idle=10.0, join=5.0) == [letter]  # a deadline only: a paused process must not hit it
+    assert _records(consumer, stall=10.0, join=5.0) == [letter]  # a deadline only: a paused process must not hit it
 
 
 def test_a_replay_stops_at_the_end_each_partition_had_when_it_first_fetched_it() -> None:
@@ -137,11 +149,11 @@ def test_a_replay_stops_at_the_end_each_partition_had_when_it_first_fetched_it()
     letters = [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in range(3)]
     again = [SimpleNamespace(offset=3, headers=[("event-id", b"evt_0")])]  # evt_0 failed once more
     consumer = _Joining(join_polls=1, records=letters, end=3, later=again)
-    assert _records(consumer, idle=0.3) == letters
+    assert _records(consumer, stall=0.3) == letters
     assert consumer.paused and consumer.later == []  # it was read, and stopped the partition
     # in one fetch with the ones before it
     consumer = _Joining(join_polls=1, records=[*letters, *again], end=3)
-    assert _records(consumer, idle=0.3) == letters
+    assert _records(consumer, stall=0.3) == letters
 
 
 class _Group(_Joining):
@@ -191,7 +203,7 @@ def _replayed(monkeypatch: pytest.MonkeyPatch, consumer: _Group) -> tuple[Replay
     monkeypatch.setattr(_Producer, "sent", sent, raising=False)
     monkeypatch.setattr("ops.replay._consumer", lambda settings: consumer)
     monkeypatch.setattr("ops.replay.AIOKafkaProducer", _Producer)
-    return asyncio.run(replay(Settings.from_env({}), idle_timeout=0.3)), sent
+    return asyncio.run(replay(Settings.from_env({}), stall_timeout=0.3)), sent
 
 
 def test_a_commit_refused_because_another_replay_joined_ends_this_one_with_what_it_did(
