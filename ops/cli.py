@@ -337,7 +337,8 @@ def _trigger(args: argparse.Namespace, settings: Settings) -> int:
         print(f"hookstream: cannot reach {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 1
     print(f"{result.status} {result.body}")
-    print(f"event {result.event_id} ({args.event_type}) about object {result.object_id}", file=sys.stderr)
+    about = f"object {result.object_id}" if result.object_id else "an object without an id (keyed by the event id)"
+    print(f"event {result.event_id} ({args.event_type}) about {about}", file=sys.stderr)
     return 0 if result.status == 200 else 1
 
 

@@ -77,6 +77,16 @@ def test_trigger_command_sets_the_object_id(gateway: GatewayProcess, broker: Bro
     assert f"event {event_id} (customer.subscription.created) about object sub_trigger_cli" in done.stderr
 
 
+def test_an_object_without_an_id_is_keyed_by_its_event_id(gateway: GatewayProcess, broker: BrokerInfo) -> None:
+    """An upcoming invoice does not exist yet: Stripe sends it without an id (it said "about object None")."""
+    done = _trigger(gateway, "invoice.upcoming")
+    assert done.returncode == 0, done.stderr
+    event_id = json.loads(done.stdout[4:])["id"]
+    records = [r for r in consume(broker.bootstrap_servers, ["stripe.invoice"], 1) if r.key == event_id.encode()]
+    assert len(records) == 1 and "id" not in json.loads(records[0].value)["data"]["object"]
+    assert f"event {event_id} (invoice.upcoming) about an object without an id (keyed by the event id)" in done.stderr
+
+
 def test_trigger_command_explains_unknown_types_and_refusals(gateway: GatewayProcess, tmp_path: Path) -> None:
     unknown = _trigger(gateway, "three_d_secure.authentication.failed")
     assert unknown.returncode == 2
