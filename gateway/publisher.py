@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from gateway.envelope import Record
 from gateway.metrics import GatewayMetrics
 from gateway.rdkafka import AsyncProducer, DeliveryFailed, TopicRefused, librdkafka_config
-from ops.kafka import TopicCreationError, TopicRefusedByPolicy, client_options, create_topics
+from ops.kafka import TopicCreationError, client_options, create_topics
 from ops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ class Publisher:
                 f"the broker refused topic {record.topic} ({exc}): does it exist, and may this user write to it?"
             ) from exc
         except TopicCreationError as exc:  # a topic policy, or a controller election: tried again at the next event
-            hint = " (create it outside hookstream, or let this user create it)"
-            raise BrokerUnavailable(f"{exc}{hint if isinstance(exc, TopicRefusedByPolicy) else ''}") from exc
+            raise BrokerUnavailable(str(exc)) from exc
         except (TimeoutError, KafkaError, DeliveryFailed, BufferError) as exc:
             self._healthy = False
             self._known_topics.clear()  # a restarted (memory) broker may have lost them

@@ -105,7 +105,8 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: 
         )
         refused |= await _create(admin, settings, {settings.dlq_topic: configs})
     if refused:
-        raise TopicRefusedByPolicy("; ".join(f"cannot create topic {topic}: {why}" for topic, why in refused.items()))
+        reasons = "; ".join(f"cannot create topic {topic}: {why}" for topic, why in refused.items())
+        raise TopicRefusedByPolicy(f"{reasons} (create it outside hookstream, or let this user create it)")
 
 
 async def _create(admin: AIOKafkaAdminClient, settings: Settings, configs: dict[str, dict[str, str]]) -> dict[str, str]:

@@ -290,7 +290,7 @@ class EventProcessor:
                 log.error("event %s (%s) dead-lettered, nothing emitted: %s", event.id, event.type, exc)
                 await self._dead_letter(record, headers, exc, attempt)
                 return Outcome.DEAD_LETTERED
-            self._check_ours(record, event)
+            self._check_ours(record, event)  # a handler that swallowed the worker's cancellation returns here
             # what the handler emitted goes first: stopped or killed before the state is stored, the event is
             # applied again (and emits again: at least once); stored first, it would be a duplicate next time and
             # its records lost
@@ -303,8 +303,6 @@ class EventProcessor:
                     return Outcome.DEAD_LETTERED
             if stale and encoded == stored:  # a stale run that changed nothing (most do): no changelog record
                 return Outcome.OK
-            if context.emitted:  # their sends may have waited through a rebalance (nothing else waits since)
-                self._check_ours(record, event)
             try:
                 await self._store.put(object_id, encoded, record.partition)
             except Exception as exc:
