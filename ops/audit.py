@@ -49,7 +49,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from ops.kafka import client_options, record_position
 from ops.settings import Settings
-from streams.dead_letters import header, header_pairs
+from streams.dead_letters import header, header_pairs, source_position
 from streams.registry import HandlerRegistry, registry
 from streams.state import decode_state, older_within_a_second
 
@@ -129,12 +129,9 @@ class _Evidence:
                     applied[event_id] = _Applied(created, None)
 
     def read_dead_letter(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        headers = header_pairs(record.headers)
-        topic, partition, offset = (
-            header(headers, name) for name in ("source-topic", "source-partition", "source-offset")
-        )
-        if topic and partition and offset:
-            self.dead_records.add((topic.decode(), int(partition), int(offset)))
+        source = source_position(header_pairs(record.headers))
+        if source is not None:
+            self.dead_records.add(source)
 
 
 async def audit(
@@ -153,9 +150,9 @@ async def audit(
     event_topics = sorted(t for t in existing if t.startswith(settings.topic_prefix) and t != settings.dlq_topic)
     committed, starts = await _committed_offsets(options, settings.worker_app_id, event_topics)
     gone = [  # a partition never committed counts from 0: nothing of it was read
-        f"{record_position(topic, partition, committed.get((topic, partition), 0))}..{start - 1}"
-        for (topic, partition), start in sorted(starts.items())
-        if committed.get((topic, partition), 0) < start
+        f"{record_position(*tp, read)}..{start - 1}"
+        for tp, start in sorted(starts.items())
+        if (read := committed.get(tp, 0)) < start
     ]
     subscribed = {settings.topic_prefix + object_type for object_type in handlers.object_types}
 

@@ -252,8 +252,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
 def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from ops.fixtures import carried_object_types, fixture_for
-    from ops.scaffold import ScaffoldError, new_handler
+    from ops.scaffold import ScaffoldError, kinds_left_unhandled, new_handler
 
     try:
         handler, test = new_handler(args.event_type, Path.cwd(), settings.handler_modules, args.object_type)
@@ -261,11 +260,12 @@ def _new_handler(args: argparse.Namespace, settings: Settings) -> int:
         print(f"hookstream: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {handler}\nwrote {test}\nnext: edit both, then run .venv/bin/pytest {test}")
-    kinds = carried_object_types(args.event_type)
-    if kinds and args.object_type is None:  # the example object's kind: the others' events go unhandled
-        kind = fixture_for(args.event_type)["object"]
-        others = "|".join(sorted(kinds - {kind}))
-        print(f"note: it handles the {kind} events of {args.event_type} only; for the others: --object-type {others}")
+    kind, others = kinds_left_unhandled(args.event_type, args.object_type)
+    if others:
+        print(
+            f"note: it handles the {kind} events of {args.event_type} only; for the others: --object-type "
+            f"{'|'.join(others)}"
+        )
     if not {"handlers", f"handlers.{handler.stem}"} & set(settings.handler_modules):
         print(
             f"note: HOOKSTREAM_HANDLERS ({','.join(settings.handler_modules)}) does not name handlers: the worker "

@@ -24,7 +24,14 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, Un
 
 from ops.kafka import client_options, record_position
 from ops.settings import Settings
-from streams.dead_letters import REPLAYED_AT, VALUE_OMITTED, header, header_pairs, original_headers
+from streams.dead_letters import (
+    REPLAYED_AT,
+    VALUE_OMITTED,
+    header,
+    header_pairs,
+    original_headers,
+    source_position,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +94,14 @@ async def replay(
                 )
                 skipped += 1
             else:
+                # a record without a key (it bypassed the gateway; the worker keyed it by its object) goes back to its
+                # partition: the producer would pick one at random, away from its object's state
+                position = source_position(headers) if record.key is None else None
                 await producer.send_and_wait(
                     source.decode(errors="replace"),  # a name that is not one fails the send: exit 2, nothing lost
                     record.value,
                     key=record.key,
-                    # a record without a key (it bypassed the gateway; the worker keyed it by its object) goes back
-                    # to its partition: the producer would pick one at random, away from its object's state
-                    partition=_source_partition(headers) if record.key is None else None,
+                    partition=position[1] if position is not None else None,
                     headers=replay_headers(headers),
                 )
                 replayed += 1
@@ -197,13 +205,13 @@ async def _dead_letters(
                         f"no partition of the dead-letter topic assigned in {join_timeout:g} s: another "
                         "`hookstream replay` may be running"
                     )
-            elif await _caught_up(consumer, assigned, ends):
+            elif not (behind := await _behind(consumer, assigned, ends)):
                 return
             elif stalled_since is None:
                 stalled_since = now
             elif now - stalled_since > stall_timeout:
-                behind = ", ".join(sorted(record_position(tp.topic, tp.partition, ends.get(tp, -1)) for tp in assigned))
-                raise ReplayStalled(f"nothing read for {stall_timeout:g} s short of the dead letters' ends ({behind})")
+                left = ", ".join(sorted(record_position(tp.topic, tp.partition, ends.get(tp, -1)) for tp in behind))
+                raise ReplayStalled(f"nothing read for {stall_timeout:g} s short of the dead letters' ends ({left})")
             continue
         for tp, records in batch.items():
             end = ends.get(tp)
@@ -216,23 +224,11 @@ async def _dead_letters(
         stalled_since = None  # the batch is handled (sent and committed): progress
 
 
-def _source_partition(headers: list[tuple[str, bytes]]) -> int | None:
-    raw = header(headers, "source-partition")
-    try:
-        return int(raw) if raw is not None else None
-    except ValueError:
-        return None
-
-
-async def _caught_up(
+async def _behind(
     consumer: AIOKafkaConsumer, assigned: set[TopicPartition], ends: dict[TopicPartition, int]
-) -> bool:
-    """Every assigned partition read up to its end as this run first fetched it."""
-    for tp in assigned:
-        end = ends.get(tp)
-        if end is None or await consumer.position(tp) < end:
-            return False
-    return True
+) -> list[TopicPartition]:
+    """The assigned partitions not yet read up to their end as this run first fetched it (its end unknown yet)."""
+    return [tp for tp in assigned if (end := ends.get(tp)) is None or await consumer.position(tp) < end]
 
 
 class ReplayStalled(KafkaError):

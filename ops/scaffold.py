@@ -80,16 +80,15 @@ def new_handler(
         fixture = None
     another_kind = False
     if object_type is not None and fixture is not None:
-        carried = carried_object_types(event_type)
-        if listed and object_type in carried - {fixture["object"]}:  # another of the objects its events carry
+        if not listed:
+            fixture = None  # a type newer than the list: its object is the user's, not a look-alike's example
+        elif (wrong := wrong_kind(event_type, object_type)) is not None:
+            raise ScaffoldError(f"--object-type {wrong}")
+        elif object_type == fixture["object"]:
+            object_type = None  # the example object's type: the handler needs no object_type=
+        else:  # another of the objects its events carry
             fixture = example_object(object_type)
             another_kind = True  # its module goes beside the example object's kind's, now or later
-        elif listed and (wrong := wrong_kind(event_type, object_type)) is not None:
-            raise ScaffoldError(f"--object-type {wrong}")
-        elif listed:
-            object_type = None  # the example object's type: the handler needs no object_type=
-        else:
-            fixture = None  # a type newer than the list: its object is the user's, not a look-alike's example
     kind = object_type or (str(fixture["object"]) if fixture is not None else None)
     handled_by = _handled_by(event_type, kind, root / "handlers", modules)
     if handled_by is not None:
@@ -144,6 +143,16 @@ def _handled_by(event_type: str, kind: str | None, handlers_dir: Path, modules: 
     kinds = [kind] if kind is not None else sorted(registry.object_types)
     found = (registry.lookup(event_type, k) for k in kinds)
     return next((handler_name(r.handler) for r in found if r is not None), None)
+
+
+def kinds_left_unhandled(event_type: str, object_type: str | None) -> tuple[str | None, list[str]]:
+    """For a type whose events carry several kinds of object (``customer.source.*``), scaffolded for its example
+    object's kind (``object_type`` None, or that kind): that kind, and the others, which its module leaves
+    unhandled. (None, []) otherwise."""
+    kinds, example = carried_object_types(event_type), _example_kind(event_type)
+    if not kinds or object_type not in (None, example):
+        return None, []
+    return example, sorted(kinds - {example})
 
 
 def _example_kind(event_type: str) -> str | None:

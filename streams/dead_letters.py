@@ -71,3 +71,15 @@ def header(headers: list[tuple[str, bytes]], name: str) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def source_position(headers: list[tuple[str, bytes]]) -> tuple[str, int, int] | None:
+    """Where a dead letter's record is (its ``source-topic``, ``source-partition``, ``source-offset``), or None if
+    a header is missing or unreadable (a record another producer wrote to the dead-letter topic)."""
+    topic, partition, offset = (header(headers, name) for name in ("source-topic", "source-partition", "source-offset"))
+    if not (topic and partition and offset):
+        return None
+    try:
+        return topic.decode(), int(partition), int(offset)
+    except ValueError:  # UnicodeDecodeError included
+        return None

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -364,6 +365,13 @@ def produce(
             await producer.stop()
 
     asyncio.run(run())
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent (Linux: /proc)."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
 
 
 def children(pid: int) -> list[int]:

@@ -13,7 +13,7 @@ import pytest
 
 from ops.broker import BrokerError, EmbeddedBroker, wait_for_kafka
 from ops.process import free_port, stop_process
-from tests.support import children, partition_count, wait_for
+from tests.support import alive, children, partition_count, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,6 @@ def test_broker_command_prints_where_it_listens_and_stops_on_sigterm() -> None:
         time.sleep(0)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
-
-
 def test_broker_command_stopped_while_the_broker_starts_leaves_no_broker_behind() -> None:
     """The broker runs in its own session (Ctrl-C reaches only hookstream): stopped before the broker answered,
     hookstream must stop it. The broker is frozen (SIGSTOP) until the stop was sent, so it falls in that window.
@@ -102,11 +94,11 @@ def _stop_during_start() -> bool:
         process.send_signal(signal.SIGTERM)
         os.kill(broker_pid, signal.SIGCONT)  # to take the stop hookstream sends it
         assert process.wait(30) == 0  # noted during the start, the stop came once the broker answered
-        wait_for(lambda: not _alive(broker_pid), 15, "the broker gone: it must not outlive the command")
+        wait_for(lambda: not alive(broker_pid), 15, "the broker gone: it must not outlive the command")
         return True
     finally:
         output.close()
         stop_process(process)
         for pid in frozen:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)

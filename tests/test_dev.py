@@ -20,7 +20,7 @@ import pytest
 
 from ops.broker import BrokerError, wait_for_kafka
 from ops.process import free_port, stop_process
-from tests.support import BrokerInfo, children, http_request, wait_for
+from tests.support import BrokerInfo, alive, children, http_request, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +148,7 @@ def test_a_closed_terminal_stops_the_stack_as_ctrl_c_does(broker: BrokerInfo, tm
             assert len(started) == 2, started
             process.send_signal(signal.SIGHUP)
             assert process.wait(60) == 0, (tmp_path / "dev.log").read_text()
-            left = [pid for pid in started if _alive(pid)]
+            left = [pid for pid in started if alive(pid)]
             assert not left, f"gateway and worker processes {left} outlived the supervisor"
         finally:
             stop_process(process)
@@ -160,13 +160,6 @@ def test_a_closed_terminal_stops_the_stack_as_ctrl_c_does(broker: BrokerInfo, tm
 def _answers(port: int) -> bool:
     with contextlib.suppress(OSError):
         return http_request(port, "GET", "/healthz", timeout=2).status == 200
-    return False
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie waiting for its parent."""
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return False
 
 

@@ -79,6 +79,11 @@ class _Joining:
         return set() if self.join_polls or (self.lost_after is not None and self.lost_after < 0) else {self.tp}
 
 
+def _letters(offsets: range) -> list[Any]:
+    """Dead letters at ``offsets``, each of its own event."""
+    return [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in offsets]
+
+
 def _records(consumer: _Joining, stall: float, join: float = 5.0) -> list[Any]:
     async def run() -> list[Any]:
         return [record async for _, record, _ in _dead_letters(consumer, None, stall, join)]  # type: ignore[arg-type]
@@ -111,8 +116,7 @@ def test_a_run_ends_at_the_ends_not_at_a_pause_in_the_records() -> None:
                 return {}
             return await super().getmany(timeout_ms, max_records)
 
-    first = [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in range(3)]
-    second = [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in range(3, 6)]
+    first, second = _letters(range(3)), _letters(range(3, 6))
     consumer = Pausing(join_polls=1, records=first, end=6, later=second)  # the end as first fetched: 6
 
     async def run() -> list[Any]:
@@ -146,7 +150,7 @@ def test_a_replay_stops_at_the_end_each_partition_had_when_it_first_fetched_it()
     """A replayed event that fails again comes back as a new dead letter within a second: taken too, it was
     re-published again, for as long as it kept failing, and the replay never caught up. It is left to the next run
     (not committed)."""
-    letters = [SimpleNamespace(offset=offset, headers=[("event-id", b"evt_%d" % offset)]) for offset in range(3)]
+    letters = _letters(range(3))
     again = [SimpleNamespace(offset=3, headers=[("event-id", b"evt_0")])]  # evt_0 failed once more
     consumer = _Joining(join_polls=1, records=letters, end=3, later=again)
     assert _records(consumer, stall=0.3) == letters
@@ -225,7 +229,7 @@ def test_a_commit_refused_because_another_replay_joined_ends_this_one_with_what_
 def test_a_dead_letter_without_a_key_goes_back_to_its_partition(monkeypatch: pytest.MonkeyPatch) -> None:
     """A record that bypassed the gateway has no key (the worker keys it by its object): sent without one, the
     producer picked a partition at random, away from its object's state and order. One with a key goes by it."""
-    source = [("source-topic", b"stripe.charge"), ("source-partition", b"5")]
+    source = [("source-topic", b"stripe.charge"), ("source-partition", b"5"), ("source-offset", b"17")]
     letters = [
         SimpleNamespace(offset=0, key=None, value=b"{}", headers=source),
         SimpleNamespace(offset=1, key=b"ch_1", value=b"{}", headers=source),

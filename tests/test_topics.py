@@ -116,21 +116,27 @@ class _AdminSeeing:
         return SimpleNamespace(partitions_for_topic=lambda topic: parts if topic in visible else None)
 
 
+def _admin(monkeypatch: Any, seen: list[list[str]], partitions: int, down: int = 0) -> _AdminSeeing:
+    """An ``_AdminSeeing`` for prepare_topics, whose topic creation does nothing."""
+
+    async def created(*args: Any) -> None: ...
+
+    admin = _AdminSeeing(seen, partitions, down)
+    monkeypatch.setattr("streams.worker.create_topics", created)
+    monkeypatch.setattr("streams.worker.AIOKafkaAdminClient", admin)
+    return admin
+
+
 def test_an_event_topic_not_known_yet_is_waited_for_then_refused_with_the_reason(monkeypatch: Any) -> None:
     """Just created, a topic reaches every broker's metadata a moment later: a first start must not fail on it. One
     that never comes (hookstream may not create it, and nobody did) stops the worker with what to do."""
 
-    async def created(*args: Any) -> None: ...
-
     settings = Settings.from_env({"TOPIC_PREFIX": "late."})
-    monkeypatch.setattr("streams.worker.create_topics", created)
-    late = _AdminSeeing([[], ["late.charge"]], settings.topic_partitions)
-    monkeypatch.setattr("streams.worker.AIOKafkaAdminClient", late)
+    late = _admin(monkeypatch, [[], ["late.charge"]], settings.topic_partitions)
     asyncio.run(prepare_topics(settings, ["late.charge"]))
     assert late.fetches == 2
 
-    never = _AdminSeeing([["late.charge"]], settings.topic_partitions)
-    monkeypatch.setattr("streams.worker.AIOKafkaAdminClient", never)
+    never = _admin(monkeypatch, [["late.charge"]], settings.topic_partitions)
     with pytest.raises(MissingTopics, match=r"late\.invoice do not exist.*allow hookstream to \(CreateTopics\)"):
         asyncio.run(prepare_topics(settings, ["late.charge", "late.invoice"], patience=0.2))
     assert never.fetches == 2  # tried again once, after its patience ran out (the first wait is 0.5 s)
@@ -141,11 +147,7 @@ def test_the_wait_for_topics_starts_once_kafka_answers(monkeypatch: Any) -> None
     must not use up the wait for a topic just created. It did, and the worker stopped saying it could not create
     the topics it had just created."""
 
-    async def created(*args: Any) -> None: ...
-
     settings = Settings.from_env({"TOPIC_PREFIX": "late."})
-    monkeypatch.setattr("streams.worker.create_topics", created)
-    late = _AdminSeeing([[], ["late.charge"]], settings.topic_partitions, down=2)
-    monkeypatch.setattr("streams.worker.AIOKafkaAdminClient", late)
+    late = _admin(monkeypatch, [[], ["late.charge"]], settings.topic_partitions, down=2)
     asyncio.run(prepare_topics(settings, ["late.charge"], patience=0.2))
     assert (late.down, late.fetches) == (0, 2)
