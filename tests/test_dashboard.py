@@ -23,8 +23,11 @@ from tests.support import REPO, SECRET, WEBHOOK, BrokerInfo, GatewayProcess, sta
 
 #: What Grafana would put in for its built-in variables (scrape interval 1s here).
 BUILTINS = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m"}
-#: Every selector of every panel query (and of the topic variable) must carry this matcher.
-NAMESPACE_MATCHER = 'namespace=~"$namespace"'
+#: Every selector of every panel query (and of the topic variable) must carry these matchers.
+SCOPE_MATCHERS = ('namespace=~"$namespace"', 'job=~"$release(-gateway|-worker)?"')
+#: The releases the running stack's Prometheus sees: its Prometheus jobs are ``<release>-gateway`` and
+#: ``<release>-worker``, as the chart's ServiceMonitor names them.
+RELEASES = ("hookstream", "hookstream-canary")  # one a prefix of the other, as prod and prod-canary
 #: A series a panel reads (a hookstream metric or a scrape's ``up``), with its matchers if any.
 _SERIES = re.compile(r"\b(hookstream_[a-zA-Z0-9_]+|up)\b(\{[^}]*\})?")
 
@@ -52,19 +55,20 @@ def _grafana_regex_escape(value: str) -> str:
     return re.sub(r"([$^*{}\[\]'+?.()|])", r"\\\\\1", value)
 
 
-def _substitute(expr: str, topic: str, namespace: str = ".*") -> str:
-    """Grafana's interpolation: built-ins, and ``$topic`` / ``$namespace`` as All (``.*``) or one escaped value."""
+def _substitute(expr: str, topic: str, namespace: str = ".*", release: str = ".*") -> str:
+    """Grafana's interpolation: built-ins, and ``$topic`` / ``$namespace`` / ``$release`` as All (``.*``) or one
+    escaped value."""
     for name, value in BUILTINS.items():
         expr = expr.replace(name, value)
-    expr = expr.replace("${topic}", topic).replace("$topic", topic)
-    expr = expr.replace("${namespace}", namespace).replace("$namespace", namespace)
+    for name, value in (("topic", topic), ("namespace", namespace), ("release", release)):
+        expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
     assert "$" not in expr, f"unknown variable left in {expr}"
     return expr
 
 
-def _selectors_without_namespace(expr: str) -> list[str]:
-    """The series selectors of an expression that do not select on ``$namespace``."""
-    return [m.group(0) for m in _SERIES.finditer(expr) if NAMESPACE_MATCHER not in (m.group(2) or "")]
+def _unscoped_selectors(expr: str) -> list[str]:
+    """The series selectors of an expression that do not select on ``$namespace`` and ``$release``."""
+    return [m.group(0) for m in _SERIES.finditer(expr) if not all(s in (m.group(2) or "") for s in SCOPE_MATCHERS)]
 
 
 # --- static checks: fast, no processes ---------------------------------------------------------------------
@@ -83,7 +87,7 @@ def test_dashboard_variables_and_datasources() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for name in ("namespace", "topic"):
+    for name in ("namespace", "release", "topic"):
         variable = variables[name]
         assert variable["type"] == "query" and variable["includeAll"] and variable["multi"], name
         assert variable["allValue"] == ".*", f"{name}: All must also match series without the label"
@@ -92,11 +96,15 @@ def test_dashboard_variables_and_datasources() -> None:
     namespace, topic = variables["namespace"], variables["topic"]
     assert re.fullmatch(r"label_values\((hookstream_\w+|up)(\{[^}]*\})?, namespace\)", namespace["definition"])
     assert "$" not in namespace["definition"]
-    # the topics of the selected namespaces: topic comes after namespace, which it reads
+    # the releases of the selected namespaces: the jobs of our targets, without their -gateway / -worker suffix
+    release = variables["release"]
+    assert re.fullmatch(r'label_values\(up\{namespace=~"\$namespace", job=~"[^"]+"\}, job\)', release["definition"])
+    assert release["regex"] == "/^(.*)-(?:gateway|worker)$/"
+    # the topics of the selected namespaces and releases: topic comes after both, which it reads
     assert re.fullmatch(r"label_values\(hookstream_\w+\{[^}]*\}, topic\)", topic["definition"])
-    assert _selectors_without_namespace(topic["definition"]) == []
+    assert _unscoped_selectors(topic["definition"]) == []
     names = [v["name"] for v in dashboard["templating"]["list"]]
-    assert names.index("datasource") < names.index("namespace") < names.index("topic")
+    assert names.index("datasource") < names.index("namespace") < names.index("release") < names.index("topic")
 
     panels = _panels(dashboard)
     ids = [p["id"] for p in dashboard["panels"]] + [p["id"] for p in panels if p not in dashboard["panels"]]
@@ -129,15 +137,16 @@ def test_dashboard_variables_and_datasources() -> None:
         assert f"histogram_quantile({quantile}," in exprs
 
 
-def test_every_panel_query_selects_on_the_namespace_variable() -> None:
-    """In a Prometheus that watches several releases (prod, staging), no panel sums across them: every series
-    every panel reads is selected by ``$namespace``."""
+def test_every_panel_query_selects_on_the_namespace_and_release_variables() -> None:
+    """In a Prometheus that watches several releases (prod, staging, a canary beside prod in its namespace), no
+    panel sums across them: every series every panel reads is selected by ``$namespace`` and ``$release``."""
     targets = _targets(_dashboard())
     for name, expr in targets:
         assert _SERIES.search(expr), f"{name} reads no series: {expr}"
-        assert _selectors_without_namespace(expr) == [], (name, expr)
-    assert _selectors_without_namespace('sum(rate(hookstream_gateway_requests_total{status="500"}[1m]))')
-    assert _selectors_without_namespace("sum(hookstream_inflight_events)")
+        assert _unscoped_selectors(expr) == [], (name, expr)
+    assert _unscoped_selectors('sum(rate(hookstream_gateway_requests_total{status="500"}[1m]))')
+    assert _unscoped_selectors("sum(hookstream_inflight_events)")
+    assert _unscoped_selectors('sum(hookstream_inflight_events{namespace=~"$namespace"})')
 
 
 def test_gateway_readiness_panel_is_with_the_gateway_panels() -> None:
@@ -218,7 +227,13 @@ def test_every_panel_and_alert_query_works_against_a_running_stack(broker: Broke
         start_gateway(broker, TOPIC_PREFIX=prefix) as gateway,
     ):
         worker.wait_ready()
-        jobs = {"hookstream-gateway": f"127.0.0.1:{gateway.port}", "hookstream-worker": f"127.0.0.1:{worker.port}"}
+        # two releases in one Prometheus (and one namespace: here none), the canary's jobs scraping the same
+        # processes again: its series double every sum unless the release variable tells them apart
+        jobs = {
+            f"{release}-{part}": f"127.0.0.1:{process.port}"
+            for release in RELEASES
+            for part, process in (("gateway", gateway), ("worker", worker))
+        }
         with start_prometheus(tmp_path, jobs, rule_files=(ALERTS,)) as prometheus:
             _wait_for_targets(prometheus, set(jobs))
             sent = _drive_traffic(gateway, run)
@@ -237,6 +252,7 @@ def test_every_panel_and_alert_query_works_against_a_running_stack(broker: Broke
 
             _check_panels(prometheus, charge_topic)
             _check_namespace_matcher(prometheus)
+            _check_release_matcher(prometheus)
             _check_variables(prometheus, charge_topic)
             _check_alert_rules(prometheus, charge_topic)
 
@@ -265,6 +281,8 @@ def _check_panels(prometheus: PrometheusProcess, charge_topic: str) -> None:
             variants.append((f"{name} without 'or vector(0)'", expr.removesuffix(" or vector(0)")))
         for label, text in variants:
             queries.append((label, _substitute(text, ".*", all_namespaces)))
+            release = _grafana_regex_escape(RELEASES[0])
+            queries.append((f"{label} release={RELEASES[0]}", _substitute(text, ".*", all_namespaces, release)))
             if "$topic" in text:
                 escaped = _grafana_regex_escape(charge_topic)
                 queries.append((f"{label} topic={charge_topic}", _substitute(text, escaped, all_namespaces)))
@@ -296,8 +314,28 @@ def _check_namespace_matcher(prometheus: PrometheusProcess) -> None:
         assert selected["data"]["result"][0]["value"][1] == bare["data"]["result"][0]["value"][1], name
 
 
+def _check_release_matcher(prometheus: PrometheusProcess) -> None:
+    """Every series a panel reads, selected as the panels select it with ``$release`` as one release, comes from
+    that release's jobs alone; as All (``.*``), from every release's."""
+    names = sorted({m.group(1) for _, expr in _targets(_dashboard()) for m in _SERIES.finditer(expr)})
+    ours = {f"{release}-{part}" for release in RELEASES for part in ("gateway", "worker")}
+    for name in names:
+        selector = f"{name}{{{', '.join(SCOPE_MATCHERS)}}}"  # the panels' other matchers may match nothing yet
+        for release in (*RELEASES, None):
+            value = ".*" if release is None else _grafana_regex_escape(release)
+            answer = prometheus.query(f"count by (job) ({_substitute(selector, '.*', '.*', value)})")
+            assert answer["status"] == "success", (selector, answer)
+            jobs = {series["metric"]["job"] for series in answer["data"]["result"]}
+            if release is None:
+                assert jobs and {job.rsplit("-", 1)[0] for job in jobs} == set(RELEASES), (selector, jobs)
+            else:
+                assert jobs and jobs <= {f"{release}-gateway", f"{release}-worker"}, (selector, release, jobs)
+            assert jobs <= ours, (selector, jobs)
+
+
 def _check_variables(prometheus: PrometheusProcess, charge_topic: str) -> None:
-    """The variables' label_values queries work: no namespace here (All is then .*), and this run's topic."""
+    """The variables' label_values queries work: no namespace here (All is then .*), both releases, and this run's
+    topic."""
     variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
 
     def label_values(name: str) -> dict[str, Any]:
@@ -308,6 +346,11 @@ def _check_variables(prometheus: PrometheusProcess, charge_topic: str) -> None:
 
     namespaces = label_values("namespace")
     assert namespaces["status"] == "success" and namespaces["data"] == [], namespaces
+    jobs = label_values("release")
+    assert jobs["status"] == "success", jobs
+    grafana_regex = re.compile(variables["release"]["regex"].strip("/"))  # Grafana lists the first group's capture
+    releases = {m.group(1) for job in jobs["data"] if (m := grafana_regex.search(job))}
+    assert releases == set(RELEASES), jobs
     topics = label_values("topic")
     assert topics["status"] == "success" and charge_topic in topics["data"], topics
 

@@ -8,9 +8,10 @@ edit this file and run it, never the JSON by hand. ``--check`` exits non-zero wh
     .venv/bin/python ops/grafana/build.py          # rewrite hookstream.json
     .venv/bin/python ops/grafana/build.py --check  # is it up to date?
 
-Every query uses the ``$datasource`` variable, every selector the ``$namespace`` variable (``sel`` adds it: in a
-Prometheus that watches several releases, panels never sum across them) and ``$topic`` where it applies; metric
-names are DESIGN.md's (and those of tests/observability.py's BEYOND_DESIGN).
+Every query uses the ``$datasource`` variable, every selector the ``$namespace`` and ``$release`` variables (``sel``
+adds them: in a Prometheus that watches several releases, even two in one namespace, panels never sum across them)
+and ``$topic`` where it applies; metric names are DESIGN.md's (and those of tests/observability.py's
+BEYOND_DESIGN).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ RATE = "$__rate_interval"
 #: In every selector (``sel``). All is ``.*``, which also matches series without a namespace label (a plain
 #: Prometheus: an absent label is the empty string).
 NAMESPACE = 'namespace=~"$namespace"'
+#: In every selector (``sel``) too. A release's Prometheus jobs are ``<release>-gateway`` and ``<release>-worker``
+#: (the chart's ServiceMonitor), so the variable lists what comes before those suffixes; All (``.*``) matches any
+#: job, also one named otherwise by a hand-written scrape configuration.
+RELEASE = 'job=~"$release(-gateway|-worker)?"'
 TOPIC = 'topic=~"$topic"'
 DEAD = 'outcome="dead_lettered"'
 RETRIED = 'outcome="retried"'
@@ -63,8 +68,9 @@ class Row:
 
 
 def sel(metric: str, *matchers: str) -> str:
-    """``metric{namespace=~"$namespace", m1, m2}``: every series a panel reads is selected by namespace."""
-    return f"{metric}{{{', '.join((NAMESPACE, *matchers))}}}"
+    """``metric{namespace=~"$namespace", job=~"$release...", m1, m2}``: every series a panel reads is selected by
+    namespace and release."""
+    return f"{metric}{{{', '.join((NAMESPACE, RELEASE, *matchers))}}}"
 
 
 def rate(selector: str) -> str:
@@ -96,6 +102,8 @@ HELD = (
 )
 #: Prometheus job names of our targets (as in ops/prometheus/alerts.yaml).
 JOBS = 'job=~".*hookstream.*(gateway|worker).*"'
+#: The release of a job (Grafana lists what the group captures; a job named otherwise is not listed).
+RELEASE_OF_JOB = "/^(.*)-(?:gateway|worker)$/"
 
 ROWS = [
     Row(
@@ -408,8 +416,9 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     }
 
 
-def _query_variable(name: str, label: str, query: str) -> dict[str, Any]:
-    """A variable listing ``query``'s label values, several or All (``.*``: also matches a series without it)."""
+def _query_variable(name: str, label: str, query: str, regex: str = "") -> dict[str, Any]:
+    """A variable listing ``query``'s label values (or what ``regex``'s group captures of them), several or All
+    (``.*``: also matches a series without the label)."""
     return {
         "name": name,
         "label": label,
@@ -424,7 +433,7 @@ def _query_variable(name: str, label: str, query: str) -> dict[str, Any]:
         "multi": True,
         "options": [],
         "refresh": 2,
-        "regex": "",
+        "regex": regex,
         "sort": 1,
     }
 
@@ -432,7 +441,9 @@ def _query_variable(name: str, label: str, query: str) -> dict[str, Any]:
 def _templating() -> dict[str, Any]:
     # namespace: of our scrape targets (also before any event); none without a namespace label, All is then .*
     namespace_query = f"label_values(up{{{JOBS}}}, namespace)"
-    topic_query = f"label_values({sel(PUBLISHED)}, topic)"  # the topics of the selected namespaces
+    # releases: the jobs of our scrape targets in the selected namespaces, without their -gateway / -worker
+    release_query = f"label_values(up{{{NAMESPACE}, {JOBS}}}, job)"
+    topic_query = f"label_values({sel(PUBLISHED)}, topic)"  # the topics of the selected namespaces and releases
     return {
         "list": [
             {
@@ -449,6 +460,7 @@ def _templating() -> dict[str, Any]:
                 "regex": "",
             },
             _query_variable("namespace", "Namespace", namespace_query),
+            _query_variable("release", "Release", release_query, regex=RELEASE_OF_JOB),
             _query_variable("topic", "Topic", topic_query),
         ]
     }
