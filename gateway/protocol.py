@@ -24,6 +24,7 @@ calls and two TCP segments, which were about a third of the gateway's main-threa
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar, cast
 
@@ -34,6 +35,8 @@ from uvicorn.server import ServerState
 
 from gateway.metrics import GatewayMetrics
 from ops.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class CoalescingTransport:
@@ -213,6 +216,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str) -> None:
         """Answer the request being received with ``status`` and close, unless an answer is already under way."""
+        log.debug("refused with %d: %s", status, reason)  # as Gateway._error logs the app's own refusals
         cycle = self.cycle
         if self._in_message and self._headers_done and all(cycle is not queued for queued, _ in self.pipeline):
             # The app holds this request, waiting for its body: tell it the client is gone, so it answers nothing.

@@ -94,13 +94,14 @@ class Sender:
         self._interval = 1.0 / rate if rate > 0 else 0.0
         self._next_slot = time.monotonic()
 
-    async def run(self, lanes: int, until: float) -> None:
+    async def run(self, lanes: int, stop: asyncio.Event) -> None:
+        """Send until ``stop`` is set; each lane then finishes the object it is on."""
         counter = itertools.count()
-        await asyncio.gather(*(self._lane(counter, until) for _ in range(lanes)))
+        await asyncio.gather(*(self._lane(counter, stop) for _ in range(lanes)))
 
-    async def _lane(self, counter: itertools.count[int], until: float) -> None:
+    async def _lane(self, counter: itertools.count[int], stop: asyncio.Event) -> None:
         connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        while time.monotonic() < until:
+        while not stop.is_set():
             object_id = f"ch_soak_{next(counter)}"
             self.expected[object_id] = []
             for seq in range(self.per_object):  # the object's events, one after another, each until accepted
@@ -237,10 +238,11 @@ class Soak:
 
     # -- faults ---------------------------------------------------------------------------------------------
     async def inject_faults(self, until: float) -> None:
+        """A fault every ``--fault-interval`` seconds until ``until``, and at least ``--min-faults`` of them."""
         kinds = ["kill worker", "stop gateway", "pause broker"] if self.broker else ["kill worker", "stop gateway"]
         for round_ in itertools.count():
             await asyncio.sleep(self.args.fault_interval)
-            if time.monotonic() >= until:
+            if time.monotonic() >= until and round_ >= self.args.min_faults:
                 return
             kind = kinds[round_ % len(kinds)]
             if kind == "kill worker":
@@ -273,7 +275,12 @@ class Soak:
         sender = Sender(self.gateway_port, self.args.events_per_object, self.args.rate)
         until = time.monotonic() + self.args.duration
         progress = asyncio.create_task(self._progress(sender, until))
-        await asyncio.gather(sender.run(self.args.lanes, until), self.inject_faults(until))
+        stop = asyncio.Event()  # traffic lasts the duration, and until the last fault is over (--min-faults)
+        sending = asyncio.create_task(sender.run(self.args.lanes, stop))
+        await self.inject_faults(until)
+        await asyncio.sleep(max(0.0, until - time.monotonic()))
+        stop.set()
+        await sending
         progress.cancel()
         return sender
 
@@ -342,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers in the group (default 2)")
     parser.add_argument("--store", default="rocksdb://", help="worker state store (default rocksdb://)")
     parser.add_argument("--fault-interval", type=float, default=20, help="seconds between faults (default 20)")
+    parser.add_argument(
+        "--min-faults", type=int, default=0, help="faults to inject at least, traffic going on until they are over"
+    )
     parser.add_argument("--outage", type=float, default=5, help="seconds a killed/paused part stays down")
     parser.add_argument("--settle", type=float, default=300, help="seconds to wait for the workers to catch up")
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -129,3 +131,15 @@ def test_close_sends_what_is_held_and_abort_drops_it() -> None:
     closed, aborted = asyncio.run(run())
     assert closed.writes == [b"head body"] and closed.closed
     assert aborted.writes == [] and aborted.aborted
+
+
+def test_a_request_over_the_header_cap_is_refused_431_and_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """README: refused requests are logged at LOG_LEVEL=DEBUG, the protocol's own 408 and 431 as the app's."""
+    cap = Settings.from_env({}).gateway_max_header_bytes
+    oversized = b"POST /webhooks/stripe HTTP/1.1\r\nx-pad: " + b"a" * cap + b"\r\n\r\n"
+    with caplog.at_level(logging.DEBUG, logger="gateway.protocol"):
+        transport = asyncio.run(_serve(oversized))
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 431 ") and transport.closed
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway.protocol"] == [
+        f"refused with 431: request headers larger than {cap} bytes"
+    ]
