@@ -533,6 +533,27 @@ def test_a_client_certificate_reaches_both_components_as_read_only_files() -> No
         assert sorted(path.rsplit("/", 1)[1] for path in files.values()) == ["user.crt", "user.key"], component
 
 
+def test_an_encrypted_client_keys_password_is_a_file_beside_the_key() -> None:
+    """kafka.tls.keyPasswordKey names the password's key in the client Secret: mounted with the certificate and key,
+    named by KAFKA_SSL_KEY_PASSWORD_FILE (tests/test_kafka_tls.py: the clients read an encrypted key with it)."""
+    tls = ("--set", "kafka.securityProtocol=SSL", "--set", "kafka.tls.clientSecret=kafka-user")
+    docs = render("default", *tls, "--set", "kafka.tls.keyPasswordKey=user.password")
+    for component, workload in workloads(docs).items():
+        env = env_of(workload)
+        path = env["KAFKA_SSL_KEY_PASSWORD_FILE"]["value"]
+        assert path.rsplit("/", 1)[0] == env["KAFKA_SSL_KEYFILE"]["value"].rsplit("/", 1)[0], component
+        volumes = {vol["name"]: vol for vol in workload["spec"]["template"]["spec"]["volumes"]}
+        (mount,) = [
+            m for m in container(workload)["volumeMounts"] if m["mountPath"].rstrip("/") == path.rsplit("/", 1)[0]
+        ]
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "kafka-user", component
+        assert {"key": "user.password", "path": path.rsplit("/", 1)[1]} in secret["items"], component
+        assert "KAFKA_SSL_KEY_PASSWORD" not in env, component  # never the value itself
+    for component, workload in workloads(render("default", *tls)).items():
+        assert "KAFKA_SSL_KEY_PASSWORD_FILE" not in env_of(workload), component
+
+
 def test_minimal_values_make_the_signing_secret_and_use_no_kafka_credentials() -> None:
     docs = render("minimal")
     gateway, worker = workloads(docs).values()
@@ -675,12 +696,15 @@ def test_grace_periods_shorter_than_the_timeouts_need_are_refused(args: list[str
         # worker would listen where no probe, Service or peer looks)
         (["--set", "worker.env.WORKER_WEB_PORT=7000"], "worker.env.WORKER_WEB_PORT: the chart sets"),
         (["--set", "worker.env.WORKER_DATA_DIR=/tmp"], "worker.env.WORKER_DATA_DIR: the chart sets"),
-        (["--set", "gateway.env.STRIPE_WEBHOOK_SECRETS=whsec_x"], "gateway.env.STRIPE_WEBHOOK_SECRETS: the chart sets"),
+        (["--set", "gateway.env.STRIPE_WEBHOOK_SECRETS=whsec_x"], "gateway.env.STRIPE_WEBHOOK_SECRETS: a secret"),
+        (["--set", "config.extra.KAFKA_SSL_KEY_PASSWORD=x"], "config.extra.KAFKA_SSL_KEY_PASSWORD: a secret, which"),
+        (["--set", "worker.env.KAFKA_SASL_PASSWORD_FILE=/x"], "kafka.sasl.existingSecret and kafka.tls.keyPasswordKey"),
         (["--set-string", "config.extra.WORKER_DATA_DIR=/tmp"], "WORKER_DATA_DIR: the chart sets"),
         (["--set", "config.topicReplicationFactor=1"], "config.topicMinInsyncReplicas (2) is above"),
         (["--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.username=u"], "kafka.sasl.existingSecret"),
         (["--set", "kafka.securityProtocol=SASL_PLAINTEXT", "--set", "kafka.sasl.existingSecret=s"], "username"),
         (["--set", "kafka.tls.clientSecret=kafka-user"], "needs kafka.securityProtocol SSL or SASL_SSL, not PLAINTEXT"),
+        (["--set", "kafka.tls.keyPasswordKey=user.password"], "kafka.tls.keyPasswordKey (the password of the client"),
         # NetworkPolicies that admit no Prometheus while a ServiceMonitor asks it to scrape: silent missing metrics
         (
             [

@@ -259,7 +259,19 @@ streams/actors.py) to end, then 15 s to commit, flush the changelog producer, le
   value: {{ printf "%s/%s" $dir $.Values.kafka.tls.certKey | quote }}
 - name: KAFKA_SSL_KEYFILE
   value: {{ printf "%s/%s" $dir $.Values.kafka.tls.keyKey | quote }}
+{{- with $.Values.kafka.tls.keyPasswordKey }}
+- name: KAFKA_SSL_KEY_PASSWORD_FILE
+  value: {{ printf "%s/%s" $dir (include "hookstream.kafka.keyPasswordFile" $) | quote }}
 {{- end }}
+{{- end }}
+{{- if and .Values.kafka.tls.keyPasswordKey (not .Values.kafka.tls.clientSecret) }}
+{{- fail "kafka.tls.keyPasswordKey (the password of the client key) needs kafka.tls.clientSecret (the key)" }}
+{{- end }}
+{{- end }}
+
+{{/* The file, beside the client certificate and key, holding the key's password (KAFKA_SSL_KEY_PASSWORD_FILE). */}}
+{{- define "hookstream.kafka.keyPasswordFile" -}}
+key-password
 {{- end }}
 
 {{- define "hookstream.kafka.volumeMounts" -}}
@@ -294,6 +306,10 @@ streams/actors.py) to end, then 15 s to commit, flush the changelog producer, le
         path: {{ $.Values.kafka.tls.certKey }}
       - key: {{ $.Values.kafka.tls.keyKey }}
         path: {{ $.Values.kafka.tls.keyKey }}
+      {{- with $.Values.kafka.tls.keyPasswordKey }}
+      - key: {{ . }}
+        path: {{ include "hookstream.kafka.keyPasswordFile" $ }}
+      {{- end }}
 {{- end }}
 {{- end }}
 
@@ -302,7 +318,21 @@ depending on the client, and one that wins breaks what the chart set up: a data 
 peer address nobody answers), the secret files and the secrets themselves (Secrets, not values), and the ports,
 which the probes, Services and NetworkPolicies are built on. */}}
 {{- define "hookstream.podEnv" -}}
-POD_NAME POD_NAMESPACE WORKER_WEB_HOST WORKER_WEB_BIND STATE_STORE WORKER_DATA_DIR WORKER_MAX_INFLIGHT HOOKSTREAM_HANDLERS KAFKA_SSL_CAFILE KAFKA_SSL_CERTFILE KAFKA_SSL_KEYFILE KAFKA_SSL_KEY_PASSWORD KAFKA_SSL_KEY_PASSWORD_FILE STRIPE_WEBHOOK_SECRETS STRIPE_WEBHOOK_SECRETS_FILE KAFKA_SASL_PASSWORD KAFKA_SASL_PASSWORD_FILE GATEWAY_PORT WORKER_WEB_PORT
+POD_NAME POD_NAMESPACE WORKER_WEB_HOST WORKER_WEB_BIND STATE_STORE WORKER_DATA_DIR WORKER_MAX_INFLIGHT HOOKSTREAM_HANDLERS KAFKA_SSL_CAFILE KAFKA_SSL_CERTFILE KAFKA_SSL_KEYFILE GATEWAY_PORT WORKER_WEB_PORT {{ include "hookstream.secretEnv" . }}
+{{- end }}
+
+{{/* The secrets, which come from Secrets only (as files), never from values. */}}
+{{- define "hookstream.secretEnv" -}}
+KAFKA_SSL_KEY_PASSWORD KAFKA_SSL_KEY_PASSWORD_FILE STRIPE_WEBHOOK_SECRETS STRIPE_WEBHOOK_SECRETS_FILE KAFKA_SASL_PASSWORD KAFKA_SASL_PASSWORD_FILE
+{{- end }}
+
+{{/* Why a values map may not set NAME. Call with (list $ NAME "where.NAME"). */}}
+{{- define "hookstream.refuseEnv" -}}
+{{- $name := index . 1 }}
+{{- if has $name (splitList " " (include "hookstream.secretEnv" (index . 0))) }}
+{{- fail (printf "%s: a secret, which the chart mounts from a Secret as a file (see stripe.*, kafka.sasl.existingSecret and kafka.tls.keyPasswordKey in values.yaml), never as a plain environment variable" (index . 2)) }}
+{{- end }}
+{{- fail (printf "%s: the chart sets %s itself (see values.yaml); set that value instead" (index . 2) $name) }}
 {{- end }}
 
 {{/* Extra NAME: value pairs as container env. Call with (list $ .Values.gateway.env "gateway.env"). */}}
@@ -311,7 +341,7 @@ POD_NAME POD_NAMESPACE WORKER_WEB_HOST WORKER_WEB_BIND STATE_STORE WORKER_DATA_D
 {{- $where := index . 2 }}
 {{- range $name, $value := index . 1 }}
 {{- if has $name $set }}
-{{- fail (printf "%s.%s: the chart sets %s itself (see values.yaml); set that value instead" $where $name $name) }}
+{{- include "hookstream.refuseEnv" (list (index $ 0) $name (printf "%s.%s" $where $name)) }}
 {{- end }}
 - name: {{ $name }}
   value: {{ include "hookstream.envValue" $value | quote }}
