@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
@@ -76,8 +77,8 @@ class ActorPool(Generic[T]):
             return
         rest: eager.Resume[None] | None
         stand_in = eager.EagerTask(key)
-        try:
-            done, rest = eager.start(self._process(item), stand_in)
+        try:  # in a context of its own, as a task's: what a handler sets stays its own, not the caller's
+            done, rest = eager.start(self._process(item), stand_in, contextvars.copy_context())
         except Exception as exc:  # process() handles its own failures; this is a last line of defence
             _unexpected(key, exc)
             done, rest = True, None
@@ -192,7 +193,15 @@ class ActorPool(Generic[T]):
             if first is not None:
                 await self._finish(key, first)
             while queue:
-                await self._finish(key, self._process(queue.popleft()))
+                try:  # each in a context of its own, as the first
+                    done, rest = eager.start(self._process(queue.popleft()), context=contextvars.copy_context())
+                except Exception as exc:  # process() handles its own failures; this is a last line of defence
+                    _unexpected(key, exc)
+                    done = True
+                if done:
+                    self._release()
+                else:
+                    await self._finish(key, rest)  # type: ignore[arg-type]  # a Resume when not done
         finally:
             if self._actors.get(key) is queue:
                 del self._actors[key]

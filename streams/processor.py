@@ -277,6 +277,10 @@ class EventProcessor:
                     return Outcome.DEAD_LETTERED
                 self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
+                # the partition given up meanwhile (a rebalance, the worker stopping): the new owner runs the event.
+                # Its handler may have turned the cancellation into an error of its own (a client library does), and
+                # the task's cancel count cannot tell (3.11's TaskGroup leaves it raised after a child failed)
+                self._check_ours(record, event)
                 continue
             if stale:  # not applied: the newer event stays the last one, its status the object's
                 state.status = newer_status

@@ -241,14 +241,19 @@ def test_timeouts_and_task_groups_a_handler_enters_before_it_first_waits_stay_wi
                 group.create_task(fails())
                 group.create_task(asyncio.sleep(3600))
         else:
+            before = asyncio.current_task()
             await asyncio.sleep(0.01)
-            current.append(asyncio.current_task())
+            after = asyncio.current_task()
+            assert after is not None
+            current.extend((before, after, after.done(), after.get_loop()))
 
     outcomes, letters, submitter_cancelled = _through_a_fetch_loop(handlers, 30, "ch_timeout", "ch_group", "ch_plain")
     assert not submitter_cancelled
     assert sorted(outcomes) == ["dead_lettered", "dead_lettered", "ok"]
     assert sorted(letter["error-type"] for letter in letters) == [b"ExceptionGroup", b"TimeoutError"]
-    assert isinstance(current[0], asyncio.Task)  # after its first wait a handler runs in its actor's task
+    # one task throughout, as for a coroutine awaited in a task: the actor's, which its first step ran as
+    before, after, done, loop = current
+    assert before is after and not done and loop is not None
 
 
 def test_a_handler_that_lets_through_only_its_tasks_own_cancellation_is_still_timed_out() -> None:

@@ -18,12 +18,14 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from gateway.envelope import Record
+from streams.routing import FORWARDED
 from tests.support import (
     BrokerInfo,
     WorkerProcess,
     charge,
     consume,
     hookstream,
+    http_request,
     produce,
     start_worker,
     topic_configs_set,
@@ -656,6 +658,13 @@ def test_any_worker_answers_for_any_object(broker: BrokerInfo) -> None:
         # minutes (this request gives up after one); an owner killed got a 500 and a traceback
         owned = {int(labels["partition"]) for labels, _ in second.metric_samples("hookstream_consumer_lag")}
         theirs = next(f"ch_{i}" for i in range(24) if (murmur2(f"ch_{i}".encode()) & 0x7FFFFFFF) % 8 in owned)
+
+        # a request already forwarded once is never forwarded again: two workers that each take the other for the
+        # owner (mid-rebalance) would bounce it between them
+        bounced = http_request(first.port, "GET", f"/objects/{theirs}", headers={FORWARDED: "1"}, timeout=30)
+        assert bounced.status == 503 and "rebalancing" in bounced.json()["error"], (bounced.status, bounced.body)
+        assert first.request(f"/objects/{theirs}").status == 200  # forwarded once, it is answered
+
         second.process.send_signal(signal.SIGSTOP)
         try:
             answer = first.request(f"/objects/{theirs}", timeout=60)
