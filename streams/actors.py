@@ -88,7 +88,8 @@ class ActorPool(Generic[T]):
         assert isinstance(rest, eager.Resume)
         queue = self._actors[key] = deque()
         self._idle.clear()
-        self._start(key, self._run(key, queue, rest, stand_in))
+        task = self._start(key, self._run(key, queue, rest, stand_in))
+        task.add_done_callback(lambda _: _end(key, rest))  # cancelled before its first step, it never continued it
 
     def halt(self, key: Hashable) -> None:
         """Run nothing more of ``key``, queued or submitted later: one of its items failed so that the later ones
@@ -148,9 +149,9 @@ class ActorPool(Generic[T]):
         # queued items never ran, and a task cancelled before its first step never ran _run's finally: nothing of
         # theirs was released; an actor left behind releases its one current item when (if) that ends
         self._actors.clear()
-        for task in stuck:  # its key's next items (a rebalance gives the worker more) wait until it ends
-            self._park(self._tasks[task], task)
         self._abandoned = {task for task in self._abandoned if not task.done()}
+        for task in self._abandoned:  # its key's next items (a rebalance gives the worker more) wait until it ends,
+            self._park(self._tasks[task], task)  # also one left behind by an earlier stop
         self._inflight = len(self._abandoned)
         self._release_room()
         if not self._actors:
@@ -174,10 +175,11 @@ class ActorPool(Generic[T]):
 
         left_behind.add_done_callback(resume)
 
-    def _start(self, key: Hashable, run: Coroutine[Any, Any, None]) -> None:
+    def _start(self, key: Hashable, run: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(run)
         self._tasks[task] = key
         task.add_done_callback(self._forget_task)
+        return task
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
@@ -227,6 +229,15 @@ class ActorPool(Generic[T]):
         for waiter in room:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _end(key: Hashable, item: eager.Resume[None]) -> None:
+    """End an item that nothing continues any more (a no-op once it finished): its finally blocks run, and what
+    holds it (a deadline watch) lets go."""
+    try:
+        item.close()
+    except Exception as exc:  # a finally block that waits, or raises
+        _unexpected(key, exc)
 
 
 def _unexpected(key: Hashable, error: Exception) -> None:

@@ -17,6 +17,9 @@ DLQ_HEADERS = (
 _MAX_MESSAGE = 2000
 #: Header of a dead letter sent without its value (the value was over the size limit); it holds the size.
 VALUE_OMITTED = "value-omitted"
+#: Header of a dead letter sent without the original record's headers too (they alone were over the limit); it
+#: holds their size. The source position still points to the record.
+HEADERS_OMITTED = "headers-omitted"
 #: Header ``hookstream replay`` adds to a replayed event (wall clock, ms): its end-to-end time starts there, not at
 #: the gateway's ``received-at`` hours or days before.
 REPLAYED_AT = "replayed-at"
@@ -46,7 +49,7 @@ def dead_letter_headers(
 
 def original_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """Headers of a dead letter without the DLQ ones: what the record had when it first arrived."""
-    return [(k, v) for k, v in headers if k not in DLQ_HEADERS and k != VALUE_OMITTED]
+    return [(k, v) for k, v in headers if k not in DLQ_HEADERS and k != VALUE_OMITTED and k != HEADERS_OMITTED]
 
 
 def header_pairs(

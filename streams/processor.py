@@ -17,7 +17,14 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from ops.logs import described, stack
 from streams import eager
-from streams.dead_letters import REPLAYED_AT, VALUE_OMITTED, dead_letter_headers, header, header_pairs
+from streams.dead_letters import (
+    HEADERS_OMITTED,
+    REPLAYED_AT,
+    VALUE_OMITTED,
+    dead_letter_headers,
+    header,
+    header_pairs,
+)
 from streams.deadlines import Deadlines
 from streams.events import BadRecord, StripeEvent, decode_event, object_field
 from streams.metrics import WorkerMetrics
@@ -340,10 +347,17 @@ class EventProcessor:
         self._check_ours(record)  # the new owner runs it: a dead letter here would be a spurious one
         dlq_headers = dead_letter_headers(headers, error, attempts, record.topic, record.partition, record.offset)
         value = record.value or b""
-        # over the producer's or brokers' limit: stored without the value, the source offset points to it
+        # over the producer's or brokers' limit: stored without the value, the source offset points to it; and
+        # without the original headers if they alone are over it (a record that bypassed the gateway), or the dead
+        # letter, retried for ever, would hold its object and its partition's commits
         if _record_size(record.key, value, dlq_headers) > self._max_record_bytes:
-            dlq_headers.append((VALUE_OMITTED, b"%d" % len(value)))
+            omitted = (VALUE_OMITTED, b"%d" % len(value))
             value = b""
+            dlq_headers.append(omitted)
+            if _record_size(record.key, value, dlq_headers) > self._max_record_bytes:
+                own = dead_letter_headers([], error, attempts, record.topic, record.partition, record.offset)
+                original = _record_size(None, b"", headers) - _RECORD_OVERHEAD
+                dlq_headers = [*own, omitted, (HEADERS_OMITTED, b"%d" % original)]
         await self._send_durably(self._dlq_topic, record.key, value, dlq_headers)
 
     async def _send_durably(

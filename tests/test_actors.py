@@ -10,6 +10,9 @@ import uuid
 import pytest
 
 from streams.actors import ActorPool
+from streams.events import StripeEvent
+from streams.registry import Context, HandlerRegistry
+from tests.support import ConsumedRecord, DictStore, processor, recording_send
 
 
 def test_order_per_key_concurrency_across_keys_and_bound() -> None:
@@ -85,6 +88,35 @@ def test_cancelled_at_once_the_pool_is_idle_even_if_its_actors_never_started() -
         return pool.active_actors, len(pool._tasks), pool.inflight
 
     assert asyncio.run(run()) == (0, 0, 0)  # nothing left counted against the in-flight bound
+
+
+def test_an_item_whose_actor_is_cancelled_before_it_starts_is_ended_not_left_suspended() -> None:
+    """The record began eagerly and its handler waits; its actor task, cancelled before its first step, never
+    continues it. Left suspended, the handler's deadline watch held it (and the stand-in task, which names what it
+    runs): never collected, its finally blocks never ran."""
+    handlers = HandlerRegistry()
+    ended: list[str] = []
+
+    @handlers.on("invoice.paid")
+    async def waits(event: StripeEvent, ctx: Context) -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.append(event.object["id"])
+
+    proc = processor(handlers, DictStore(), recording_send([]), timeout=3600)
+
+    async def run() -> None:
+        async def finish(record: ConsumedRecord) -> None:
+            await proc.process(record)
+
+        pool: ActorPool[ConsumedRecord] = ActorPool(finish, max_inflight=4)
+        await pool.submit(b"in_1", ConsumedRecord.of_event("invoice.paid", "in_1"))
+        await pool.cancel()
+        await asyncio.sleep(0)  # the cancelled task's callbacks
+
+    asyncio.run(run())
+    assert ended == ["in_1"]
 
 
 def test_stop_lets_items_finish_within_the_grace_and_cancels_the_rest() -> None:
@@ -181,9 +213,11 @@ def test_stop_goes_on_without_an_actor_whose_handler_swallows_cancellation(caplo
     assert sum("swallows CancelledError" in line for line in logged) == 1
 
 
-def test_items_of_a_key_whose_actor_was_left_behind_wait_until_it_ends() -> None:
+@pytest.mark.parametrize("stops", [1, 2])
+def test_items_of_a_key_whose_actor_was_left_behind_wait_until_it_ends(stops: int) -> None:
     """After a rebalance the worker goes on, and may get the object's partition back: its next items must not run
-    beside the item whose handler swallowed the cancellation (one at a time per object), but after it."""
+    beside the item whose handler swallowed the cancellation (one at a time per object), but after it; also after
+    a second rebalance while it still runs."""
 
     async def run() -> tuple[list[str], list[str], int, int]:
         ran: list[str] = []
@@ -202,7 +236,8 @@ def test_items_of_a_key_whose_actor_was_left_behind_wait_until_it_ends() -> None
         pool: ActorPool[str] = ActorPool(process, max_inflight=8)
         await pool.submit("k", "stubborn")
         try:
-            await asyncio.wait_for(pool.stop(grace=0.05, patience=0.1), timeout=5)  # a rebalance, say
+            for _ in range(stops):  # rebalances, say
+                await asyncio.wait_for(pool.stop(grace=0.05, patience=0.1), timeout=5)
             await pool.submit("k", "next of k")
             await pool.submit("j", "other key")
             await asyncio.sleep(0.2)

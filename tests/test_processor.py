@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
 
 from streams.events import StripeEvent
 from streams.processor import EventProcessor, NoLongerOurs
@@ -81,6 +81,51 @@ def test_a_dead_letter_the_brokers_refuse_is_retried_not_given_up() -> None:
     processing = processor(handlers, DictStore(), send)
     assert _outcome(processing, ConsumedRecord.of_event("invoice.paid", "in_3")) == "dead_lettered"
     assert sent == [("stripe.dlq", b"1")] and refusals == []
+
+
+@pytest.mark.parametrize("bulk", ["value", "headers"])
+def test_a_dead_letter_over_the_record_limit_is_sent_without_what_makes_it_so(bulk: str) -> None:
+    """A record that bypassed the gateway may fit its topic and still be too large as a dead letter, whose headers
+    add to it: sent as it was, the brokers refuse it at every try (the send below refuses as they would), and its
+    object and its partition's commits wait for ever. Without the value it fits; if the original headers alone
+    are too large, without them too. The source position points to the original either way."""
+    limit = 1 << 20  # the processor's record limit (tests.support.processor)
+    handlers = HandlerRegistry()
+
+    @handlers.on("invoice.paid")
+    async def poison(event: StripeEvent, ctx: Context) -> None:
+        raise RuntimeError("poison")
+
+    record = ConsumedRecord.of_event("invoice.paid", "in_big", offset=7)
+    if bulk == "value":  # under the limit, and over it with the dead letter's headers
+        padding = b"x" * (limit - len(record.value or b"") - 200)
+        record.value = record.value[:-1] + b',"padding":"' + padding + b'"}'  # type: ignore[index]
+    else:  # the record's own headers just under the limit: over it with the dead letter's, value or not
+        padding = b"x" * (limit - 100)
+        record.headers = [*record.headers, ("x-padding", padding)]
+        record.value = b""  # the record as a whole still fits its topic
+    letters: list[tuple[bytes, list[tuple[str, bytes]]]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        size = len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers)
+        if size > limit:
+            raise MessageSizeTooLargeError()
+        letters.append((value, headers))
+
+    async def run() -> str:
+        return str(await asyncio.wait_for(processor(handlers, DictStore(), send).process(record), 10))
+
+    assert asyncio.run(run()) == "dead_lettered"
+    ((value, headers),) = letters
+    named = dict(headers)
+    assert value == b"" and named["value-omitted"] == str(len(record.value or b"")).encode()
+    assert (named["source-partition"], named["source-offset"]) == (b"0", b"7")
+    assert named["error-type"] and named["error-message"]
+    if bulk == "value":  # the original headers stay
+        assert named["event-id"] and "headers-omitted" not in named
+    else:
+        assert "x-padding" not in named and "event-id" not in named
+        assert int(named["headers-omitted"]) > len(padding)
 
 
 def test_a_handler_gets_only_the_kind_of_object_it_registered_for() -> None:
