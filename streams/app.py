@@ -87,10 +87,7 @@ class HookstreamApp(faust.App):
         (the same, at most half of ``WORKER_REBALANCE_TIMEOUT``); the rest are cancelled unacknowledged
         (uncommitted: the partition's next owner processes them), and Faust stops waiting for acks that cannot come
         any more."""
-        if self.should_stop:
-            grace, cancelled = settings.handler_timeout, "after the stop began: stopped"
-        else:
-            grace, cancelled = settings.rebalance_grace, "into a rebalance: cancelled"
+        grace, cancelled = revoke_grace(self.should_stop, membership_lost(consumer))
         unfinished = await actors.stop(grace, giving_up=self._give_up_generation)
         if unfinished:  # not to ``logger``: at a rebalance it is Faust's flight recorder, which keeps it unless stuck
             log.warning(
@@ -110,6 +107,34 @@ class HookstreamApp(faust.App):
             # it again (seen as duplicates after a worker left the group)
             await batching.maybe_wait_for_commit_to_finish()
             await batching.force_commit()
+
+
+def revoke_grace(stopping: bool, lost: bool) -> tuple[float, str]:
+    """Seconds the actors get to finish when the worker's partitions are revoked, and how the unfinished end.
+
+    A worker the group already dropped (``lost``: it missed heartbeats for the session timeout, a long pause or a
+    network cut) learns it only as it rejoins: its partitions may be another worker's already, so what it still
+    stores would land after the new owner's, and the next recovery would take the older state. It gets none."""
+    if stopping:
+        return settings.handler_timeout, "after the stop began: stopped"
+    if lost:
+        return 0.0, "after the group had dropped this worker (no heartbeat within WORKER_SESSION_TIMEOUT): cancelled"
+    return settings.rebalance_grace, "into a rebalance: cancelled"
+
+
+def membership_lost(consumer: Any) -> bool:
+    """True when aiokafka's coordinator has forgotten its generation: the group refused its heartbeat or its join
+    as of an unknown member or a past generation (``reset_generation``), and the rebalance under way is its
+    rejoin."""
+    try:
+        coordinator = consumer._thread._ensure_consumer()._coordinator
+    except Exception:  # no consumer thread yet (a stop before the first join)
+        return False
+    return bool(coordinator.generation == _UNKNOWN_GENERATION)
+
+
+#: aiokafka's generation of a member that is not (or no longer) in the group (OffsetCommitRequest's default)
+_UNKNOWN_GENERATION = -1
 
 
 app = HookstreamApp(
