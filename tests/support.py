@@ -401,9 +401,11 @@ def charge(
     event_type: str = "charge.updated",
     hang: bool = False,
     stubborn: bool = False,
+    emit: str | None = None,
 ) -> Record:
+    """A charge event for tests/handlers/recording.py, with its flags (``emit``: the topic its handler emits to)."""
     flags = {"fail": fail, "hang": hang, "stubborn": stubborn}
-    metadata = {"seq": str(seq)} | {flag: "true" for flag, on in flags.items() if on}
+    metadata = {"seq": str(seq)} | {flag: "true" for flag, on in flags.items() if on} | ({"emit": emit} if emit else {})
     event = build_event(
         event_type,
         object_id=object_id,

@@ -4,16 +4,28 @@ hookstream_gateway_ready gauge follows /readyz."""
 from __future__ import annotations
 
 import contextlib
+import signal
+import socket
 import time
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.signature import sign
 from ops.broker import EmbeddedBroker
 from ops.fixtures import build_event, encode
 from ops.process import free_port
-from tests.support import BrokerInfo, GatewayProcess, consume, partition_count, start_gateway
+from tests.support import (
+    SECRET,
+    WEBHOOK,
+    BrokerInfo,
+    GatewayProcess,
+    consume,
+    partition_count,
+    start_gateway,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +129,56 @@ def _status(worker: Any, path: str) -> int | None:
         return int(worker.request(path, timeout=2).status)
     except OSError:
         return None
+
+
+def _read_by_server(port: int, client_port: int) -> bool:
+    """True once the server on ``port`` has read everything the client on ``client_port`` sent (/proc/net/tcp: the
+    server side's receive queue is empty): the request is in the server's hands, not in the kernel's."""
+    wanted = (f"0100007F:{port:04X}", f"0100007F:{client_port:04X}")
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == wanted:
+                return int(fields[4].split(":")[1], 16) == 0
+    return False
+
+
+def test_a_gateway_stopped_while_a_publish_waits_answers_only_what_kafka_holds() -> None:
+    """SIGTERM while a delivery waits for the broker's acknowledgement (the broker paused): the gateway finishes
+    the request before it stops, and answers 200 only for a record the broker holds; otherwise 503 or nothing,
+    and Stripe sends it again."""
+    broker = EmbeddedBroker(free_port())
+    info = BrokerInfo(broker.bootstrap_servers, enable_idempotence=False)
+    broker.start()
+    try:
+        with start_gateway(info, GATEWAY_PUBLISH_TIMEOUT="20") as gw:
+            assert gw.post_event(encode(build_event("invoice.paid", object_id="in_0"))).status == 200  # topic made
+            body = encode(build_event("invoice.paid", object_id="in_1", event_id="evt_in_flight"))
+            assert broker.process is not None
+            broker.process.send_signal(signal.SIGSTOP)
+            try:
+                with socket.create_connection(("127.0.0.1", gw.port), timeout=60) as sock:
+                    head = f"POST {WEBHOOK} HTTP/1.1\r\nHost: hookstream\r\nContent-Length: {len(body)}\r\n"
+                    sock.sendall(f"{head}Stripe-Signature: {sign(body, SECRET)}\r\n\r\n".encode() + body)
+                    client_port = sock.getsockname()[1]
+                    wait_for(lambda: _read_by_server(gw.port, client_port), 30, "the gateway reading the delivery")
+                    gw.process.send_signal(signal.SIGTERM)
+                    time.sleep(1)  # the stop under way while the publish waits (the order is what matters)
+                    assert gw.process.poll() is None, "the gateway stopped with a delivery in flight"
+                    broker.process.send_signal(signal.SIGCONT)
+                    answer = sock.recv(65536)
+            finally:
+                broker.process.send_signal(signal.SIGCONT)
+            status = gw.process.wait(60)
+            output = gw.output()
+        assert status == 0 and "Traceback" not in output, output
+        assert answer.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 503 ")) or answer == b"", answer[:200]
+        stored = [
+            r.value for r in consume(broker.bootstrap_servers, ["stripe.invoice"], 1, timeout=10) if r.value == body
+        ]
+        if answer.startswith(b"HTTP/1.1 200 "):
+            assert stored == [body]  # a 200 is a promise
+        # the likely end here: the broker came back within the publish deadline
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    finally:
+        broker.stop()

@@ -124,7 +124,11 @@ def test_dev_stack_starts_prints_secret_and_trigger_line_and_stops_on_ctrl_c(tmp
         with pytest.raises(BrokerError):
             wait_for_kafka("127.0.0.1", broker_port, 1)
     finally:
+        started = children(process.pid) if process.poll() is None else []  # broker, gateway, worker: own sessions
         stop_process(process)
+        for pid in started:  # what a failed stop left, by the PIDs the supervisor started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_closed_terminal_stops_the_stack_as_ctrl_c_does(broker: BrokerInfo, tmp_path: Path) -> None:

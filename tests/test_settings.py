@@ -22,6 +22,50 @@ def test_defaults_match_the_design() -> None:
     assert s.using_dev_secret
 
 
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+def test_every_client_logs_in_with_the_same_mechanism_and_credentials(protocol: str) -> None:
+    """The gateway's librdkafka producer, the aiokafka clients (replay, audit, admin) and the worker's Faust app
+    each get the login from the one Settings (a real SASL login is not shown: the embedded broker keeps its SCRAM
+    users in its own memory, tests/test_security.py)."""
+    from faust import SASLCredentials
+
+    from gateway.rdkafka import librdkafka_config
+    from ops.kafka import client_options, faust_broker_options
+
+    settings = Settings.from_env(
+        {
+            "KAFKA_SECURITY_PROTOCOL": protocol,
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": "hookstream",
+            "KAFKA_SASL_PASSWORD": "s3cret",
+        }
+    )
+    rdkafka = librdkafka_config(settings)
+    assert rdkafka["security.protocol"] == protocol.lower()
+    assert (rdkafka["sasl.mechanism"], rdkafka["sasl.username"], rdkafka["sasl.password"]) == (
+        "SCRAM-SHA-512",
+        "hookstream",
+        "s3cret",
+    )
+    aiokafka = client_options(settings)
+    assert aiokafka["security_protocol"] == protocol
+    assert (aiokafka["sasl_mechanism"], aiokafka["sasl_plain_username"], aiokafka["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "hookstream",
+        "s3cret",
+    )
+    assert ("ssl_context" in aiokafka) is (protocol == "SASL_SSL")
+    credentials = faust_broker_options(settings)["broker_credentials"]
+    assert isinstance(credentials, SASLCredentials)
+    assert (credentials.mechanism.value, credentials.username, credentials.password) == (
+        "SCRAM-SHA-512",
+        "hookstream",
+        "s3cret",
+    )
+    assert credentials.protocol.value == protocol
+    assert (credentials.ssl_context is not None) is (protocol == "SASL_SSL")
+
+
 def test_the_security_protocol_is_one_of_kafkas_in_any_case() -> None:
     login = {"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}
     sasl = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl", **login})

@@ -674,6 +674,23 @@ def test_any_worker_answers_for_any_object(broker: BrokerInfo) -> None:
         assert "did not answer" in answer.json()["error"], answer.body
 
 
+def test_what_a_handler_emits_reaches_its_topic_once_the_event_succeeds(broker: BrokerInfo) -> None:
+    """ctx.emit through the worker's real producer: the records of a handled event are in their topic, keyed as the
+    handler said, one per event; a failing event's attempts emit nothing (it is dead-lettered)."""
+    app_id, prefix = unique("emit")
+    followups = f"{prefix}followups"
+    records = [charge(prefix, f"ch_{i}", seq, BASE + seq, emit=followups) for i in range(3) for seq in range(2)]
+    poison = charge(prefix, "ch_poison", 0, BASE, fail=True, emit=followups)
+    with start_worker(broker, app_id, prefix, HANDLER_MAX_ATTEMPTS="2", HANDLER_RETRY_BACKOFF="0.05") as worker:
+        produce(broker.bootstrap_servers, [*records, poison])
+        wait_for(lambda: _complete(worker, "ch_2", 2), 60, "the events applied")
+        wait_for(lambda: worker.metric_sum(EVENTS, outcome="dead_lettered") == 1, 60, "the poison dead-lettered")
+        emitted = consume(broker.bootstrap_servers, [followups], len(records), timeout=30)
+    objects = {event["id"]: event["data"]["object"]["id"] for event in (msgspec.json.decode(r.value) for r in records)}
+    assert sorted(r.value.decode() for r in emitted) == sorted(objects)  # once each, none of the poison's
+    assert all(r.key == objects[r.value.decode()].encode() for r in emitted)
+
+
 def test_state_recovers_fully_from_a_changelog_written_in_large_batches(broker: BrokerInfo) -> None:
     """Table recovery reads the changelog to its end; the embedded broker under-reports that end after
     multi-record batches (DESIGN.md), which once lost one update per partition. Nothing may be lost."""

@@ -8,7 +8,7 @@ Events whose object has ``metadata.fail == "true"`` fail until the file named by
 those with ``metadata.hang == "true"`` wait an hour, or until that file exists (for HANDLER_TIMEOUT and rebalances),
 with a ``cancelled`` line when cancelled; those with ``metadata.stubborn == "true"``
 wait, swallowing every cancellation (a ``swallowed`` line each), until that file exists (a handler bug the worker's
-stop must survive).
+stop must survive). Those with ``metadata.emit`` set emit the event's id, keyed by the object id, to that topic.
 """
 
 from __future__ import annotations
@@ -64,4 +64,6 @@ async def record_charge(event: StripeEvent, ctx: Context) -> None:
     await asyncio.sleep(random.random() * _max_delay)
     ctx.fields["seqs"] = [*ctx.fields.get("seqs", []), seq]
     ctx.fields["amount"] = obj.get("amount")
+    if topic := obj.get("metadata", {}).get("emit"):
+        ctx.emit(topic, event.id.encode(), key=obj["id"].encode())
     _write(f"end {_pid} {obj['id']} {seq} {event.id}")
