@@ -39,9 +39,12 @@ class ActorPool(Generic[T]):
         self._actors: dict[Hashable, deque[T]] = {}
         self._tasks: dict[asyncio.Task[None], Hashable] = {}  # each actor's task, and its key
         self._abandoned: set[asyncio.Task[None]] = set()  # ignored their cancellation (``cancel``)
+        self._parks: set[Hashable] = set()  # keys held by an actor left behind (``_park``): no task of ours runs them
         self._halted: set[Hashable] = set()  # keys of which nothing more runs (``halt``)
-        self._idle = asyncio.Event()
+        self._idle = asyncio.Event()  # no actor at all
         self._idle.set()
+        self._settled = asyncio.Event()  # none but those left behind (``stop``)
+        self._settled.set()
 
     @property
     def inflight(self) -> int:
@@ -88,6 +91,7 @@ class ActorPool(Generic[T]):
         assert isinstance(rest, eager.Resume)
         queue = self._actors[key] = deque()
         self._idle.clear()
+        self._settled.clear()
         task = self._start(key, self._run(key, queue, rest, stand_in))
         task.add_done_callback(lambda _: _end(key, rest))  # cancelled before its first step, it never continued it
 
@@ -112,8 +116,8 @@ class ActorPool(Generic[T]):
         ``giving_up`` runs once the grace is over, before any cancellation is delivered: what a handler that
         swallows its cancellation does next can then be told apart from what finished in time."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self.drain()
+            async with asyncio.timeout(grace):  # not for keys an actor left behind holds: they wait for it, if it
+                await self._settled.wait()  # ever ends (``cancel``), and a later stop does not wait for it again
         unfinished = self._inflight
         if giving_up is not None:
             giving_up()
@@ -149,29 +153,31 @@ class ActorPool(Generic[T]):
         # queued items never ran, and a task cancelled before its first step never ran _run's finally: nothing of
         # theirs was released; an actor left behind releases its one current item when (if) that ends
         self._actors.clear()
+        self._parks.clear()
         self._abandoned = {task for task in self._abandoned if not task.done()}
         for task in self._abandoned:  # its key's next items (a rebalance gives the worker more) wait until it ends,
             self._park(self._tasks[task], task)  # also one left behind by an earlier stop
         self._inflight = len(self._abandoned)
         self._release_room()
-        if not self._actors:
-            self._idle.set()
+        self._check_idle()
 
     def _park(self, key: Hashable, left_behind: asyncio.Task[None]) -> None:
         """Items of ``key`` submitted while its actor left behind still runs queue here, and start when it ends:
         one item at a time per key, even after a stop that could not end its actor."""
         parked: deque[T] = deque()
         self._actors[key] = parked
+        self._parks.add(key)
 
         def resume(_: asyncio.Task[None]) -> None:
             if self._actors.get(key) is not parked:  # a later cancel dropped them
                 return
-            if parked:
+            self._parks.discard(key)
+            if parked:  # an actor of ours now
+                self._settled.clear()
                 self._start(key, self._drain(key, parked))
             else:
                 del self._actors[key]
-                if not self._actors:
-                    self._idle.set()
+                self._check_idle()
 
         left_behind.add_done_callback(resume)
 
@@ -197,7 +203,10 @@ class ActorPool(Generic[T]):
             while queue:
                 try:  # each in a context of its own, as the first
                     done, rest = eager.start(self._process(queue.popleft()), context=contextvars.copy_context())
-                except Exception as exc:  # process() handles its own failures; this is a last line of defence
+                except BaseException as exc:  # process() handles its own failures; this is a last line of defence
+                    if not isinstance(exc, Exception):  # cancelled as it began: its slot is free all the same
+                        self._release()
+                        raise
                     _unexpected(key, exc)
                     done = True
                 if done:
@@ -207,6 +216,11 @@ class ActorPool(Generic[T]):
         finally:
             if self._actors.get(key) is queue:
                 del self._actors[key]
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if len(self._actors) == len(self._parks):
+            self._settled.set()
             if not self._actors:
                 self._idle.set()
 
@@ -232,11 +246,11 @@ class ActorPool(Generic[T]):
 
 
 def _end(key: Hashable, item: eager.Resume[None]) -> None:
-    """End an item that nothing continues any more (a no-op once it finished): its finally blocks run, and what
-    holds it (a deadline watch) lets go."""
+    """End an item that nothing continues any more (a no-op once it finished): cancelled where it waits, its
+    finally blocks run, and what holds it (a deadline watch) lets go."""
     try:
-        item.close()
-    except Exception as exc:  # a finally block that waits, or raises
+        item.end()
+    except Exception as exc:  # a finally block that waits
         _unexpected(key, exc)
 
 

@@ -127,10 +127,10 @@ def membership_lost(consumer: Any) -> bool:
     as of an unknown member or a past generation (``reset_generation``), and the rebalance under way is its
     rejoin."""
     try:
-        coordinator = consumer._thread._ensure_consumer()._coordinator
-    except Exception:  # no consumer thread yet (a stop before the first join)
+        generation = consumer._thread._ensure_consumer()._coordinator.generation
+    except Exception:  # no consumer thread or coordinator yet (a stop before the first join)
         return False
-    return bool(coordinator.generation == _UNKNOWN_GENERATION)
+    return bool(generation == _UNKNOWN_GENERATION)
 
 
 #: aiokafka's generation of a member that is not (or no longer) in the group (OffsetCommitRequest's default)

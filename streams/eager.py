@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Callable, Coroutine, Generator
+from inspect import CORO_SUSPENDED, getcoroutinestate
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -62,6 +63,20 @@ class Resume(Generic[T]):
     def close(self) -> None:
         self._coro.close()
 
+    def end(self) -> None:
+        """End the coroutine now that no task will continue it: a cancellation delivered where it waits, as the task
+        would deliver it (as its stand-in, in its context), so that its cleanup runs where it was written to; closed
+        if it waits again (an await in a ``finally``: nothing would drive it). A no-op once it has finished."""
+        if getcoroutinestate(self._coro) != CORO_SUSPENDED:
+            return
+        if self._task is not None:
+            self._task.cancel()  # counted, as a task's: code that reads ``cancelling()`` takes it for the task's
+        try:
+            _run(self._coro.throw, asyncio.CancelledError(), self._task, self._context)
+        except BaseException:  # ended: cancelled, or raising on its way out
+            return
+        self._coro.close()
+
 
 def _run(step: Callable[[Any], Any], arg: Any, task: EagerTask | None, context: contextvars.Context | None) -> Any:
     """``step(arg)`` as the coroutine's first step ran: in ``context``, as ``task`` (the current one put back
@@ -99,7 +114,7 @@ class EagerTask:
 
     def __init__(self, name: object) -> None:
         self._name = name
-        self._requests = 0
+        self._requests: list[Any] = []  # the messages of cancel requests made before the binding
         self._task: asyncio.Task[Any] | None = None
         self._coro: Coroutine[Any, Any, Any] | None = None  # what it runs (``start``)
 
@@ -110,25 +125,25 @@ class EagerTask:
         ``finally`` blocks.
         """
         self._task = task
-        for _ in range(self._requests):
-            task.cancel()
-        self._requests = 0
+        for msg in self._requests:  # with their messages: anyio tells its own cancellations by theirs
+            task.cancel(msg)
+        self._requests.clear()
 
     def cancel(self, msg: Any = None) -> bool:
         if self._task is not None:
             return self._task.cancel(msg)
-        self._requests += 1
+        self._requests.append(msg)
         return True
 
     def cancelling(self) -> int:
-        return self._task.cancelling() if self._task is not None else self._requests
+        return self._task.cancelling() if self._task is not None else len(self._requests)
 
     def uncancel(self) -> int:
         if self._task is not None:
             return self._task.uncancel()
         if self._requests:
-            self._requests -= 1
-        return self._requests
+            self._requests.pop()
+        return len(self._requests)
 
     def done(self) -> bool:
         return self._task is not None and self._task.done()
@@ -138,6 +153,9 @@ class EagerTask:
 
     def get_coro(self) -> Coroutine[Any, Any, Any] | None:
         return self._coro
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._task.get_loop() if self._task is not None else asyncio.get_running_loop()
 
     # What anyio reads of a task to deliver a cancel scope's cancellation (its asyncio backend): the task's, once
     # bound; before, the stand-in is the current task, which nothing cancels that way.

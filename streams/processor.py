@@ -282,11 +282,13 @@ class EventProcessor:
                     )
                     await self._dead_letter(record, headers, failure, attempt)
                     return Outcome.DEAD_LETTERED
+                # the partition given up (a rebalance, the worker stopping): the new owner runs the event. Its handler
+                # may have turned the cancellation into an error of its own (a client library does), and the task's
+                # cancel count cannot tell (3.11's TaskGroup leaves it raised after a child failed). Before the
+                # backoff (a long one would outlast the stop's patience) and after it (given up meanwhile).
+                self._check_ours(record, event)
                 self._metrics.processed_counter(record.topic, event.type, Outcome.RETRIED).inc()
                 await asyncio.sleep(retry.delay(attempt))
-                # the partition given up meanwhile (a rebalance, the worker stopping): the new owner runs the event.
-                # Its handler may have turned the cancellation into an error of its own (a client library does), and
-                # the task's cancel count cannot tell (3.11's TaskGroup leaves it raised after a child failed)
                 self._check_ours(record, event)
                 continue
             if stale:  # not applied: the newer event stays the last one, its status the object's
@@ -355,7 +357,8 @@ class EventProcessor:
             value = b""
             dlq_headers.append(omitted)
             if _record_size(record.key, value, dlq_headers) > self._max_record_bytes:
-                own = dead_letter_headers([], error, attempts, record.topic, record.partition, record.offset)
+                identity = [(k, v) for k, v in headers if k in _IDENTITY_HEADERS and len(v) <= _MAX_IDENTITY_BYTES]
+                own = dead_letter_headers(identity, error, attempts, record.topic, record.partition, record.offset)
                 original = _record_size(None, b"", headers) - _RECORD_OVERHEAD
                 dlq_headers = [*own, omitted, (HEADERS_OMITTED, b"%d" % original)]
         await self._send_durably(self._dlq_topic, record.key, value, dlq_headers)
@@ -378,6 +381,12 @@ class EventProcessor:
                 log.warning("cannot write to %s (%s); retrying in %.1fs", topic, _why_not_sent(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+#: Original headers a dead letter keeps when the others go (``headers-omitted``): ``hookstream replay --list``
+#: shows them, and ``--discard`` finds an event by its id.
+_IDENTITY_HEADERS = frozenset({"event-id", "event-type"})
+_MAX_IDENTITY_BYTES = 256
 
 
 def _record_size(key: bytes | None, value: bytes, headers: Iterable[tuple[str, bytes]]) -> int:

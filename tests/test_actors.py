@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import uuid
@@ -93,20 +94,26 @@ def test_cancelled_at_once_the_pool_is_idle_even_if_its_actors_never_started() -
 def test_an_item_whose_actor_is_cancelled_before_it_starts_is_ended_not_left_suspended() -> None:
     """The record began eagerly and its handler waits; its actor task, cancelled before its first step, never
     continues it. Left suspended, the handler's deadline watch held it (and the stand-in task, which names what it
-    runs): never collected, its finally blocks never ran."""
+    runs): never collected, its finally blocks never ran. It is cancelled where it waits, as its task would: its
+    cleanup runs as the same task and in its own context, and a cancelled record is no failure to dead-letter."""
     handlers = HandlerRegistry()
-    ended: list[str] = []
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="none")
+    ended: list[tuple[str, bool, str]] = []
 
     @handlers.on("invoice.paid")
     async def waits(event: StripeEvent, ctx: Context) -> None:
+        token = marker.set(event.object["id"])
+        began_as = asyncio.current_task()
         try:
             await asyncio.sleep(3600)
         finally:
-            ended.append(event.object["id"])
+            ended.append((event.object["id"], asyncio.current_task() is began_as, marker.get()))
+            marker.reset(token)
 
-    proc = processor(handlers, DictStore(), recording_send([]), timeout=3600)
+    sent: list[tuple[str, dict[str, bytes]]] = []
+    proc = processor(handlers, DictStore(), recording_send(sent), timeout=3600)
 
-    async def run() -> None:
+    async def run() -> int:
         async def finish(record: ConsumedRecord) -> None:
             await proc.process(record)
 
@@ -114,9 +121,11 @@ def test_an_item_whose_actor_is_cancelled_before_it_starts_is_ended_not_left_sus
         await pool.submit(b"in_1", ConsumedRecord.of_event("invoice.paid", "in_1"))
         await pool.cancel()
         await asyncio.sleep(0)  # the cancelled task's callbacks
+        return pool.inflight
 
-    asyncio.run(run())
-    assert ended == ["in_1"]
+    assert asyncio.run(run()) == 0
+    assert ended == [("in_1", True, "in_1")]
+    assert sent == []
 
 
 def test_stop_lets_items_finish_within_the_grace_and_cancels_the_rest() -> None:
@@ -197,9 +206,9 @@ def test_stop_goes_on_without_an_actor_whose_handler_swallows_cancellation(caplo
         try:
             cancelled = await asyncio.wait_for(pool.stop(grace=0.05, patience=0.2), timeout=5)
             left = pool.inflight  # the stubborn item, still running
-            # the app stops it twice: a second stop that waited for it again would wait out the patience (an
-            # hour), and wait_for would fail it
-            again = await asyncio.wait_for(pool.stop(grace=0.05, patience=3600), timeout=5)
+            # the app stops it twice: a second stop that waited for it again would wait out the grace or the
+            # patience (an hour each), and wait_for would fail it
+            again = await asyncio.wait_for(pool.stop(grace=3600, patience=3600), timeout=5)
         finally:
             let_go.set()  # whatever happened: a stubborn actor left running would hang asyncio.run's cleanup
         await asyncio.sleep(0.1)  # it ends now, long after the stop
@@ -379,6 +388,27 @@ def test_an_item_that_fails_before_it_waits_is_logged_and_frees_its_slot(caplog:
     with caplog.at_level(logging.ERROR, logger="streams.actors"):
         assert asyncio.run(run()) == 0
     assert len(caplog.records) == 2 and all("RuntimeError" in r.getMessage() for r in caplog.records)
+
+
+def test_a_queued_item_cancelled_as_it_begins_frees_its_slot() -> None:
+    """A queued item whose first step raises CancelledError (it awaits something already cancelled) ends its
+    actor, as a cancellation does; its slot in the in-flight bound is freed all the same, or the bound shrank for
+    good (the items queued behind it are another matter: dropped, as at a cancel)."""
+
+    async def run() -> int:
+        async def process(item: str) -> None:
+            if item == "waits":
+                await asyncio.sleep(0.01)
+            elif item == "cancelled":
+                raise asyncio.CancelledError()
+
+        pool: ActorPool[str] = ActorPool(process, max_inflight=8)
+        await pool.submit("k", "waits")
+        await pool.submit("k", "cancelled")
+        await asyncio.sleep(0.1)
+        return pool.inflight
+
+    assert asyncio.run(run()) == 0
 
 
 def test_bound_must_be_positive() -> None:

@@ -118,6 +118,27 @@ def test_anyio_timeouts_entered_in_the_first_step_cancel_the_handler_and_only_it
     assert [headers["error-type"] for _, headers in sent] == [b"TimeoutError"]
 
 
+def test_an_anyio_scope_cancelled_in_the_first_step_catches_its_own_cancellation() -> None:
+    """A scope whose time is up as it is entered (a budget already spent), or cancelled at once: anyio tells its
+    own cancellation by the message it cancels the task with. Asked of the stand-in before its actor task existed,
+    the request reached the task without it, and the scope let it through: the attempt failed."""
+    handlers = HandlerRegistry()
+
+    @handlers.on("invoice.paid")
+    async def budgeted(event: StripeEvent, ctx: Context) -> None:
+        with anyio.move_on_after(-1) as spent:
+            await anyio.sleep(3600)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await anyio.sleep(3600)
+        ctx.fields["skipped"] = spent.cancelled_caught and scope.cancelled_caught
+
+    sent: list[tuple[str, dict[str, bytes]]] = []
+    store = DictStore()
+    assert asyncio.run(_through_a_pool(processor(handlers, store, recording_send(sent)), ["in_1"])) == ["ok"], sent
+    assert b'"skipped":true' in store[b"in_1"]
+
+
 def test_context_variables_a_handler_sets_stay_its_own() -> None:
     """Set in the first step (the fetch loop's turn), a variable leaked into the next object's handler; reset after
     a wait, it raised (the token was made in another context) and the event was dead-lettered."""
