@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         "with the handlers of HOOKSTREAM_HANDLERS; failures are retried (HANDLER_MAX_ATTEMPTS), then dead-lettered "
         "to <TOPIC_PREFIX>dlq. Serves GET /objects/<id>, /healthz, /readyz and /metrics on WORKER_WEB_PORT. "
         "SIGTERM stops it cleanly within HANDLER_TIMEOUT, plus 5 s for handlers that catch their cancellation and "
-        "the final flush and commit (the Helm chart allows HANDLER_TIMEOUT + 20 s).",
+        "the final flush and commit (the Helm chart allows HANDLER_TIMEOUT + 20 s), which wait for Kafka while it "
+        "does not answer.",
     )
     worker.set_defaults(run=_worker)
 
@@ -141,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Compare the event ids in the event topics (what the gateway acknowledged) with the objects "
         "table's changelog (what the workers applied) and the dead letters. Exit status 1 when an acknowledged "
         "event is missing or was applied twice, or records were deleted before the workers read them (gone), 2 "
-        "when it could not check (a bad option, Kafka unreachable).",
+        "when it could not check (a bad option, Kafka unreachable, a handler module that does not import).",
     )
     audit.add_argument(
         "--since", help="audit events acknowledged since T: ISO 8601 time or a duration ago (30m, 2h, 7d); default: all"
@@ -238,10 +239,11 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
     from aiokafka.errors import KafkaError
 
     from ops.audit import AuditError, run_audit
+    from streams.registry import HandlerModuleError
 
     try:
         return run_audit(settings, args.since, args.wait, args.json, args.show)
-    except (AuditError, ValueError) as exc:
+    except (AuditError, ValueError, HandlerModuleError) as exc:  # not 1 either: nothing was checked
         print(f"hookstream audit: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:  # not 1: that says an event is missing, and nothing was checked

@@ -78,6 +78,16 @@ def run_dev(settings: Settings, environ: dict[str, str], broker_port: int = 9092
                 {k: env[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", *EMBEDDED_BROKER_ENV)} if broker else None,
             )
         while not stopping:
+            if broker is not None and broker.process is not None and broker.process.poll() is not None:
+                # it kept everything in memory: a new one would be empty, and the worker's state and offsets would
+                # not match it (its recovery fails), so the stack stops with it
+                print(
+                    f"hookstream: the embedded broker exited with status {broker.process.returncode}, and with it "
+                    "every topic, state and dead letter; stopping (start again for a fresh stack)",
+                    file=sys.stderr,
+                )
+                status = 1
+                break
             if gateway.poll() is not None:
                 print(f"hookstream: gateway exited with status {gateway.returncode}; stopping", file=sys.stderr)
                 status = 1

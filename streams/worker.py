@@ -105,8 +105,10 @@ async def _check_partitions(admin: AIOKafkaAdminClient, settings: Settings, topi
     if wrong:
         raise PartitionMismatch(
             f"every event topic and the objects table's changelog need TOPIC_PARTITIONS={wanted} partitions so "
-            f"that the state co-partitions with the events, but {', '.join(wrong)}. Recreate the topics, or set "
-            "TOPIC_PARTITIONS to match."
+            f"that the state co-partitions with the events, but {', '.join(wrong)}. Recreate the topics (one the "
+            "brokers made by themselves with their defaults, after it was deleted while a client still used it: "
+            "delete it with every worker stopped, and a worker creates it right), or set TOPIC_PARTITIONS to match "
+            "if all of them have one count."
         )
     return [topic for topic in topics if counts[topic] is None]
 

@@ -317,10 +317,10 @@ def start_worker(
 
 
 def hookstream(
-    broker: BrokerInfo, app_id: str, prefix: str, *args: str, timeout: float = 180
+    broker: BrokerInfo, app_id: str, prefix: str, *args: str, timeout: float = 180, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``hookstream <args>`` as an operator would run it, for the workers of ``app_id`` on ``prefix``'s topics (with
-    the recording test handlers); the finished process, its output as text."""
+    the recording test handlers, unless ``env`` says otherwise); the finished process, its output as text."""
     return subprocess.run(
         [sys.executable, "-m", "ops.cli", *args],
         env={
@@ -328,6 +328,7 @@ def hookstream(
             **broker.app_env(app_id, prefix),
             "PYTHONPATH": REPO,
             "HOOKSTREAM_HANDLERS": "tests.handlers.recording",
+            **(env or {}),
         },
         cwd=REPO,
         capture_output=True,

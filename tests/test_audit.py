@@ -94,6 +94,16 @@ def test_audit_accounts_for_every_event_and_reports_losses(broker: BrokerInfo) -
     assert "FAILED" in done.stdout
 
 
+def test_a_handler_module_that_does_not_import_is_exit_2_not_a_loss(broker: BrokerInfo) -> None:
+    """Exit 1 says an event is missing or applied twice; a monitoring script reads it so. A handler module audit
+    cannot import (run from another directory, a typo in HOOKSTREAM_HANDLERS) checked nothing: exit 2, one line."""
+    app_id, prefix = unique("audit-import")
+    done = hookstream(broker, app_id, prefix, "audit", env={"HOOKSTREAM_HANDLERS": "no_such_handlers"})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "handler module no_such_handlers does not import" in done.stderr
+
+
 def test_records_deleted_before_the_workers_read_them_are_reported_gone(
     broker: BrokerInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:

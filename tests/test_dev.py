@@ -167,6 +167,38 @@ def _answers(port: int) -> bool:
     return False
 
 
+def test_the_stack_stops_when_its_embedded_broker_dies(tmp_path: Path) -> None:
+    """The embedded broker keeps everything in memory: once it is gone, a worker left running crashed on the next
+    one (its state and offsets ahead of an empty changelog), and its topics came back with the broker's defaults."""
+    gateway_port, broker_port, worker_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "STRIPE_WEBHOOK_SECRETS")}
+    env |= {
+        "GATEWAY_PORT": str(gateway_port),
+        "WORKER_WEB_PORT": str(worker_port),
+        "WORKER_DATA_DIR": str(tmp_path / "worker-data"),
+        "HOOKSTREAM_APP_ID": "dev-broker-dies",
+    }
+    command = [sys.executable, "-m", "ops.cli", "dev", "--broker-port", str(broker_port)]
+    with (tmp_path / "dev.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+        started: list[int] = []
+        try:
+            for port in (gateway_port, worker_port):
+                wait_for(lambda port=port: _answers(port), 60, f"/healthz on {port}", interval=0.2)
+            started = children(process.pid)
+            (broker,) = [pid for pid in started if b"tansu" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            os.kill(broker, signal.SIGKILL)
+            assert process.wait(60) == 1
+            output = (tmp_path / "dev.log").read_text()
+            assert "the embedded broker exited with status -9" in output, output[-3000:]
+            assert not [pid for pid in started if alive(pid)], "the gateway or worker outlived the broker's stack"
+        finally:
+            stop_process(process)
+            for pid in started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 def test_handler_sources_follow_packages_namespaces_and_modules_created_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
