@@ -132,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="EVENT_ID|POSITION",
         help="do not re-publish the dead letters of this event, or the one at this position as --list shows it, "
         "topic[partition]@offset (for a record without an event id); repeatable: passed over and committed, so that "
-        "no later replay takes them either; exit status 1 if one was not found",
+        "no later replay takes them either; one not among the dead letters waiting: exit status 1 before anything "
+        "is replayed",
     )
     replay.set_defaults(run=_replay)
 

@@ -122,24 +122,40 @@ async def replay(
 
 
 async def pending(settings: Settings, show: Callable[[str], None], stall_timeout: float = 30.0) -> int:
-    """Describe to ``show`` each dead letter a replay would take; return how many. Nothing is sent or committed,
-    and the group is not joined: the partitions are read from its commits beside it, so a replay running meanwhile
-    keeps all of them (a join would take half away, and it would stop early, as if caught up)."""
-    consumer = _consumer(settings)
+    """Describe to ``show`` each dead letter a replay would take; return how many."""
     count = 0
+    async for where, headers in _pending(settings, stall_timeout):
+        show(describe(where, headers))
+        count += 1
+    return count
+
+
+async def _pending(
+    settings: Settings, stall_timeout: float = 30.0
+) -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
+    """Each dead letter a replay would take, where it is and its headers. Nothing is sent or committed, and the group
+    is not joined: the partitions are read from its commits beside it, so a replay running meanwhile keeps all of
+    them (a join would take half away, and it would stop early, as if caught up)."""
+    consumer = _consumer(settings)
     try:
         await consumer.start()
         partitions = await _dead_letter_partitions(consumer, settings)
         if not partitions:
-            return 0
+            return
         # assigned, not subscribed: positions start at the group's committed offsets (else the beginning)
         consumer.assign([TopicPartition(settings.dlq_topic, partition) for partition in sorted(partitions)])
         async for tp, record, headers in _dead_letters(consumer, None, stall_timeout):
-            show(describe(record_position(tp.topic, tp.partition, record.offset), headers))
-            count += 1
+            yield record_position(tp.topic, tp.partition, record.offset), headers
     finally:
         await consumer.stop()
-    return count
+
+
+async def _not_pending(settings: Settings, names: Collection[str]) -> list[str]:
+    """Which of ``names`` (event ids, positions) no dead letter a replay would take has."""
+    left = set(names)
+    async for where, headers in _pending(settings):
+        left -= {where, (header(headers, "event-id") or b"").decode(errors="replace")}
+    return sorted(left)
 
 
 async def _dead_letter_partitions(consumer: AIOKafkaConsumer, settings: Settings) -> set[int]:
@@ -271,6 +287,15 @@ def run_replay(settings: Settings, limit: int | None, list_only: bool = False, d
         if list_only:
             print(f"{asyncio.run(pending(settings, print))} dead letter(s) in {settings.dlq_topic} not replayed yet")
             return 0
+        # a mistyped id found only at the end would come after every other dead letter was re-published
+        unknown = asyncio.run(_not_pending(settings, discard)) if discard else []
+        if unknown:
+            print(
+                f"hookstream replay: no dead letter to discard for {', '.join(unknown)} (hookstream replay --list "
+                "shows those waiting): nothing replayed",
+                file=sys.stderr,
+            )
+            return 1
         done = asyncio.run(replay(settings, limit, discard=discard))
     except KafkaError as exc:
         print(f"hookstream replay: Kafka at {settings.kafka_bootstrap_servers}: {exc!r}", file=sys.stderr)
