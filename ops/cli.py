@@ -182,7 +182,9 @@ def _parser() -> argparse.ArgumentParser:
         help="send a realistic signed Stripe event of the given type to a gateway",
         allow_abbrev=False,  # else "--secret whsec_..." would be taken for --secret-file
     )
-    trigger.add_argument("event_type", help="a Stripe event type, e.g. payment_intent.succeeded")
+    trigger.add_argument(
+        "event_type", help="an event type Stripe sends (ops/stripe/event-types.txt), e.g. payment_intent.succeeded"
+    )
     trigger.add_argument("--object-id", help="id of the object the event is about (default: the fixture's)")
     trigger.add_argument("--url", help="webhook URL (default: http://127.0.0.1:$GATEWAY_PORT/webhooks/stripe)")
     trigger.add_argument(
@@ -314,8 +316,12 @@ def _seconds_ago(text: str) -> int:
 
 
 def _trigger(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.fixtures import UnknownEventType
+    from ops.fixtures import UnknownEventType, event_types, not_an_event_type
     from ops.trigger import trigger
+
+    if args.event_type not in event_types():  # a typo would be sent, taken, and counted unhandled
+        print(f"hookstream: {not_an_event_type(args.event_type)}", file=sys.stderr)
+        return 2
 
     url = args.url or f"http://127.0.0.1:{settings.gateway_port}/webhooks/stripe"
     secret = settings.stripe_webhook_secrets[0]

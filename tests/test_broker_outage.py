@@ -96,6 +96,11 @@ def test_gateway_answers_503_while_the_broker_is_down_and_recovers_by_itself() -
             gw.wait_until("/readyz", 200)
             assert _ready_gauge(gw) == 1
             assert gw.process.poll() is None
+            # the log says when publishing stopped and when it resumed, and why each 503 (never an empty reason)
+            output = gw.output()
+            assert output.count("Kafka answers again: publishing resumed") == 1, output  # not at the start
+            assert output.index("Kafka stopped answering") < output.index("Kafka answers again"), output
+            assert "acknowledge: TimeoutError: )" not in output and "acknowledge: TimeoutError)" not in output
 
         records = consume(broker.bootstrap_servers, ["stripe.invoice"], 1)
         assert [r.value for r in records] == [again]

@@ -91,6 +91,9 @@ def test_trigger_command_explains_unknown_types_and_refusals(gateway: GatewayPro
     unknown = _trigger(gateway, "three_d_secure.authentication.failed")
     assert unknown.returncode == 2
     assert "no Stripe example object" in unknown.stderr
+    typo = _trigger(gateway, "payout.payed")  # was sent, answered 200, and counted unhandled
+    assert typo.returncode == 2 and typo.stdout == ""
+    assert "'payout.payed' is not an event type Stripe sends (did you mean payout.paid" in typo.stderr
     (tmp_path / "wrong").write_text("whsec_wrong\n")
     refused = _trigger(gateway, "invoice.paid", "--secret-file", str(tmp_path / "wrong"))
     assert refused.returncode == 1
