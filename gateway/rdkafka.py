@@ -102,7 +102,10 @@ class AsyncProducer:
         #: librdkafka's fatal error, if it had one: the producer refuses every record from then on (the idempotent
         #: producer's unresolvable sequence gap, a missing IdempotentWrite ACL), and only a new one can publish
         self.fatal_error: str | None = None
-        self._producer: confluent_kafka.Producer | None = confluent_kafka.Producer(config)  # None once closed
+        # its log lines go through Python's logging (ops/logs.py: one format, repeats held back), served by poll()
+        self._producer: confluent_kafka.Producer | None = confluent_kafka.Producer(  # None once closed
+            config, logger=logging.getLogger("librdkafka")
+        )
         self._reports: list[tuple[asyncio.Future[None], Any]] = []
         self._awaiting = 0  # records sent whose report has not been handed over
         self._timer: asyncio.TimerHandle | None = loop.call_later(_IDLE_POLL, self._poll)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 import traceback
+from collections.abc import Callable
 
 #: Library loggers never enabled below these levels.
 LIBRARY_FLOORS: dict[str, int] = {
@@ -25,6 +28,10 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger(__name__)
 
 
+#: Loggers of the Kafka clients, whose lines repeat many times a second while a broker is away (``RepeatFilter``).
+CHATTY = ("aiokafka", "librdkafka")
+
+
 def configure_logging(level: str) -> None:
     """The root logger at ``level`` on stderr, library loggers no lower than their floors."""
     logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr)
@@ -34,7 +41,8 @@ def configure_logging(level: str) -> None:
 
 
 def apply_library_floors(level: int) -> str:
-    """Set each logger of LIBRARY_FLOORS to the higher of ``level`` and its floor; say which were raised.
+    """Set each logger of LIBRARY_FLOORS to the higher of ``level`` and its floor; say which were raised. The root
+    logger's handlers get a ``RepeatFilter`` (once each).
 
     Setting ``level`` itself where it is above the floor keeps those loggers exactly as quiet as the root.
     Called again once Faust has configured a worker's logging (``streams/worker.py``).
@@ -44,7 +52,48 @@ def apply_library_floors(level: int) -> str:
         logging.getLogger(name).setLevel(max(level, floor))
         if level < floor:
             raised.append(f"{name} at {logging.getLevelName(floor)}")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RepeatFilter) for f in handler.filters):
+            handler.addFilter(RepeatFilter())
     return ", ".join(raised)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets one line of each kind (logger, level, message template) of the Kafka clients' through per ``window``
+    seconds, and says on the next one let through how many it held back.
+
+    While a broker is away, aiokafka logged ~90 lines a second (every connection, metadata and fetch failure) and
+    librdkafka 20: an outage of minutes buried everything else, and filled log storage. The first line of each kind
+    still shows at once, and each ``window`` after that one more with the count, as long as the trouble lasts.
+    """
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window = window
+        self._clock = clock
+        self._lock = threading.Lock()  # aiokafka logs from Faust's consumer thread too
+        self._seen: dict[tuple[object, ...], tuple[float, int]] = {}  # kind -> (let through at, held since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(CHATTY):
+            return True
+        kind: tuple[object, ...] = (record.name, record.levelno, record.msg)
+        if record.name == "librdkafka" and isinstance(record.args, tuple) and record.args:
+            kind = (*kind, record.args[0])  # one template for all its lines ("%s [%s] %s"): its facility tells them
+        now = self._clock()
+        with self._lock:
+            last = self._seen.get(kind)
+            if last is not None and now - last[0] < self._window:
+                self._seen[kind] = (last[0], last[1] + 1)
+                return False
+            held = last[1] if last is not None else 0
+            self._seen[kind] = (now, 0)
+            if len(self._seen) > 1000:  # kinds are few; messages built without a template must not pile up
+                self._seen = {kind: self._seen[kind]}
+        if held:
+            record.msg = f"{record.getMessage()} (and {held} more like it in the last {self._window:g} s)"
+            record.args = None
+        return True
 
 
 def described(error: BaseException) -> str:
