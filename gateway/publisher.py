@@ -45,7 +45,8 @@ class Publisher:
         self._admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
-        self._healthy: bool | None = None  # None: not judged yet (at start)
+        self._healthy = False
+        self._said_down = False  # the log said Kafka stopped answering, and not yet that it answers again
         self._task: asyncio.Task[None] | None = None
         # a fatal error that comes back with every new producer (a missing ACL) must not churn librdkafka instances
         self._replacement_delay = _FIRST_REPLACEMENT_DELAY
@@ -55,7 +56,7 @@ class Publisher:
     def ready(self) -> bool:
         """True while the broker answered the last probe or publish, and the producer can still publish."""
         producer = self._producer
-        return producer is not None and producer.fatal_error is None and self._admin is not None and bool(self._healthy)
+        return producer is not None and producer.fatal_error is None and self._admin is not None and self._healthy
 
     async def start(self) -> None:
         """Start connecting in the background; the gateway serves (with 503s) until the broker answers."""
@@ -100,14 +101,13 @@ class Publisher:
         except TopicCreationError as exc:  # a topic policy, or a controller election: tried again at the next event
             raise BrokerUnavailable(str(exc)) from exc
         except (TimeoutError, KafkaError, DeliveryFailed, BufferError) as exc:
-            self._set_healthy(False)
+            self._healthy = False  # the probe says so in the log, once: a request's failure may be its own
             self._known_topics.clear()  # a restarted (memory) broker may have lost them
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if isinstance(exc, TimeoutError):
                 why = f"not within GATEWAY_PUBLISH_TIMEOUT ({self._settings.gateway_publish_timeout:g} s)"
             raise BrokerUnavailable(f"broker did not acknowledge: {why}") from exc
-        if not self._healthy:
-            self._set_healthy(True)
+        self._healthy = True
         self._metrics.publish_seconds.labels(record.topic).observe(time.perf_counter() - started)
         self._metrics.published.labels(record.topic, record.event_type).inc()
 
@@ -182,15 +182,13 @@ class Publisher:
             return
         known = next(iter(self._known_topics), None)  # one it created (never auto-created: librdkafka_config)
         answered = await asyncio.to_thread(producer.cluster_answers, self._probe_interval + 1, known)
-        self._set_healthy(answered)
-
-    def _set_healthy(self, healthy: bool) -> None:
-        """Readiness, logged when it changes: the log says when publishing stopped and when it resumed."""
-        if healthy and self._healthy is False:
-            log.info("Kafka answers again: publishing resumed")
-        elif not healthy and self._healthy:
+        # the log says when publishing stopped and when it resumed, once each, as the probes see it
+        if not answered and not self._said_down:
             log.warning("Kafka stopped answering; publishing answers 503 until it does")
-        self._healthy = healthy
+        elif answered and self._said_down:
+            log.info("Kafka answers again: publishing resumed")
+        self._said_down = not answered
+        self._healthy = answered
 
     async def _close_admin(self) -> None:
         admin, self._admin = self._admin, None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 #: Loggers of the Kafka clients, whose lines repeat many times a second while a broker is away (``RepeatFilter``).
-CHATTY = ("aiokafka", "librdkafka")
+CHATTY = ("aiokafka", "librdkafka", "faust.transport")
 
 
 def configure_logging(level: str) -> None:
@@ -59,13 +60,16 @@ def apply_library_floors(level: int) -> str:
 
 
 class RepeatFilter(logging.Filter):
-    """Lets one line of each kind (logger, level, message template) of the Kafka clients' through per ``window``
-    seconds, and says on the next one let through how many it held back.
+    """Lets one line of each kind of the Kafka clients' through per ``window`` seconds, and says on the next one
+    let through how many it held back. A kind is the logger, the level and the message with its numbers taken out:
+    a node's id, a port, milliseconds vary from line to line of one trouble, its words do not.
 
     While a broker is away, aiokafka logged ~90 lines a second (every connection, metadata and fetch failure) and
     librdkafka 20: an outage of minutes buried everything else, and filled log storage. The first line of each kind
     still shows at once, and each ``window`` after that one more with the count, as long as the trouble lasts.
     """
+
+    _NUMBERS = re.compile(r"\d+")
 
     def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -77,23 +81,33 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(CHATTY):
             return True
-        kind: tuple[object, ...] = (record.name, record.levelno, record.msg)
-        if record.name == "librdkafka" and isinstance(record.args, tuple) and record.args:
-            kind = (*kind, record.args[0])  # one template for all its lines ("%s [%s] %s"): its facility tells them
+        judged = getattr(record, "held_back", None)  # by this filter on another handler: the same verdict
+        if judged is not None:
+            return not judged
+        try:
+            held = self._held(record)
+        except Exception:  # a filter must never raise into the code that logs: logging reports bad records itself
+            return True
+        record.held_back = held is None
+        if held is not None and held[0]:
+            count, seconds = held
+            record.msg = f"{record.getMessage()} (and {count} more like it in the last {seconds:.0f} s)"
+            record.args = None
+        return held is not None
+
+    def _held(self, record: logging.LogRecord) -> tuple[int, float] | None:
+        """None to hold the record back; else how many of its kind were, and over how many seconds."""
+        kind = (record.name, record.levelno, self._NUMBERS.sub("#", record.getMessage()))
         now = self._clock()
         with self._lock:
             last = self._seen.get(kind)
             if last is not None and now - last[0] < self._window:
                 self._seen[kind] = (last[0], last[1] + 1)
-                return False
-            held = last[1] if last is not None else 0
+                return None
             self._seen[kind] = (now, 0)
-            if len(self._seen) > 1000:  # kinds are few; messages built without a template must not pile up
+            if len(self._seen) > 1000:  # kinds are few; lines with varying words must not pile up
                 self._seen = {kind: self._seen[kind]}
-        if held:
-            record.msg = f"{record.getMessage()} (and {held} more like it in the last {self._window:g} s)"
-            record.args = None
-        return True
+        return (last[1], now - last[0]) if last is not None else (0, 0.0)
 
 
 def described(error: BaseException) -> str:

@@ -287,6 +287,9 @@ def run_replay(settings: Settings, limit: int | None, list_only: bool = False, d
         if list_only:
             print(f"{asyncio.run(pending(settings, print))} dead letter(s) in {settings.dlq_topic} not replayed yet")
             return 0
+        if "" in discard:  # an unset shell variable: it would match no dead letter, after replaying the others
+            print("hookstream replay: --discard needs an event id or a position, not an empty one", file=sys.stderr)
+            return 2
         # a mistyped id found only at the end would come after every other dead letter was re-published
         unknown = asyncio.run(_not_pending(settings, discard)) if discard else []
         if unknown:

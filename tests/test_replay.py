@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from ops.replay import GroupJoinTimeout, Replayed, ReplayStalled, _dead_letters, pending, replay, replay_headers
+from ops.replay import (
+    GroupJoinTimeout,
+    Replayed,
+    ReplayStalled,
+    _dead_letters,
+    pending,
+    replay,
+    replay_headers,
+    run_replay,
+)
 from ops.settings import Settings
 from streams.dead_letters import dead_letter_headers
 from tests.support import BrokerInfo, unique
@@ -249,3 +258,10 @@ def test_without_a_dead_letter_topic_there_is_nothing_to_replay_or_list(broker: 
     shown: list[str] = []
     assert asyncio.run(pending(settings, shown.append)) == 0 and shown == []
     assert asyncio.run(replay(settings)) == Replayed(0, 0, 0)
+
+
+def test_an_empty_discard_is_refused_before_kafka_is_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--discard "$ID"`` with ``$ID`` unset: it would match no dead letter, after every other was re-published."""
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})  # nothing listens: not asked
+    assert run_replay(settings, None, discard=["evt_1", ""]) == 2
+    assert "--discard needs an event id or a position" in capsys.readouterr().err

@@ -94,6 +94,8 @@ def test_trigger_command_explains_unknown_types_and_refusals(gateway: GatewayPro
     typo = _trigger(gateway, "payout.payed")  # was sent, answered 200, and counted unhandled
     assert typo.returncode == 2 and typo.stdout == ""
     assert "'payout.payed' is not an event type Stripe sends (did you mean payout.paid" in typo.stderr
+    newer = _trigger(gateway, "payout.payed", "--unlisted")  # a type newer than the list: sent when asked
+    assert newer.returncode == 0 and newer.stdout.startswith("200 "), newer.stderr
     (tmp_path / "wrong").write_text("whsec_wrong\n")
     refused = _trigger(gateway, "invoice.paid", "--secret-file", str(tmp_path / "wrong"))
     assert refused.returncode == 1
