@@ -92,10 +92,12 @@ class _Delivery(msgspec.Struct, array_like=True):
 
 
 class _Applied(NamedTuple):
-    """An event an object applied: when it happened, and the object's status after it (None: not known)."""
+    """An event an object applied: when it happened, the object's status after it, and its type (None: not
+    known)."""
 
     created: int
     status: str | None
+    event_type: str | None = None
 
 
 class _Evidence:
@@ -115,7 +117,9 @@ class _Evidence:
             self.applications[state.last_event_id].add((record.key, state.events_applied))
         self.remembered[record.key].update(state.recent_event_ids)
         if state.last_event_id is not None and state.last_event_created is not None:
-            self.applied[record.key][state.last_event_id] = _Applied(state.last_event_created, state.status)
+            self.applied[record.key][state.last_event_id] = _Applied(
+                state.last_event_created, state.status, state.last_event_type
+            )
 
     def fill_in(self, deliveries: dict[str, list[_Delivery]]) -> None:
         """Add the events an object remembers applying, with when they happened (their records say), where the
@@ -330,7 +334,9 @@ def _superseded(
     for newer_id, newer in evidence.applied.get(delivery.key, {}).items():
         if newer.created < delivery.created or (
             newer.created == delivery.created
-            and not older_within_a_second(object_type, newer.status, delivery.event_type or "", delivery.status)
+            and not older_within_a_second(
+                object_type, newer.status, delivery.event_type or "", delivery.status, newer.event_type
+            )
         ):
             continue
         seen = deliveries.get(newer_id)

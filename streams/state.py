@@ -82,15 +82,44 @@ def new_state(object_id: str, event: StripeEvent, object_type: str = "") -> Obje
 #: set by handlers/invoices.py). A payout or a refund can still fail after ``paid`` or ``succeeded``, an
 #: uncollectible invoice be paid: those are left out.
 FINAL_STATUSES: dict[str, frozenset[str]] = {
+    "charge": frozenset({"succeeded", "failed"}),  # a refund or a dispute changes its flags, never its status
     "payment_intent": frozenset({"succeeded", "canceled"}),
     "setup_intent": frozenset({"succeeded", "canceled"}),
     "invoice": frozenset({"paid", "void", "deleted"}),
     "subscription": frozenset({"canceled", "incomplete_expired"}),
     "subscription_schedule": frozenset({"completed", "released", "canceled"}),
     "checkout.session": frozenset({"complete", "expired"}),
-    "dispute": frozenset({"won", "lost", "warning_closed"}),
+    "dispute": frozenset({"won", "lost", "warning_closed", "prevented"}),
     "quote": frozenset({"accepted", "canceled"}),
 }
+
+
+#: Where an event type comes in its object's life (Stripe's order of steps): within one second, an event of an
+#: earlier step than the last applied one's is older. An invoice charged at once is finalized and its payment fails
+#: in the same second: applied after the failure, the finalized snapshot put the attempts back to none.
+LIFECYCLE: dict[str, int] = {
+    "invoice.finalized": 1,
+    "invoice.payment_action_required": 2,
+    "invoice.payment_failed": 3,
+    "invoice.payment_succeeded": 4,
+    "invoice.paid": 4,
+    "payment_intent.requires_action": 1,
+    "payment_intent.processing": 2,
+    "payment_intent.amount_capturable_updated": 2,
+    "payment_intent.partially_funded": 2,
+    "payment_intent.payment_failed": 3,
+    "payment_intent.succeeded": 4,
+    "payment_intent.canceled": 4,
+    "checkout.session.completed": 1,
+    "checkout.session.async_payment_succeeded": 2,
+    "checkout.session.async_payment_failed": 2,
+    "checkout.session.expired": 2,
+}
+
+#: Notices about an object rather than steps of it: within a second of another event, theirs is the older snapshot.
+#: Stripe sends ``trial_will_end`` at once when a trial is ended early, in the update that ends it: applied after
+#: the update, it put a paying subscription back in trial.
+NOTICES = frozenset({"customer.subscription.trial_will_end"})
 
 
 def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
@@ -99,9 +128,10 @@ def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
     ``created`` has one-second resolution, and Stripe sends an object's related events within one second
     (``customer.subscription.created`` and ``.updated``, ``invoice.finalized`` and ``.paid``) in no promised
     order. An event from the same second as the last applied one is applied, unless it shows itself older: a
-    ``*.created`` event (its object existed before anything else happened to it), or one whose object left a
-    status the state already shows final (``FINAL_STATUSES``: an open invoice after a paid one). Otherwise the
-    partition's order decides.
+    ``*.created`` event (its object existed before anything else happened to it) or a notice (``NOTICES``), one
+    of an earlier step of the object's life than the last applied one (``LIFECYCLE``: a finalized invoice after
+    its failed payment), or one whose object left a status the state already shows final (``FINAL_STATUSES``: an
+    open invoice after a paid one). Otherwise the partition's order decides.
     """
     if event.id in state.recent_event_ids:
         return Outcome.DUPLICATE
@@ -109,17 +139,22 @@ def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
     if last is None or event.created > last:
         return None
     if event.created < last or older_within_a_second(
-        state.object_type, state.status, event.type, object_field(event.object, "status")
+        state.object_type, state.status, event.type, object_field(event.object, "status"), state.last_event_type
     ):
         return Outcome.STALE
     return None
 
 
-def older_within_a_second(object_type: str, status: str | None, event_type: str, event_status: Any) -> bool:
+def older_within_a_second(
+    object_type: str, status: str | None, event_type: str, event_status: Any, last_event_type: str | None = None
+) -> bool:
     """Whether an event from the same second as the last applied one shows itself older (``judge``), given the
-    object's type and status in the state and the event's type and its object's status (``hookstream audit``
-    applies the same rule)."""
-    if event_type.endswith(".created"):
+    object's type and status in the state, the event's type and its object's status, and the type of the last
+    event applied (``hookstream audit`` applies the same rule)."""
+    if event_type.endswith(".created") or event_type in NOTICES:
+        return True
+    step, last_step = LIFECYCLE.get(event_type), LIFECYCLE.get(last_event_type or "")
+    if step is not None and last_step is not None and step < last_step:
         return True
     final = FINAL_STATUSES.get(object_type)
     if final is None or status not in final:
