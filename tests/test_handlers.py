@@ -158,6 +158,18 @@ def test_payment_intent_failure_then_success() -> None:
     assert state.fields["last_payment_error_code"] is None  # Stripe cleared it
 
 
+def test_the_latest_charge_of_a_payment_intent_in_older_api_versions() -> None:
+    """Before 2022-11-15 a payment intent lists its charges (newest first) instead of naming the latest."""
+    older = _event("payment_intent.succeeded", "pi_9", T0, status="succeeded")
+    del older.object["latest_charge"]
+    older.object["charges"] = {"object": "list", "data": [{"id": "ch_new", "object": "charge"}, {"id": "ch_old"}]}
+    assert apply(older).fields["latest_charge"] == "ch_new"
+    none_yet = _event("payment_intent.created", "pi_9", T0, status="requires_payment_method")
+    del none_yet.object["latest_charge"]
+    none_yet.object["charges"] = {"object": "list", "data": []}
+    assert apply(none_yet).fields["latest_charge"] is None
+
+
 def test_payment_intent_fixture_values_are_kept() -> None:
     fixture = fixture_for("payment_intent.canceled")
     state = apply(_event("payment_intent.canceled", "pi_2", T0, status="canceled", cancellation_reason="abandoned"))
