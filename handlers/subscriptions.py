@@ -5,8 +5,9 @@ on its items from 2025-03-31 on: taken from the first item when the subscription
 quantity), the trial, the cancellation (``cancel_at``, ``canceled_at``, ``cancel_at_period_end``, ``ended_at``),
 the latest invoice, paused collection and when a pending update expires. ``customer.subscription.deleted``
 means the subscription has ended: its status is ``canceled`` (Stripe's word for it) even if the snapshot says
-otherwise, and ``ended_at`` falls back to the event's time. Deletion and the notices (trial ending, paused,
-resumed, pending update applied or expired) are stamped with the event's time.
+otherwise (but ``incomplete_expired``: it never started), and ``ended_at`` falls back to the event's time.
+Deletion and the notices (trial ending, paused, resumed, pending update applied or expired) are stamped with the
+event's time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from handlers._common import keep, on_stamped, ref
 from streams.events import StripeEvent
 from streams.registry import Context
+from streams.state import FINAL_STATUSES
 
 SUBSCRIPTION_EVENTS = (
     "customer.subscription.created",
@@ -51,6 +53,7 @@ async def subscription_changed(event: StripeEvent, ctx: Context) -> None:
     ctx.fields["pause_collection"] = (obj.get("pause_collection") or {}).get("behavior")
     ctx.fields["pending_update_expires_at"] = (obj.get("pending_update") or {}).get("expires_at")
     if event.type == "customer.subscription.deleted":
-        ctx.state.status = "canceled"
+        if ctx.state.status not in FINAL_STATUSES["subscription"]:  # one that never started stays incomplete_expired
+            ctx.state.status = "canceled"
         if ctx.fields["ended_at"] is None:
             ctx.fields["ended_at"] = event.created

@@ -273,6 +273,9 @@ def test_subscription_trial_notice_and_deletion() -> None:
     assert state.fields["canceled_at"] == T0 + 9
     assert state.fields["deleted_at"] == T0 + 10
     assert state.fields["trial_will_end_notified_at"] == T0
+    # one that never started, its first invoice unpaid: not counted as a cancellation (churn)
+    expired = apply(_event("customer.subscription.deleted", "sub_4", T0, status="incomplete_expired"))
+    assert expired.status == "incomplete_expired"
 
 
 # -- invoices
