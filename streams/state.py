@@ -42,6 +42,10 @@ class ObjectState(msgspec.Struct, kw_only=True):
     events_applied: int = 0
     fields: dict[str, Any] = msgspec.field(default_factory=dict)
     recent_event_ids: list[str] = msgspec.field(default_factory=list)
+    #: the connected account the object lives in (Connect: the events' ``account``), and whether it is live or test
+    #: data (an endpoint may take both, with both secrets): what a platform needs to act on it
+    account: str | None = None
+    livemode: bool | None = None
 
 
 class StateTooLarge(ValueError):
@@ -163,10 +167,13 @@ def older_within_a_second(
 
 
 def start_applying(state: ObjectState, event: StripeEvent) -> None:
-    """Take what every event says about its object (its status) before the handler runs; handlers may override."""
+    """Take what every event says about its object (its status, account, live or test) before the handler runs;
+    handlers may override."""
     status = object_field(event.object, "status")
     if isinstance(status, str):
         state.status = status
+    state.account = event.account
+    state.livemode = event.livemode
 
 
 def record_applied(state: ObjectState, event: StripeEvent) -> None:

@@ -156,3 +156,15 @@ def test_within_a_second_an_earlier_step_a_notice_or_a_left_final_status_is_olde
     )
     # steps of no known order, and updates: the partition's order decides, as before
     assert _tie("in_1", ("invoice.payment_failed", "open"), ("invoice.updated", "open")) is None
+
+
+def test_the_state_names_the_connected_account_and_live_or_test() -> None:
+    """A Connect platform acts on an object through its account (``Stripe-Account``): the events say which."""
+    connected = decode_event(
+        encode(build_event("invoice.paid", object_id="in_c", event_id="evt_c", created=1, account="acct_1"))
+    )
+    state = new_state("in_c", connected)
+    apply(state, connected)
+    assert (state.account, state.livemode) == ("acct_1", False)
+    before = b'{"object_id":"in_old","object_type":"invoice","events_applied":1}'  # stored before these fields
+    assert (decode_state(before).account, decode_state(before).livemode) == (None, None)
