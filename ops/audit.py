@@ -51,7 +51,7 @@ from ops.kafka import client_options, record_position
 from ops.settings import Settings
 from streams.dead_letters import header, header_pairs, source_position
 from streams.registry import HandlerRegistry, registry
-from streams.state import decode_state, older_within_a_second
+from streams.state import LIFECYCLE, decode_state, older_within_a_second
 
 
 class AuditError(RuntimeError):
@@ -128,9 +128,9 @@ class _Evidence:
         for key, event_ids in self.remembered.items():
             applied = self.applied[key]
             for event_id in event_ids - applied.keys():
-                created = next((d.created for d in deliveries.get(event_id, ()) if d.created is not None), None)
-                if created is not None:
-                    applied[event_id] = _Applied(created, None)
+                known = next((d for d in deliveries.get(event_id, ()) if d.created is not None), None)
+                if known is not None and known.created is not None:  # its status: the snapshot's, as applied
+                    applied[event_id] = _Applied(known.created, known.status, known.event_type)
 
     def read_dead_letter(self, record: ConsumerRecord[bytes, bytes]) -> None:
         source = source_position(header_pairs(record.headers))
@@ -319,6 +319,12 @@ def _read_body(value: bytes | None) -> tuple[_Envelope, _Object]:
     return body, _Object(*(v if isinstance(v, str) else None for v in (obj.id, obj.status)))
 
 
+def _step_of(event_type: str | None) -> int:
+    """How far an applied event took its object (``LIFECYCLE``): every newer event of a second is compared, so the
+    furthest one decides, as the worker's ``second_step``."""
+    return LIFECYCLE.get(event_type or "", 0)
+
+
 def _superseded(
     delivery: _Delivery, object_type: str, evidence: _Evidence, deliveries: dict[str, list[_Delivery]]
 ) -> bool:
@@ -335,7 +341,7 @@ def _superseded(
         if newer.created < delivery.created or (
             newer.created == delivery.created
             and not older_within_a_second(
-                object_type, newer.status, delivery.event_type or "", delivery.status, newer.event_type
+                object_type, newer.status, delivery.event_type or "", delivery.status, _step_of(newer.event_type)
             )
         ):
             continue

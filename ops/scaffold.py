@@ -320,7 +320,7 @@ def test_handler_keeps_the_fields_and_the_time() -> None:
 {build}    # as a worker decodes it: into the handler's model= when it declares one, else a dict
     event = decode_event(encode(raw), model=registration.model)
     state = new_state(OBJECT_ID, event, registration.object_type)
-    start_applying(state, event)  # what the worker does before the handler: the status
+    start_applying(state, event)  # what the worker does before the handler: the status, account, livemode
 
     # the handler, under a deadline as in the worker (wait_for also takes any awaitable, as mypy wants)
     result = asyncio.run(asyncio.wait_for(registration.handler(event, Context(state)), timeout=10))

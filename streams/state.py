@@ -42,10 +42,12 @@ class ObjectState(msgspec.Struct, kw_only=True):
     events_applied: int = 0
     fields: dict[str, Any] = msgspec.field(default_factory=dict)
     recent_event_ids: list[str] = msgspec.field(default_factory=list)
-    #: the connected account the object lives in (Connect: the events' ``account``), and whether it is live or test
-    #: data (an endpoint may take both, with both secrets): what a platform needs to act on it
+    #: the connected account of the last applied event (Connect: the events' ``account``), and whether it is live
+    #: or test data (an endpoint may take both, with both secrets): what a platform needs to act on the object
     account: str | None = None
     livemode: bool | None = None
+    #: the furthest step of the object's life (``LIFECYCLE``) among the events applied in the second of the last one
+    second_step: int = 0
 
 
 class StateTooLarge(ValueError):
@@ -99,21 +101,17 @@ FINAL_STATUSES: dict[str, frozenset[str]] = {
 
 
 #: Where an event type comes in its object's life (Stripe's order of steps): within one second, an event of an
-#: earlier step than the last applied one's is older. An invoice charged at once is finalized and its payment fails
-#: in the same second: applied after the failure, the finalized snapshot put the attempts back to none.
+#: earlier step than one already applied in that second is older (whatever came between: ``invoice.updated``
+#: comes with most steps). An invoice charged at once is finalized and its payment fails in the same second:
+#: applied after the failure, the finalized snapshot put the attempts back to none. Only steps that never come
+#: again: a payment intent's attempts do (a failed one retried at once goes back to ``requires_action`` or
+#: ``processing``), so they are left to the partition's order.
 LIFECYCLE: dict[str, int] = {
     "invoice.finalized": 1,
     "invoice.payment_action_required": 2,
-    "invoice.payment_failed": 3,
-    "invoice.payment_succeeded": 4,
-    "invoice.paid": 4,
-    "payment_intent.requires_action": 1,
-    "payment_intent.processing": 2,
-    "payment_intent.amount_capturable_updated": 2,
-    "payment_intent.partially_funded": 2,
-    "payment_intent.payment_failed": 3,
-    "payment_intent.succeeded": 4,
-    "payment_intent.canceled": 4,
+    "invoice.payment_failed": 2,
+    "invoice.payment_succeeded": 3,
+    "invoice.paid": 3,
     "checkout.session.completed": 1,
     "checkout.session.async_payment_succeeded": 2,
     "checkout.session.async_payment_failed": 2,
@@ -133,9 +131,9 @@ def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
     (``customer.subscription.created`` and ``.updated``, ``invoice.finalized`` and ``.paid``) in no promised
     order. An event from the same second as the last applied one is applied, unless it shows itself older: a
     ``*.created`` event (its object existed before anything else happened to it) or a notice (``NOTICES``), one
-    of an earlier step of the object's life than the last applied one (``LIFECYCLE``: a finalized invoice after
-    its failed payment), or one whose object left a status the state already shows final (``FINAL_STATUSES``: an
-    open invoice after a paid one). Otherwise the partition's order decides.
+    of an earlier step of the object's life than one applied in that second (``LIFECYCLE``: a finalized invoice
+    after its failed payment), or one whose object left a status the state already shows final
+    (``FINAL_STATUSES``: an open invoice after a paid one). Otherwise the partition's order decides.
     """
     if event.id in state.recent_event_ids:
         return Outcome.DUPLICATE
@@ -143,22 +141,22 @@ def judge(state: ObjectState, event: StripeEvent) -> Outcome | None:
     if last is None or event.created > last:
         return None
     if event.created < last or older_within_a_second(
-        state.object_type, state.status, event.type, object_field(event.object, "status"), state.last_event_type
+        state.object_type, state.status, event.type, object_field(event.object, "status"), state.second_step
     ):
         return Outcome.STALE
     return None
 
 
 def older_within_a_second(
-    object_type: str, status: str | None, event_type: str, event_status: Any, last_event_type: str | None = None
+    object_type: str, status: str | None, event_type: str, event_status: Any, reached: int = 0
 ) -> bool:
     """Whether an event from the same second as the last applied one shows itself older (``judge``), given the
-    object's type and status in the state, the event's type and its object's status, and the type of the last
-    event applied (``hookstream audit`` applies the same rule)."""
+    object's type and status in the state, the event's type and its object's status, and the furthest step of the
+    object's life applied in that second (``hookstream audit`` applies the same rule)."""
     if event_type.endswith(".created") or event_type in NOTICES:
         return True
-    step, last_step = LIFECYCLE.get(event_type), LIFECYCLE.get(last_event_type or "")
-    if step is not None and last_step is not None and step < last_step:
+    step = LIFECYCLE.get(event_type)
+    if step is not None and step < reached:
         return True
     final = FINAL_STATUSES.get(object_type)
     if final is None or status not in final:
@@ -178,6 +176,8 @@ def start_applying(state: ObjectState, event: StripeEvent) -> None:
 
 def record_applied(state: ObjectState, event: StripeEvent) -> None:
     """Note ``event`` as the last one applied (after its handler succeeded)."""
+    step = LIFECYCLE.get(event.type, 0)
+    state.second_step = max(state.second_step, step) if event.created == state.last_event_created else step
     state.last_event_id = event.id
     state.last_event_type = event.type
     state.last_event_created = event.created

@@ -332,3 +332,20 @@ def test_an_event_lost_after_a_newer_one_was_dead_lettered_is_missing_not_stale(
     older = _event("customer.subscription.updated", "evt_older", BASE + 10, "active")
     assert not _judged([newer, older, newer], applied=[2], judged=1, dead=(0,))
     assert _judged([newer, older, newer], applied=[2], judged=1)  # not dead-lettered: applied first, so stale
+
+
+def test_a_tie_lost_to_a_further_step_is_stale_for_the_audit_too_after_compaction() -> None:
+    """The workers judge a finalized invoice older than its failed payment of the same second (streams/state.py:
+    LIFECYCLE); the audit must not call it missing, also once compaction took the failure's own changelog record
+    (the object only remembers its id: its type and status come from its delivery)."""
+    from ops.audit import _Delivery, _Evidence, _superseded
+
+    failed = _Delivery("stripe.invoice", 0, 10, b"in_1", "invoice.payment_failed", 100, "open")
+    finalized = _Delivery("stripe.invoice", 0, 11, b"in_1", "invoice.finalized", 100, "open")
+    later = _Delivery("stripe.invoice", 0, 12, b"in_1", "invoice.updated", 105, "open")
+    deliveries = {"evt_failed": [failed], "evt_finalized": [finalized], "evt_later": [later]}
+    evidence = _Evidence()
+    evidence.remembered[b"in_1"] = {"evt_failed", "evt_later"}
+    evidence.fill_in(deliveries)  # neither has a changelog record left but the object's latest (not read here)
+    assert _superseded(finalized, "invoice", evidence, deliveries)
+    assert not _superseded(failed, "invoice", evidence, deliveries)  # the further step is not older

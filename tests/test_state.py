@@ -112,50 +112,52 @@ def test_within_a_second_a_status_that_is_not_final_follows_arrival_order() -> N
     assert payout.status == "failed"
 
 
-def _tie(object_id: str, first: tuple[str, str], then: tuple[str, str]) -> Outcome | None:
-    """The verdict on ``then`` (event type, status) arriving after ``first`` was applied, both in one second."""
-    applied = event("evt_first", 500, status=first[1], event_type=first[0], object_id=object_id)
-    state = new_state(object_id, applied)
-    apply(state, applied)
+def _tie(object_id: str, *applied: tuple[str, str], then: tuple[str, str]) -> Outcome | None:
+    """The verdict on ``then`` (event type, status) arriving after ``applied`` were, all in one second."""
+    events = [
+        event(f"evt_{i}", 500, status=status, event_type=event_type, object_id=object_id)
+        for i, (event_type, status) in enumerate(applied)
+    ]
+    state = new_state(object_id, events[0])
+    for applied_event in events:
+        apply(state, applied_event)
     return judge(state, event("evt_then", 500, status=then[1], event_type=then[0], object_id=object_id))
 
 
 def test_within_a_second_an_earlier_step_a_notice_or_a_left_final_status_is_older() -> None:
     """Ties a payments team meets: each older snapshot, applied after the newer one, undid what it said."""
-    # an invoice charged at once: finalized and failed in one second (the attempts went back to none)
-    assert _tie("in_1", ("invoice.payment_failed", "open"), ("invoice.finalized", "open")) is Outcome.STALE
-    assert _tie("in_1", ("invoice.finalized", "open"), ("invoice.payment_failed", "open")) is None
-    # a payment intent that failed at once: its processing snapshot hid the failure
-    assert (
-        _tie(
-            "pi_1",
-            ("payment_intent.payment_failed", "requires_payment_method"),
-            ("payment_intent.processing", "processing"),
-        )
-        is Outcome.STALE
-    )
+    failed, finalized = ("invoice.payment_failed", "open"), ("invoice.finalized", "open")
+    # an invoice charged at once: finalized and failed in one second (the attempts went back to none), also with
+    # the invoice.updated that comes with most steps between them
+    assert _tie("in_1", failed, then=finalized) is Outcome.STALE
+    assert _tie("in_1", failed, ("invoice.updated", "open"), then=finalized) is Outcome.STALE
+    assert _tie("in_1", finalized, then=failed) is None
+    assert _tie("in_1", failed, then=("invoice.payment_action_required", "open")) is None  # steps of one rank
     # a checkout paid at once by a delayed method: completed (unpaid) after the payment
-    assert (
-        _tie(
-            "cs_1", ("checkout.session.async_payment_succeeded", "complete"), ("checkout.session.completed", "complete")
-        )
-        is Outcome.STALE
-    )
+    paid = ("checkout.session.async_payment_succeeded", "complete")
+    assert _tie("cs_1", paid, then=("checkout.session.completed", "complete")) is Outcome.STALE
     # a trial ended early: the notice's trialing snapshot after the update that ended it
     trial_end = ("customer.subscription.trial_will_end", "trialing")
-    assert _tie("sub_1", ("customer.subscription.updated", "active"), trial_end) is Outcome.STALE
-    assert _tie("sub_1", trial_end, ("customer.subscription.updated", "active")) is None
+    assert _tie("sub_1", ("customer.subscription.updated", "active"), then=trial_end) is Outcome.STALE
+    assert _tie("sub_1", trial_end, then=("customer.subscription.updated", "active")) is None
     # a charge never leaves succeeded or failed (a refund changes its flags): a pending snapshot is older
-    assert _tie("ch_1", ("charge.succeeded", "succeeded"), ("charge.pending", "pending")) is Outcome.STALE
-    assert _tie("ch_1", ("charge.failed", "failed"), ("charge.pending", "pending")) is Outcome.STALE
-    assert _tie("ch_1", ("charge.succeeded", "succeeded"), ("charge.refunded", "succeeded")) is None
+    assert _tie("ch_1", ("charge.succeeded", "succeeded"), then=("charge.pending", "pending")) is Outcome.STALE
+    assert _tie("ch_1", ("charge.failed", "failed"), then=("charge.pending", "pending")) is Outcome.STALE
+    assert _tie("ch_1", ("charge.succeeded", "succeeded"), then=("charge.refunded", "succeeded")) is None
     # a prevented dispute is closed for good
-    assert (
-        _tie("dp_1", ("charge.dispute.closed", "prevented"), ("charge.dispute.updated", "warning_needs_response"))
-        is Outcome.STALE
-    )
+    prevented = ("charge.dispute.closed", "prevented")
+    assert _tie("dp_1", prevented, then=("charge.dispute.updated", "warning_needs_response")) is Outcome.STALE
+    # a payment intent retried at once after a failure goes back a step: the newer status, applied
+    pi_failed = ("payment_intent.payment_failed", "requires_payment_method")
+    assert _tie("pi_1", pi_failed, then=("payment_intent.amount_capturable_updated", "requires_capture")) is None
+    assert _tie("pi_1", pi_failed, then=("payment_intent.processing", "processing")) is None
     # steps of no known order, and updates: the partition's order decides, as before
-    assert _tie("in_1", ("invoice.payment_failed", "open"), ("invoice.updated", "open")) is None
+    assert _tie("in_1", failed, then=("invoice.updated", "open")) is None
+    # the second passed: a new one starts from no step
+    state = new_state("in_2", event("evt_a", 500, "open", "invoice.payment_failed", "in_2"))
+    apply(state, event("evt_a", 500, "open", "invoice.payment_failed", "in_2"))
+    apply(state, event("evt_b", 501, "open", "invoice.updated", "in_2"))
+    assert judge(state, event("evt_c", 501, "open", "invoice.finalized", "in_2")) is None
 
 
 def test_the_state_names_the_connected_account_and_live_or_test() -> None:
