@@ -40,6 +40,7 @@ class ActorPool(Generic[T]):
         self._tasks: dict[asyncio.Task[None], Hashable] = {}  # each actor's task, and its key
         self._abandoned: set[asyncio.Task[None]] = set()  # ignored their cancellation (``cancel``)
         self._parks: set[Hashable] = set()  # keys held by an actor left behind (``_park``): no task of ours runs them
+        self._unstarted: dict[asyncio.Task[None], eager.Resume[None]] = {}  # actor tasks not run yet: their item
         self._halted: set[Hashable] = set()  # keys of which nothing more runs (``halt``)
         self._idle = asyncio.Event()  # no actor at all
         self._idle.set()
@@ -92,8 +93,8 @@ class ActorPool(Generic[T]):
         queue = self._actors[key] = deque()
         self._idle.clear()
         self._settled.clear()
-        task = self._start(key, self._run(key, queue, rest, stand_in))
-        task.add_done_callback(lambda _: _end(key, rest))  # cancelled before its first step, it never continued it
+        # until its first step: a task cancelled before it never continues the item (``cancel`` ends it)
+        self._unstarted[self._start(key, self._run(key, queue, rest, stand_in))] = rest
 
     def halt(self, key: Hashable) -> None:
         """Run nothing more of ``key``, queued or submitted later: one of its items failed so that the later ones
@@ -152,6 +153,9 @@ class ActorPool(Generic[T]):
                 self._abandoned |= stuck
         # queued items never ran, and a task cancelled before its first step never ran _run's finally: nothing of
         # theirs was released; an actor left behind releases its one current item when (if) that ends
+        for task, first in self._unstarted.items():  # cancelled before their first step: nothing continues them
+            _end(self._tasks.get(task), first)
+        self._unstarted.clear()
         self._actors.clear()
         self._parks.clear()
         self._abandoned = {task for task in self._abandoned if not task.done()}
@@ -193,6 +197,7 @@ class ActorPool(Generic[T]):
     async def _run(self, key: Hashable, queue: deque[T], first: eager.Resume[None], started: eager.EagerTask) -> None:
         task = asyncio.current_task()
         assert task is not None
+        del self._unstarted[task]
         started.bind(task)  # the first item started as ``started``: from here on that is this task
         await self._drain(key, queue, first)
 
