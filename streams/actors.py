@@ -79,17 +79,10 @@ class ActorPool(Generic[T]):
         if queue is not None:
             queue.append(item)
             return
-        rest: eager.Resume[None] | None
         stand_in = eager.EagerTask(key)
-        try:  # in a context of its own, as a task's: what a handler sets stays its own, not the caller's
-            done, rest = eager.start(self._process(item), stand_in, contextvars.copy_context())
-        except Exception as exc:  # process() handles its own failures; this is a last line of defence
-            _unexpected(key, exc)
-            done, rest = True, None
-        if done:
-            self._release()
+        rest = self._begin(key, item, stand_in)
+        if rest is None:
             return
-        assert isinstance(rest, eager.Resume)
         queue = self._actors[key] = deque()
         self._idle.clear()
         self._settled.clear()
@@ -206,18 +199,9 @@ class ActorPool(Generic[T]):
             if first is not None:
                 await self._finish(key, first)
             while queue:
-                try:  # each in a context of its own, as the first
-                    done, rest = eager.start(self._process(queue.popleft()), context=contextvars.copy_context())
-                except BaseException as exc:  # process() handles its own failures; this is a last line of defence
-                    if not isinstance(exc, Exception):  # cancelled as it began: its slot is free all the same
-                        self._release()
-                        raise
-                    _unexpected(key, exc)
-                    done = True
-                if done:
-                    self._release()
-                else:
-                    await self._finish(key, rest)  # type: ignore[arg-type]  # a Resume when not done
+                rest = self._begin(key, queue.popleft())
+                if rest is not None:
+                    await self._finish(key, rest)
         finally:
             if self._actors.get(key) is queue:
                 del self._actors[key]
@@ -228,6 +212,23 @@ class ActorPool(Generic[T]):
             self._settled.set()
             if not self._actors:
                 self._idle.set()
+
+    def _begin(self, key: Hashable, item: T, stand_in: eager.EagerTask | None = None) -> eager.Resume[None] | None:
+        """Start ``item`` at once, in a context of its own as a task's (what a handler sets stays its own), as
+        ``stand_in`` if given: what continues it if it waits, else None (finished, its slot free)."""
+        try:
+            done, rest = eager.start(self._process(item), stand_in, contextvars.copy_context())
+        except BaseException as exc:  # process() handles its own failures; this is a last line of defence
+            self._release()
+            if not isinstance(exc, Exception):  # cancelled as it began: its slot is free all the same
+                raise
+            _unexpected(key, exc)
+            return None
+        if done:
+            self._release()
+            return None
+        assert isinstance(rest, eager.Resume)
+        return rest
 
     async def _finish(self, key: Hashable, work: Awaitable[None]) -> None:
         try:

@@ -60,9 +60,6 @@ class Resume(Generic[T]):
                 except StopIteration as stop:
                     return stop.value
 
-    def close(self) -> None:
-        self._coro.close()
-
     def end(self) -> None:
         """End the coroutine now that no task will continue it: a cancellation delivered where it waits, as the task
         would deliver it (as its stand-in, in its context), so that its cleanup runs where it was written to; closed
